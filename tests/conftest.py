@@ -1,0 +1,103 @@
+"""Shared fixtures: tiny models built from configs and a tiny WordPiece tokenizer, all offline."""
+
+from __future__ import annotations
+
+import os
+import random
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("WANDB_DISABLED", "true")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+from datasets import Dataset  # noqa: E402
+from transformers import (  # noqa: E402
+    AutoModelForSequenceClassification,
+    BertConfig,
+    BertTokenizerFast,
+    DistilBertConfig,
+    MPNetConfig,
+    RobertaConfig,
+)
+
+WORDS = (
+    "what who when where why how which is was are the a an of in on to for by with from city river king queen "
+    "year war born built name capital country people music film book team game science water light energy "
+    "first last largest oldest new old north south east west played wrote found called made used known"
+).split()
+
+
+@pytest.fixture(scope="session")
+def tokenizer(tmp_path_factory):
+    path = tmp_path_factory.mktemp("tokenizer")
+    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + list("abcdefghijklmnopqrstuvwxyz0123456789")
+    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+
+
+def tiny_config(family: str = "bert", num_labels: int = 2, vocab_size: int = 128, **kwargs):
+    common = dict(vocab_size=vocab_size, num_labels=num_labels, **kwargs)
+    if family == "bert":
+        return BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, **common)
+    if family == "roberta":
+        return RobertaConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
+            max_position_embeddings=130, pad_token_id=0, **common,
+        )
+    if family == "distilbert":
+        return DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=37, pad_token_id=0, **common)
+    if family == "mpnet":
+        return MPNetConfig(
+            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, pad_token_id=0,
+            **common,
+        )
+    raise ValueError(family)
+
+
+def tiny_model(family: str = "bert", num_labels: int = 2, seed: int = 0, head_scale: float = 1.0, **kwargs):
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_config(tiny_config(family, num_labels, **kwargs))
+    if head_scale != 1.0:  # sharpen a random teacher so its predictions vary from input to input
+        from tmkd_hf.modeling import find_classification_head
+
+        head = model.get_submodule(find_classification_head(model, num_labels))
+        with torch.no_grad():
+            head.weight.mul_(head_scale)
+    return model.eval()
+
+
+def random_sentence(rng: random.Random, n_min: int = 3, n_max: int = 12) -> str:
+    return " ".join(rng.choice(WORDS) for _ in range(rng.randint(n_min, n_max)))
+
+
+def pair_dataset(n: int = 64, seed: int = 0, num_labels: int = 2, with_labels: bool = True) -> Dataset:
+    rng = random.Random(seed)
+    data = {
+        "question": [random_sentence(rng, 3, 8) for _ in range(n)],
+        "sentence": [random_sentence(rng, 4, 16) for _ in range(n)],
+    }
+    if with_labels:
+        data["label"] = [rng.randrange(num_labels) for _ in range(n)]
+    return Dataset.from_dict(data)
+
+
+def tokenize(dataset: Dataset, tokenizer, max_length: int = 32) -> Dataset:
+    return dataset.map(
+        lambda b: tokenizer(b["question"], b["sentence"], truncation=True, max_length=max_length),
+        batched=True,
+        remove_columns=["question", "sentence"],
+    )
+
+
+@pytest.fixture
+def teacher_dirs(tmp_path, tokenizer):
+    """Three saved tiny BERT teachers (different seeds), each with the shared tokenizer."""
+    dirs = []
+    for i in range(3):
+        path = tmp_path / f"teacher-{i}"
+        tiny_model("bert", seed=100 + i, head_scale=20.0).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        dirs.append(str(path))
+    return dirs

@@ -1,0 +1,314 @@
+"""`MultiHeadStudent`: one shared encoder, one classification head per teacher, merged exactly for export.
+
+TMKD's "multi-header" student (m-o-1, early calibration): only the *final* linear layer of the model's own
+classification head is replicated; everything before it is shared. Head *i* learns from teacher *i*. At inference
+the heads are combined by a weighted mean of their logits. Because every head is linear in the same features,
+`sum_i w_i (W_i x + b_i) = (sum_i w_i W_i) x + sum_i w_i b_i`: the combination folds into one ordinary linear
+layer, and the published student is a plain `AutoModelForSequenceClassification` checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+from dataclasses import dataclass
+
+import safetensors.torch
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+from transformers.utils import ModelOutput
+
+from .losses import hard_loss
+
+STUDENT_CONFIG_NAME = "tmkd_student.json"
+WEIGHTS_NAME = "model.safetensors"
+
+# Where the final linear layer of the classification head lives, by model family (checked in this order).
+HEAD_CANDIDATES = (
+    "classifier.out_proj",  # RoBERTa, XLM-R, MPNet, ELECTRA, Longformer, CamemBERT
+    "classification_head.out_proj",  # BART, mBART
+    "classifier.linear_out",  # Funnel
+    "classifier",  # BERT, DistilBERT, ALBERT, DeBERTa(-v2), ModernBERT
+    "score",  # GPT-2, Llama, Mistral, Qwen
+    "logits_proj",  # XLNet
+)
+
+
+def find_classification_head(model: nn.Module, num_labels: int) -> str:
+    """Name of the final `nn.Linear` of `model`'s classification head (the layer producing the logits)."""
+    for name in HEAD_CANDIDATES:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            continue
+        if isinstance(module, nn.Linear) and module.out_features == num_labels:
+            return name
+    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_labels]
+    if linears:
+        return linears[-1]
+    raise ValueError(
+        f"Could not find the classification head of {type(model).__name__}: no nn.Linear with "
+        f"out_features == num_labels ({num_labels}). Pass head_module='<dotted.name.of.final.linear>'."
+    )
+
+
+class MultiHeadLinear(nn.Module):
+    """`num_heads` copies of a linear layer evaluated in one matmul: `[..., in] -> [..., num_heads, out]`."""
+
+    def __init__(self, in_features: int, out_features: int, num_heads: int, bias: bool = True):
+        super().__init__()
+        self.in_features, self.out_features, self.num_heads = in_features, out_features, num_heads
+        self.weight = nn.Parameter(torch.empty(num_heads, out_features, in_features))
+        self.bias = nn.Parameter(torch.zeros(num_heads, out_features)) if bias else None
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, num_heads: int) -> MultiHeadLinear:
+        """Replicate `linear` `num_heads` times (every head starts from the same weights)."""
+        head = cls(linear.in_features, linear.out_features, num_heads, bias=linear.bias is not None)
+        head.to(device=linear.weight.device, dtype=linear.weight.dtype)
+        with torch.no_grad():
+            head.weight.copy_(linear.weight.unsqueeze(0).expand_as(head.weight))
+            if linear.bias is not None:
+                head.bias.copy_(linear.bias.unsqueeze(0).expand_as(head.bias))
+        return head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        flat_weight = self.weight.reshape(-1, self.in_features)
+        flat_bias = self.bias.reshape(-1) if self.bias is not None else None
+        out = nn.functional.linear(x, flat_weight, flat_bias)
+        return out.view(*x.shape[:-1], self.num_heads, self.out_features)
+
+    def merge(self, head_weights: torch.Tensor) -> nn.Linear:
+        """One `nn.Linear` whose output is the `head_weights`-weighted sum of the heads' outputs."""
+        w = head_weights.to(torch.float64)
+        linear = nn.Linear(self.in_features, self.out_features, bias=self.bias is not None)
+        with torch.no_grad():
+            merged_w = torch.einsum("h,hoi->oi", w, self.weight.detach().to(torch.float64))
+            linear.weight.copy_(merged_w)
+            if self.bias is not None:
+                linear.bias.copy_(torch.einsum("h,ho->o", w, self.bias.detach().to(torch.float64)))
+        return linear.to(device=self.weight.device, dtype=self.weight.dtype)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, num_heads={self.num_heads}"
+
+
+@dataclass
+class MultiHeadStudentOutput(ModelOutput):
+    """Output of [`MultiHeadStudent`]: `logits` are the combined prediction, `head_logits` one row per head."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+    head_logits: torch.Tensor | None = None
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+    attentions: tuple[torch.Tensor, ...] | None = None
+
+
+def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
+    parent_name, _, child = name.rpartition(".")
+    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
+
+
+class MultiHeadStudent(nn.Module):
+    """A sequence classifier whose final linear layer is replicated once per teacher.
+
+    `forward` returns `head_logits` `[batch, num_heads, num_labels]` for training and `logits`, their
+    `head_weights`-weighted mean, for prediction. `merge_heads()` gives back a plain transformers model with
+    identical logits; `save_pretrained` keeps every head (a training checkpoint) unless `merged=True`.
+
+    Example:
+    ```python
+    >>> student = MultiHeadStudent.from_pretrained("path/to/small-bert", num_teachers=3, num_labels=2)
+    >>> out = student(**tokenizer(["a question"], ["a passage"], return_tensors="pt"))
+    >>> out.head_logits.shape, out.logits.shape
+    (torch.Size([1, 3, 2]), torch.Size([1, 2]))
+    >>> student.merge_heads().save_pretrained("student-merged")  # loads with AutoModelForSequenceClassification
+    ```
+    """
+
+    # The loss is computed here (or by the trainer) per batch; it takes no `num_items_in_batch`.
+    accepts_loss_kwargs = False
+
+    def __init__(
+        self,
+        model: PreTrainedModel,
+        num_heads: int,
+        head_weights: list[float] | torch.Tensor | None = None,
+        head_module: str | None = None,
+    ):
+        super().__init__()
+        if num_heads < 1:
+            raise ValueError(f"num_heads (the number of teachers) must be >= 1, got {num_heads}.")
+        num_labels = model.config.num_labels
+        head_module = head_module or find_classification_head(model, num_labels)
+        head = model.get_submodule(head_module)
+        if isinstance(head, MultiHeadLinear):
+            if head.num_heads != num_heads:
+                raise ValueError(f"{head_module} already has {head.num_heads} heads, not {num_heads}.")
+        elif isinstance(head, nn.Linear):
+            _set_submodule(model, head_module, MultiHeadLinear.from_linear(head, num_heads))
+        else:
+            raise ValueError(f"{head_module} is a {type(head).__name__}, expected the final nn.Linear of the head.")
+        self.model = model
+        self.head_module = head_module
+        self.num_heads = num_heads
+        self.register_buffer("head_weights", torch.full((num_heads,), 1.0 / num_heads))
+        if head_weights is not None:
+            self.set_head_weights(head_weights)
+
+    # ----- construction and persistence -----
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        num_teachers: int | None = None,
+        num_labels: int | None = None,
+        head_weights: list[float] | None = None,
+        head_module: str | None = None,
+        **model_kwargs,
+    ) -> MultiHeadStudent:
+        """Build a student from a plain checkpoint (its head is replicated) or reload a multi-head checkpoint.
+
+        Args:
+            pretrained_model_name_or_path: a Hub id or local directory. A directory saved by
+                `MultiHeadStudent.save_pretrained` (or a `MultiTeacherDistillationTrainer` checkpoint) is reloaded
+                with every head; anything else is loaded with `AutoModelForSequenceClassification`.
+            num_teachers: number of heads; required for a plain checkpoint, checked against a multi-head one.
+            num_labels: label count of the task (passed to `AutoModelForSequenceClassification`).
+            head_weights: how heads are combined at inference (default: the saved weights, or equal weights).
+            head_module: dotted name of the final linear layer, when the model family is not recognised.
+            model_kwargs: forwarded to `from_pretrained` (`revision`, `id2label`, `torch_dtype`, ...).
+        """
+        student_config = os.path.join(str(pretrained_model_name_or_path), STUDENT_CONFIG_NAME)
+        if os.path.isfile(student_config):
+            return cls._from_multihead_checkpoint(
+                str(pretrained_model_name_or_path), num_teachers, num_labels, head_weights
+            )
+        if num_teachers is None:
+            raise ValueError(
+                f"{pretrained_model_name_or_path} is a plain checkpoint: pass num_teachers= (one head per teacher)."
+            )
+        if num_labels is not None:
+            model_kwargs["num_labels"] = num_labels
+        model = AutoModelForSequenceClassification.from_pretrained(pretrained_model_name_or_path, **model_kwargs)
+        return cls(model, num_teachers, head_weights=head_weights, head_module=head_module)
+
+    @classmethod
+    def _from_multihead_checkpoint(cls, path, num_teachers, num_labels, head_weights) -> MultiHeadStudent:
+        with open(os.path.join(path, STUDENT_CONFIG_NAME)) as f:
+            meta = json.load(f)
+        if num_teachers is not None and num_teachers != meta["num_heads"]:
+            raise ValueError(
+                f"{path} holds a student with {meta['num_heads']} heads, but num_teachers={num_teachers}. "
+                "A multi-head checkpoint keeps its head count; load it with num_teachers=None."
+            )
+        config = AutoConfig.for_model(**meta["base_config"])
+        if num_labels is not None and num_labels != config.num_labels:
+            raise ValueError(f"{path} has {config.num_labels} labels, but num_labels={num_labels} was requested.")
+        model = AutoModelForSequenceClassification.from_config(config)
+        student = cls(model, meta["num_heads"], head_module=meta["head_module"])
+        state_dict = safetensors.torch.load_file(os.path.join(path, WEIGHTS_NAME))
+        missing, unexpected = student.load_state_dict(state_dict, strict=False)
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise ValueError(f"{path} does not match its student config: missing {missing}, unexpected {unexpected}.")
+        if head_weights is not None:
+            student.set_head_weights(head_weights)
+        return student
+
+    def save_pretrained(self, save_directory: str | os.PathLike, merged: bool = False, state_dict=None, **kwargs):
+        """Save every head (reload with `MultiHeadStudent.from_pretrained`), or with `merged=True` the plain model."""
+        if merged:
+            return self.merge_heads().save_pretrained(save_directory, **kwargs)
+        os.makedirs(save_directory, exist_ok=True)
+        state_dict = self.state_dict() if state_dict is None else state_dict
+        state_dict = {k: v.detach().contiguous() for k, v in state_dict.items()}
+        safetensors.torch.save_file(state_dict, os.path.join(save_directory, WEIGHTS_NAME), metadata={"format": "pt"})
+        meta = {
+            "num_heads": self.num_heads,
+            "head_module": self.head_module,
+            "head_weights": self.head_weights.tolist(),
+            "base_config": self.model.config.to_dict(),
+        }
+        with open(os.path.join(save_directory, STUDENT_CONFIG_NAME), "w") as f:
+            json.dump(meta, f, indent=2, sort_keys=True)
+
+    # ----- heads -----
+
+    @property
+    def head(self) -> MultiHeadLinear:
+        return self.model.get_submodule(self.head_module)
+
+    def set_head_weights(self, weights: list[float] | torch.Tensor) -> None:
+        """Set how heads are combined at inference (non-negative, normalised to sum to 1)."""
+        w = torch.as_tensor(weights, dtype=torch.float32).flatten()
+        if w.numel() != self.num_heads:
+            raise ValueError(f"Got {w.numel()} head weights for a student with {self.num_heads} heads.")
+        if not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+            raise ValueError(f"Head weights must be finite, >= 0 and not all zero, got {w.tolist()}.")
+        self.head_weights.copy_(w / w.sum())
+
+    def combine_heads(self, head_logits: torch.Tensor) -> torch.Tensor:
+        """`[..., num_heads, num_labels] -> [..., num_labels]`: the weighted mean of the heads' logits."""
+        w = self.head_weights.to(head_logits.dtype)
+        return torch.einsum("...hc,h->...c", head_logits, w)
+
+    def merge_heads(self) -> PreTrainedModel:
+        """A plain transformers model (a copy) whose logits equal this student's combined logits."""
+        merged = copy.deepcopy(self.model)
+        _set_submodule(merged, self.head_module, self.head.merge(self.head_weights))
+        return merged
+
+    # ----- delegation to the wrapped transformers model -----
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def num_labels(self) -> int:
+        return self.model.config.num_labels
+
+    def __getattr__(self, name: str):
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            if name == "model":
+                raise
+            return getattr(self.model, name)  # main_input_name, floating_point_ops, add_model_tags, ...
+
+    def forward(
+        self,
+        input_ids: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        token_type_ids: torch.Tensor | None = None,
+        position_ids: torch.Tensor | None = None,
+        inputs_embeds: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        **kwargs,
+    ) -> MultiHeadStudentOutput:
+        inputs = dict(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            token_type_ids=token_type_ids,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+        outputs = self.model(**{k: v for k, v in inputs.items() if v is not None}, return_dict=True)
+        head_logits = outputs.logits  # [batch, num_heads, num_labels]
+        logits = self.combine_heads(head_logits)
+        loss = None
+        if labels is not None:
+            per_example, mask = hard_loss(logits, labels)
+            loss = per_example.sum() / mask.sum().clamp_min(1)
+        return MultiHeadStudentOutput(
+            loss=loss,
+            logits=logits,
+            head_logits=head_logits,
+            hidden_states=getattr(outputs, "hidden_states", None),
+            attentions=getattr(outputs, "attentions", None),
+        )

@@ -1,0 +1,320 @@
+"""`MultiTeacherDistillationTrainer`: a drop-in `Trainer` that learns from N teachers' soft labels.
+
+Soft labels come from the batch (`teacher_logits`, cached once by `label_with_teachers`) or, for data without
+a cache, from online teachers run on each batch. The `Trainer` methods overridden are: the loss
+(`compute_loss`, `prediction_step`), keeping the `teacher_logits` column (`_set_signature_columns_if_needed`),
+exact loss normalisation under gradient accumulation (`get_batch_samples`), per-component logging (`log`,
+`evaluation_loop`) and what gets saved (`_save`, `_save_checkpoint`: checkpoints keep every head, the final
+model is merged).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import os
+from collections import defaultdict
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import Trainer, TrainingArguments
+from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.utils import logging
+
+from .arguments import DistillationArguments
+from .collator import TEACHER_LOGITS, DataCollatorWithTeacherLogits, check_finite_teacher_logits
+from .losses import multi_teacher_distillation_loss
+from .modeling import MultiHeadStudent
+from .teachers import label_names, label_permutation, load_teacher, teacher_forward
+
+logger = logging.get_logger(__name__)
+
+LABEL_COLUMNS = ("label", "labels", "label_ids")
+
+
+class MultiTeacherDistillationTrainer(Trainer):
+    """`Trainer` for multi-teacher knowledge distillation (TMKD).
+
+    Args:
+        model: a [`MultiHeadStudent`] (head *i* learns from teacher *i*) or any plain sequence classifier (it learns
+            from the teachers combined by `args.teacher_aggregation`).
+        args: [`DistillationArguments`]; plain `TrainingArguments` are upgraded with the distillation defaults.
+        teachers: optional models or checkpoint paths run on every batch that has no cached `teacher_logits`.
+            They must share the student's tokenizer; for other tokenizers cache logits with `label_with_teachers`.
+        data_collator: defaults to [`DataCollatorWithTeacherLogits`] over `processing_class`.
+        Everything else is passed to `transformers.Trainer` unchanged.
+    """
+
+    _tag_names = ["tmkd", "knowledge-distillation"]
+    # `compute_loss` divides by the examples in the whole accumulated batch (see `get_batch_samples`).
+    loss_is_scaled_for_ga = True
+    args_class = DistillationArguments
+    data_collator_class = DataCollatorWithTeacherLogits
+
+    def __init__(
+        self,
+        model: nn.Module | None = None,
+        args: TrainingArguments | None = None,
+        data_collator=None,
+        train_dataset=None,
+        eval_dataset=None,
+        processing_class=None,
+        teachers: list[str | nn.Module] | None = None,
+        **kwargs,
+    ):
+        if args is None:
+            args = self.args_class(output_dir="trainer_output")
+        elif not isinstance(args, self.args_class):
+            init_fields = {f.name: getattr(args, f.name) for f in dataclasses.fields(args) if f.init}
+            args = self.args_class(**init_fields)
+        if data_collator is None and processing_class is not None and hasattr(processing_class, "pad"):
+            data_collator = self.data_collator_class(processing_class)
+        super().__init__(
+            model=model,
+            args=args,
+            data_collator=data_collator,
+            train_dataset=train_dataset,
+            eval_dataset=eval_dataset,
+            processing_class=processing_class,
+            **kwargs,
+        )
+        # The loss is computed here, not by the model: never hand `num_items_in_batch` to `forward`.
+        self.model_accepts_loss_kwargs = False
+        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._saving_checkpoint = False
+        self._warned_regression_soft_loss = False
+
+        student = self._student()
+        self.teachers, self._teacher_perms = self._prepare_teachers(teachers or [], student)
+        if isinstance(student, MultiHeadStudent):
+            if self.teachers and len(self.teachers) != student.num_heads:
+                raise ValueError(
+                    f"{len(self.teachers)} online teachers were given but the student has {student.num_heads} heads."
+                )
+            if self.args.teacher_weights is not None:
+                student.set_head_weights(self.args.normalized_teacher_weights(student.num_heads))
+        elif self.teachers and self.args.teacher_weights is not None:
+            self.args.normalized_teacher_weights(len(self.teachers))  # length check, clear error
+        if hasattr(student, "add_model_tags"):
+            student.add_model_tags(self._tag_names)
+        if self.args.do_train or train_dataset is not None:
+            self._check_train_dataset(train_dataset, student)
+
+    # ----- set-up helpers -----
+
+    def _student(self) -> nn.Module:
+        return self.accelerator.unwrap_model(self.model)
+
+    def _prepare_teachers(self, teachers, student) -> tuple[list[nn.Module], list]:
+        loaded, perms = [], []
+        student_names = label_names(student.config) if getattr(student, "config", None) else None
+        for i, spec in enumerate(teachers):
+            name = spec if isinstance(spec, (str, os.PathLike)) else f"teachers[{i}] ({type(spec).__name__})"
+            teacher = load_teacher(spec)
+            for p in teacher.parameters():
+                p.requires_grad_(False)
+            student_vocab = getattr(student.config, "vocab_size", None)
+            teacher_vocab = getattr(teacher.config, "vocab_size", None)
+            if student_vocab and teacher_vocab and student_vocab != teacher_vocab:
+                raise ValueError(
+                    f"Online teacher {name!r} has a vocabulary of {teacher_vocab} tokens but the student has "
+                    f"{student_vocab}: online teachers read the student's input_ids, so they must share its "
+                    "tokenizer. Cache that teacher's logits with tmkd_hf.label_with_teachers instead."
+                )
+            perms.append(label_permutation(teacher.config, student_names, str(name), "the student"))
+            loaded.append(teacher.to(self.args.device))
+        return loaded, perms
+
+    def _check_train_dataset(self, dataset, student) -> None:
+        """Fail before training starts, with a fix, when the data cannot teach this student."""
+        columns = getattr(dataset, "column_names", None)
+        if not columns:
+            return  # iterable / custom datasets are checked batch by batch in `compute_loss`
+        if isinstance(columns, dict):  # DatasetDict
+            return
+        has_labels = any(c in columns for c in LABEL_COLUMNS)
+        if TEACHER_LOGITS not in columns and not self.teachers and self.args.alpha > 0:
+            raise ValueError(
+                f"train_dataset has no '{TEACHER_LOGITS}' column and no online teachers were given, but "
+                f"alpha={self.args.alpha} asks for teacher soft labels. Label the data once with "
+                "tmkd_hf.label_with_teachers(dataset, teachers, ...), pass teachers=[...] to the trainer, or set "
+                "alpha=0.0 for plain fine-tuning."
+            )
+        if not has_labels and self.args.alpha < 1:
+            raise ValueError(
+                f"train_dataset has no label column but alpha={self.args.alpha} gives the golden-label loss a weight "
+                f"of {1 - self.args.alpha:g}. For unlabelled data (TMKD stage 1) set alpha=1.0."
+            )
+        if TEACHER_LOGITS in columns and len(dataset) > 0:
+            first = torch.as_tensor(dataset[0][TEACHER_LOGITS], dtype=torch.float32)
+            first = first.unsqueeze(0) if first.dim() == 1 else first
+            if first.dim() != 2:
+                raise ValueError(f"'{TEACHER_LOGITS}' rows must be [num_teachers, num_labels], got {tuple(first.shape)}.")
+            num_teachers, num_labels = first.shape
+            # Reuse the loss's own shape checks on a dummy batch so the messages are identical.
+            dummy_student = torch.zeros(1, student.num_heads, student.config.num_labels) if isinstance(
+                student, MultiHeadStudent
+            ) else torch.zeros(1, getattr(student.config, "num_labels", num_labels))
+            weights = torch.tensor(self.args.normalized_teacher_weights(num_teachers))
+            multi_teacher_distillation_loss(
+                dummy_student, first.unsqueeze(0), None, teacher_weights=weights,
+                soft_loss_kind=self.args.soft_loss, teacher_aggregation=self.args.teacher_aggregation,
+            )
+
+    def _set_signature_columns_if_needed(self) -> None:
+        """Keep `teacher_logits` (and the wrapped model's inputs) under the default `remove_unused_columns=True`."""
+        if self._signature_columns is None:
+            super()._set_signature_columns_if_needed()
+            student = self._student()
+            if isinstance(student, MultiHeadStudent):
+                self._signature_columns += list(inspect.signature(student.model.forward).parameters)
+            self._signature_columns = list(dict.fromkeys(self._signature_columns + [TEACHER_LOGITS]))
+
+    # ----- loss -----
+
+    @torch.no_grad()
+    def _online_teacher_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        logits = []
+        for teacher, perm in zip(self.teachers, self._teacher_perms):
+            out = teacher_forward(teacher, inputs)
+            logits.append(out[:, perm] if perm is not None else out)
+        return torch.stack(logits, dim=1)
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, torch.Tensor | Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ):
+        """`alpha * soft + (1 - alpha) * hard` per example, normalised by the examples in the accumulated batch."""
+        inputs = dict(inputs)
+        teacher_logits = inputs.pop(TEACHER_LOGITS, None)
+        labels = inputs.pop("labels", None)
+        training = model.training
+        if teacher_logits is None and self.teachers and self.args.alpha > 0:
+            teacher_logits = self._online_teacher_logits(inputs)
+        if training and self.args.alpha > 0 and teacher_logits is None:
+            raise ValueError(
+                f"The training batch has no '{TEACHER_LOGITS}' and no online teachers were given (alpha="
+                f"{self.args.alpha}). Label the data with tmkd_hf.label_with_teachers, pass teachers=[...], or use "
+                "alpha=0.0 for plain fine-tuning. If the column exists, your data collator dropped it: use "
+                "DataCollatorWithTeacherLogits."
+            )
+        if training and self.args.alpha < 1 and labels is None:
+            raise ValueError(
+                f"The training batch has no labels but alpha={self.args.alpha} gives the golden-label loss a weight "
+                f"of {1 - self.args.alpha:g}. For unlabelled data (TMKD stage 1) set alpha=1.0."
+            )
+        if teacher_logits is not None:
+            teacher_logits = teacher_logits.to(self.args.device, dtype=torch.float32)
+            check_finite_teacher_logits(teacher_logits)
+            if self.args.alpha == 0 and labels is not None:
+                teacher_logits = None  # plain fine-tuning: soft labels carry no weight
+
+        outputs = model(**inputs)
+        head_logits = getattr(outputs, "head_logits", None)
+        student_logits = head_logits if head_logits is not None else outputs.logits
+        if student_logits.shape[-1] == 1 and self.args.soft_loss != "mse" and not self._warned_regression_soft_loss:
+            logger.warning(f"Regression task: soft_loss={self.args.soft_loss!r} is replaced by MSE on the outputs.")
+            self._warned_regression_soft_loss = True
+        weights = None
+        if teacher_logits is not None:
+            weights = torch.tensor(self.args.normalized_teacher_weights(teacher_logits.shape[1]))
+        per_example, parts = multi_teacher_distillation_loss(
+            student_logits,
+            teacher_logits,
+            labels,
+            alpha=self.args.alpha,
+            temperature=self.args.temperature,
+            soft_loss_kind=self.args.soft_loss,
+            t2_scaling=self.args.t2_scaling,
+            teacher_weights=weights,
+            teacher_aggregation=self.args.teacher_aggregation,
+        )
+        if num_items_in_batch is not None:
+            loss = per_example.sum() / num_items_in_batch
+            if self.args.average_tokens_across_devices and self.args.world_size > 1:
+                loss = loss * self.args.world_size  # DDP averages gradients over processes
+        else:
+            loss = per_example.mean()
+        mode = "train" if training else "eval"
+        for key, value in parts.items():
+            self._metrics[mode][key].append(value)
+        return (loss, outputs) if return_outputs else loss
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        """Count the examples of the whole accumulated batch so `compute_loss` normalises exactly."""
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if not batch_samples:
+            return batch_samples, None
+        num_items = torch.tensor(sum(_num_rows(b) for b in batch_samples), device=device, dtype=torch.float32)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            num_items = self.accelerator.gather(num_items.reshape(1)).sum()
+        return batch_samples, num_items
+
+    def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
+        """Evaluate like `Trainer`, returning the combined logits (never teacher logits or per-head logits)."""
+        inputs = self._prepare_inputs(inputs)
+        labels = inputs.get("labels")
+        can_score = labels is not None or TEACHER_LOGITS in inputs or bool(self.teachers)
+        with torch.no_grad(), self.compute_loss_context_manager():
+            if can_score:
+                loss, outputs = self.compute_loss(model, inputs, return_outputs=True)
+                loss = loss.detach()
+            else:
+                loss, outputs = None, model(**{k: v for k, v in inputs.items() if k != TEACHER_LOGITS})
+        if prediction_loss_only:
+            return loss, None, None
+        return loss, outputs.logits.detach(), labels
+
+    def evaluation_loop(self, *args, **kwargs):
+        self._metrics["eval"].clear()  # loss parts of this evaluation only (not of an earlier `predict`)
+        return super().evaluation_loop(*args, **kwargs)
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Add the mean soft/hard/per-teacher losses since the last log, averaged over processes."""
+        is_train = "loss" in logs or "train_runtime" in logs
+        mode = "train" if is_train else "eval"
+        prefix = "" if is_train else next((k[: -len("loss")] for k in logs if k.endswith("_loss")), "eval_")
+        if self._metrics[mode]:
+            for key, values in self._metrics[mode].items():
+                mean = torch.stack(values).mean().to(self.args.device).reshape(1)
+                logs[f"{prefix}{key}"] = round(self.accelerator.gather(mean).mean().item(), 6)
+            self._metrics[mode].clear()
+        super().log(logs, start_time)
+
+    # ----- saving: checkpoints keep every head, the final model is merged -----
+
+    def _save_checkpoint(self, model, trial):
+        self._saving_checkpoint = True
+        try:
+            super()._save_checkpoint(model, trial)
+        finally:
+            self._saving_checkpoint = False
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        student = self._student()
+        if not isinstance(student, MultiHeadStudent):
+            return super()._save(output_dir, state_dict)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        if not self.args.should_save:
+            return
+        os.makedirs(output_dir, exist_ok=True)
+        if self._saving_checkpoint:
+            student.save_pretrained(output_dir, state_dict=state_dict)
+        else:
+            logger.info(f"Saving the merged student ({student.num_heads} heads folded into one) to {output_dir}")
+            student.save_pretrained(output_dir, merged=True)
+        tokenizer = self.processing_class or getattr(self.data_collator, "tokenizer", None)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(output_dir)
+        torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+
+def _num_rows(batch: dict[str, Any]) -> int:
+    for value in batch.values():
+        if torch.is_tensor(value) and value.dim() > 0:
+            return value.shape[0]
+    raise ValueError("Cannot count the examples of a batch that holds no tensors.")
