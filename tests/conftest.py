@@ -30,11 +30,11 @@ WORDS = (
 
 
 @pytest.fixture(scope="session")
-def tokenizer(tmp_path_factory):
-    path = tmp_path_factory.mktemp("tokenizer")
+def tokenizer():
     vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + WORDS + list("abcdefghijklmnopqrstuvwxyz0123456789")
-    (path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    return BertTokenizerFast(vocab_file=str(path / "vocab.txt"), do_lower_case=True)
+    tok = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
+    assert tok("city river")["input_ids"][1:3] == [vocab.index("city"), vocab.index("river")]
+    return tok
 
 
 def tiny_config(family: str = "bert", num_labels: int = 2, vocab_size: int = 128, **kwargs):
@@ -99,5 +99,51 @@ def teacher_dirs(tmp_path, tokenizer):
         path = tmp_path / f"teacher-{i}"
         tiny_model("bert", seed=100 + i, head_scale=20.0).save_pretrained(path)
         tokenizer.save_pretrained(path)
+        dirs.append(str(path))
+    return dirs
+
+
+KEYWORDS = ("city", "river", "king", "queen", "capital")
+
+
+def keyword_dataset(n: int = 128, seed: int = 0, with_labels: bool = True) -> Dataset:
+    """A learnable pair task: label 1 when the sentence names one of KEYWORDS (about half the rows)."""
+    rng = random.Random(seed)
+    plain = [w for w in WORDS if w not in KEYWORDS]
+    questions, sentences, labels = [], [], []
+    for _ in range(n):
+        words = [rng.choice(plain) for _ in range(rng.randint(4, 12))]
+        label = rng.random() < 0.5
+        if label:
+            words.insert(rng.randrange(len(words) + 1), rng.choice(KEYWORDS))
+        questions.append(" ".join(rng.choice(plain) for _ in range(rng.randint(3, 6))))
+        sentences.append(" ".join(words))
+        labels.append(int(label))
+    data = {"question": questions, "sentence": sentences}
+    if with_labels:
+        data["label"] = labels
+    return Dataset.from_dict(data)
+
+
+@pytest.fixture(scope="session")
+def trained_teacher_dirs(tmp_path_factory, tokenizer):
+    """Three tiny BERT teachers fine-tuned (alpha=0, i.e. plain fine-tuning) on the keyword task, saved."""
+    from tmkd_hf import DistillationArguments, MultiTeacherDistillationTrainer
+
+    root = tmp_path_factory.mktemp("trained-teachers")
+    train = tokenize(keyword_dataset(256, seed=1), tokenizer)
+    dirs = []
+    for i, lr in enumerate((3e-3, 4e-3, 5e-3)):
+        args = DistillationArguments(
+            output_dir=str(root / f"run-{i}"), alpha=0.0, num_train_epochs=6, learning_rate=lr, seed=i,
+            per_device_train_batch_size=16, report_to="none", use_cpu=True, save_strategy="no",
+            disable_tqdm=True, logging_strategy="no",
+        )
+        trainer = MultiTeacherDistillationTrainer(
+            model=tiny_model("bert", seed=10 + i), args=args, train_dataset=train, processing_class=tokenizer
+        )
+        trainer.train()
+        path = root / f"teacher-{i}"
+        trainer.save_model(str(path))
         dirs.append(str(path))
     return dirs

@@ -1,0 +1,377 @@
+"""MultiTeacherDistillationTrainer as a drop-in Trainer: the DESIGN.md API, GA exactness, eval, resume, errors."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import keyword_dataset, pair_dataset, tiny_model, tokenize
+from datasets import Dataset
+from transformers import AutoModelForSequenceClassification, TrainingArguments
+
+from tmkd_hf import (
+    DataCollatorWithTeacherLogits,
+    DistillationArguments,
+    MultiHeadStudent,
+    MultiTeacherDistillationTrainer,
+    label_with_teachers,
+)
+from tmkd_hf.modeling import STUDENT_CONFIG_NAME
+
+
+def make_args(tmp_path, **overrides) -> DistillationArguments:
+    defaults = dict(
+        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, per_device_eval_batch_size=16,
+        learning_rate=1e-3, num_train_epochs=1, report_to="none", use_cpu=True, save_strategy="no",
+        disable_tqdm=True, seed=0, logging_steps=2,
+    )
+    defaults.update(overrides)
+    return DistillationArguments(**defaults)
+
+
+def with_logits(dataset: Dataset, num_teachers: int = 3, num_labels: int = 2, seed: int = 0) -> Dataset:
+    g = np.random.default_rng(seed)
+    logits = g.normal(size=(len(dataset), num_teachers, num_labels)).astype(np.float32) * 2
+    return dataset.add_column("teacher_logits", logits.tolist())
+
+
+def no_dropout_student(num_heads: int = 3, num_labels: int = 2, seed: int = 0) -> MultiHeadStudent:
+    model = tiny_model("bert", num_labels=num_labels, seed=seed, hidden_dropout_prob=0.0,
+                       attention_probs_dropout_prob=0.0)
+    return MultiHeadStudent(model, num_heads)
+
+
+def params(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_params(a, b, atol=1e-6):
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], atol=atol, rtol=1e-5, msg=k)
+
+
+# ----- the public API, as written in DESIGN.md -----
+
+
+def test_design_api_end_to_end(tmp_path, tokenizer, trained_teacher_dirs):
+    raw_train, raw_dev = keyword_dataset(192, seed=2), keyword_dataset(64, seed=3)
+    train = label_with_teachers(raw_train, trained_teacher_dirs, text_columns=("question", "sentence"))
+    assert np.asarray(train[0]["teacher_logits"]).shape == (3, 2)
+    train_tok, dev_tok = tokenize(train, tokenizer), tokenize(raw_dev, tokenizer)
+    tiny_model("bert", seed=5).save_pretrained(tmp_path / "student-init")
+
+    student = MultiHeadStudent.from_pretrained(str(tmp_path / "student-init"), num_teachers=3, num_labels=2)
+    args = make_args(tmp_path, alpha=0.5, temperature=2.0, soft_loss="kl", num_train_epochs=2)
+    trainer = MultiTeacherDistillationTrainer(
+        model=student, args=args, train_dataset=train_tok, eval_dataset=dev_tok, processing_class=tokenizer,
+        data_collator=DataCollatorWithTeacherLogits(tokenizer),
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert math.isfinite(metrics["eval_loss"])
+    trainer.save_model()
+
+    out = tmp_path / "out"
+    assert (out / "config.json").exists() and not (out / STUDENT_CONFIG_NAME).exists()
+    plain = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    batch = tokenizer(["what city"], ["the river of the king"], return_tensors="pt")
+    student.eval()
+    with torch.no_grad():
+        diff = (plain(**batch).logits - student(**batch).logits).abs().max().item()
+    assert diff <= 1e-5
+    # per-component losses are logged
+    logged = {k for entry in trainer.state.log_history for k in entry}
+    assert {"loss_soft", "loss_hard", "loss_soft_teacher_0", "loss_soft_teacher_2"} <= logged
+    assert "eval_loss_hard" in metrics and "eval_loss_soft" not in metrics  # dev set has no cached logits
+
+
+def test_student_agreement_with_teachers_rises(tmp_path, tokenizer, trained_teacher_dirs):
+    """Stage-1 style distillation (no labels, alpha=1): the student learns the teachers' function."""
+    train = label_with_teachers(keyword_dataset(384, seed=4, with_labels=False), trained_teacher_dirs)
+    held_out = label_with_teachers(keyword_dataset(128, seed=5, with_labels=False), trained_teacher_dirs)
+    teacher_vote = np.asarray(held_out["teacher_logits"]).mean(1).argmax(-1)
+    assert 0.2 < teacher_vote.mean() < 0.8  # the teachers' predictions depend on the input
+    student = MultiHeadStudent(tiny_model("bert", seed=21), 3)
+    args = make_args(tmp_path, alpha=1.0, num_train_epochs=6, learning_rate=2e-3, per_device_train_batch_size=32)
+    trainer = MultiTeacherDistillationTrainer(
+        model=student, args=args, train_dataset=tokenize(train, tokenizer), processing_class=tokenizer
+    )
+    held_tok = tokenize(held_out, tokenizer)
+
+    def agreement() -> float:
+        return float((trainer.predict(held_tok).predictions.argmax(-1) == teacher_vote).mean())
+
+    before = agreement()
+    trainer.train()
+    after = agreement()
+    assert after >= 0.9, (before, after)
+    assert after - before >= 0.25, (before, after)
+
+
+# ----- drop-in behaviour -----
+
+
+def test_default_remove_unused_columns_keeps_teacher_logits(tmp_path, tokenizer):
+    raw = with_logits(pair_dataset(32))  # keeps the raw text columns: Trainer must drop them, not teacher_logits
+    ds = raw.map(lambda b: tokenizer(b["question"], b["sentence"]), batched=True)
+    args = make_args(tmp_path, alpha=1.0)
+    assert args.remove_unused_columns is True
+    trainer = MultiTeacherDistillationTrainer(
+        model=no_dropout_student(), args=args, train_dataset=ds, processing_class=tokenizer
+    )
+    batch = next(iter(trainer.get_train_dataloader()))
+    assert "teacher_logits" in batch and "question" not in batch
+    assert batch["teacher_logits"].shape == (8, 3, 2) and batch["teacher_logits"].dtype == torch.float32
+    trainer.train()
+    assert any("loss_soft" in entry for entry in trainer.state.log_history)
+
+
+def test_plain_training_arguments_are_upgraded(tmp_path, tokenizer):
+    ds = tokenize(with_logits(pair_dataset(16)), tokenizer)
+    args = TrainingArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True, max_steps=1)
+    trainer = MultiTeacherDistillationTrainer(
+        model=no_dropout_student(), args=args, train_dataset=ds, processing_class=tokenizer
+    )
+    assert isinstance(trainer.args, DistillationArguments) and trainer.args.max_steps == 1
+    assert trainer.args.alpha == 0.5
+    trainer.train()
+
+
+def _train_params(tmp_path, ds, tokenizer, name, **overrides):
+    args = make_args(tmp_path / name, train_sampling_strategy="sequential", logging_steps=1, **overrides)
+    trainer = MultiTeacherDistillationTrainer(
+        model=no_dropout_student(), args=args, train_dataset=ds, processing_class=tokenizer
+    )
+    trainer.train()
+    return params(trainer.model), trainer
+
+
+@pytest.mark.parametrize("rows", [16, 10])  # 10 rows: the accumulated micro-batches are 4, 4 and 2 rows
+def test_gradient_accumulation_is_exact(tmp_path, tokenizer, rows):
+    ds = tokenize(with_logits(pair_dataset(rows)), tokenizer)
+    full = rows if rows % 4 else 8
+    one_batch, _ = _train_params(tmp_path, ds, tokenizer, "full", per_device_train_batch_size=full,
+                                 gradient_accumulation_steps=1, num_train_epochs=2)
+    accumulated, _ = _train_params(tmp_path, ds, tokenizer, "ga", per_device_train_batch_size=4,
+                                   gradient_accumulation_steps=full // 4 + (1 if full % 4 else 0),
+                                   num_train_epochs=2)
+    assert_same_params(one_batch, accumulated, atol=2e-6)
+
+
+def test_evaluate_and_predict_return_combined_logits(tmp_path, tokenizer):
+    train = tokenize(with_logits(pair_dataset(32)), tokenizer)
+    dev = tokenize(pair_dataset(20, seed=1), tokenizer)  # labels, no teacher logits: hard loss only
+    seen = {}
+
+    def compute_metrics(pred):
+        seen["shape"] = pred.predictions.shape
+        return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
+
+    trainer = MultiTeacherDistillationTrainer(
+        model=no_dropout_student(), args=make_args(tmp_path), train_dataset=train, eval_dataset=dev,
+        processing_class=tokenizer, compute_metrics=compute_metrics,
+    )
+    trainer.train()
+    metrics = trainer.evaluate()
+    assert seen["shape"] == (20, 2) and 0.0 <= metrics["eval_accuracy"] <= 1.0
+    assert "eval_loss_hard" in metrics and "eval_loss_soft" not in metrics
+    unlabelled = dev.remove_columns("label")
+    pred = trainer.predict(unlabelled)
+    assert pred.predictions.shape == (20, 2) and pred.label_ids is None
+    # the predictions are the student's combined logits
+    student = trainer.model.eval()
+    batch = DataCollatorWithTeacherLogits(tokenizer)([unlabelled[i] for i in range(4)])
+    with torch.no_grad():
+        expected = student(**batch).logits.numpy()
+    np.testing.assert_allclose(pred.predictions[:4], expected, atol=1e-5)
+
+
+def test_resume_from_checkpoint_continues_exactly(tmp_path, tokenizer):
+    ds = tokenize(with_logits(pair_dataset(48)), tokenizer)
+    common = dict(max_steps=6, per_device_train_batch_size=8, save_strategy="steps", save_steps=3)
+    straight, _ = _train_params(tmp_path, ds, tokenizer, "straight", **common)
+
+    args = make_args(tmp_path / "resumed", train_sampling_strategy="sequential", **common)
+    first = MultiTeacherDistillationTrainer(
+        model=no_dropout_student(), args=args, train_dataset=ds, processing_class=tokenizer
+    )
+    first.train()
+    checkpoint = tmp_path / "resumed" / "out" / "checkpoint-3"
+    assert (checkpoint / STUDENT_CONFIG_NAME).exists()  # training checkpoints keep every head
+    assert MultiHeadStudent.from_pretrained(checkpoint).num_heads == 3
+
+    second = MultiTeacherDistillationTrainer(
+        model=no_dropout_student(seed=99), args=args, train_dataset=ds, processing_class=tokenizer
+    )
+    second.train(resume_from_checkpoint=str(checkpoint))
+    assert second.state.global_step == 6
+    assert_same_params(straight, params(second.model), atol=1e-6)
+
+
+def test_single_head_student_learns_from_averaged_teachers(tmp_path, tokenizer):
+    ds = tokenize(with_logits(pair_dataset(64), num_teachers=3), tokenizer)
+    model = tiny_model("bert", seed=1)
+    for aggregation in ("mean_logits", "mean_probs"):
+        args = make_args(tmp_path / aggregation, alpha=1.0, teacher_aggregation=aggregation, num_train_epochs=3)
+        trainer = MultiTeacherDistillationTrainer(model=model, args=args, train_dataset=ds,
+                                                  processing_class=tokenizer)
+        trainer.train()
+        losses = [e["loss_soft"] for e in trainer.state.log_history if "loss_soft" in e]
+        assert losses[-1] < losses[0]
+        assert not any("loss_soft_teacher_0" in e for e in trainer.state.log_history)
+    trainer.save_model()
+    assert type(AutoModelForSequenceClassification.from_pretrained(tmp_path / "mean_probs" / "out")).__name__ == (
+        "BertForSequenceClassification"
+    )
+
+
+def test_online_teachers_match_cached_logits(tmp_path, tokenizer, teacher_dirs):
+    raw = pair_dataset(16)
+    cached = tokenize(label_with_teachers(raw, teacher_dirs, max_length=32), tokenizer)
+    online = tokenize(raw, tokenizer)
+    args = make_args(tmp_path, alpha=0.5)
+    trainer = MultiTeacherDistillationTrainer(
+        model=no_dropout_student(), args=args, train_dataset=online, processing_class=tokenizer,
+        teachers=teacher_dirs,
+    )
+    collate = DataCollatorWithTeacherLogits(tokenizer)
+    cached_batch = collate([cached[i] for i in range(8)])
+    online_batch = collate([online[i] for i in range(8)])
+    assert "teacher_logits" not in online_batch
+    trainer.model.eval()
+    with torch.no_grad():
+        loss_online = trainer.compute_loss(trainer.model, online_batch)
+        loss_cached = trainer.compute_loss(trainer.model, cached_batch)
+    torch.testing.assert_close(loss_online, loss_cached, atol=1e-5, rtol=1e-5)
+    trainer.train()
+    assert any("loss_soft_teacher_2" in e for e in trainer.state.log_history)
+
+
+def test_regression_uses_mse(tmp_path, tokenizer):
+    raw = pair_dataset(32, with_labels=False)
+    rng = np.random.default_rng(0)
+    raw = raw.add_column("label", rng.uniform(0, 5, size=len(raw)).astype(np.float32).tolist())
+    ds = tokenize(with_logits(raw, num_teachers=2, num_labels=1), tokenizer)
+    student = MultiHeadStudent(tiny_model("bert", num_labels=1), 2)
+    trainer = MultiTeacherDistillationTrainer(model=student, args=make_args(tmp_path, alpha=0.5),
+                                              train_dataset=ds, processing_class=tokenizer)
+    batch = DataCollatorWithTeacherLogits(tokenizer)([ds[i] for i in range(4)])
+    with torch.no_grad():
+        out = student(**{k: v for k, v in batch.items() if k not in ("labels", "teacher_logits")})
+        loss = trainer.compute_loss(student, batch)
+    soft = ((out.head_logits - batch["teacher_logits"]) ** 2).mean()  # equal weights: mean over heads and rows
+    hard = ((out.head_logits.squeeze(-1) - batch["labels"][:, None]) ** 2).mean()
+    torch.testing.assert_close(loss, 0.5 * soft + 0.5 * hard, atol=1e-5, rtol=1e-5)
+    trainer.train()
+
+
+def test_stage_one_without_labels(tmp_path, tokenizer):
+    ds = tokenize(with_logits(pair_dataset(24, with_labels=False)), tokenizer)
+    trainer = MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path, alpha=1.0),
+                                              train_dataset=ds, processing_class=tokenizer)
+    trainer.train()
+    assert not any("loss_hard" in e for e in trainer.state.log_history)
+
+
+def test_teacher_weights_set_the_head_combination(tmp_path, tokenizer):
+    ds = tokenize(with_logits(pair_dataset(16)), tokenizer)
+    student = no_dropout_student()
+    MultiTeacherDistillationTrainer(model=student, args=make_args(tmp_path, teacher_weights=[2.0, 1.0, 1.0]),
+                                    train_dataset=ds, processing_class=tokenizer)
+    torch.testing.assert_close(student.head_weights, torch.tensor([0.5, 0.25, 0.25]))
+
+
+# ----- errors that must be clear -----
+
+
+def test_error_teacher_logits_missing_without_online_teachers(tmp_path, tokenizer):
+    ds = tokenize(pair_dataset(16), tokenizer)
+    with pytest.raises(ValueError, match="no 'teacher_logits' column and no online teachers"):
+        MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path), train_dataset=ds,
+                                        processing_class=tokenizer)
+    # alpha=0 is plain fine-tuning: no teachers needed
+    MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path, alpha=0.0),
+                                    train_dataset=ds, processing_class=tokenizer).train()
+    # a batch that lost its column (e.g. a user collator) is caught in the loss too
+    trainer = MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path, alpha=0.0),
+                                              train_dataset=ds, processing_class=tokenizer)
+    trainer.args.alpha = 0.5
+    trainer.model.train()
+    with pytest.raises(ValueError, match="DataCollatorWithTeacherLogits"):
+        trainer.compute_loss(trainer.model, DataCollatorWithTeacherLogits(tokenizer)([ds[0], ds[1]]))
+
+
+def test_error_logits_label_count_differs_from_student(tmp_path, tokenizer):
+    ds = tokenize(with_logits(pair_dataset(16), num_labels=3), tokenizer)
+    with pytest.raises(ValueError, match="3 labels but the student predicts 2"):
+        MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path), train_dataset=ds,
+                                        processing_class=tokenizer)
+
+
+def test_error_teacher_count_differs_from_heads(tmp_path, tokenizer):
+    ds = tokenize(with_logits(pair_dataset(16), num_teachers=2), tokenizer)
+    with pytest.raises(ValueError, match="3 heads but teacher_logits hold 2 teachers"):
+        MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path), train_dataset=ds,
+                                        processing_class=tokenizer)
+
+
+def test_error_nan_teacher_logits(tmp_path, tokenizer):
+    raw = pair_dataset(16)
+    logits = np.zeros((16, 3, 2), dtype=np.float32)
+    logits[5, 1, 0] = np.nan
+    ds = tokenize(raw.add_column("teacher_logits", logits.tolist()), tokenizer)
+    args = make_args(tmp_path, train_sampling_strategy="sequential", per_device_train_batch_size=8)
+    trainer = MultiTeacherDistillationTrainer(model=no_dropout_student(), args=args, train_dataset=ds,
+                                              processing_class=tokenizer)
+    with pytest.raises(ValueError, match=r"NaN or inf: 1 of 8 examples .*positions \[5\].*teacher index\(es\) \[1\]"):
+        trainer.train()
+
+
+def test_labels_absent_alpha_below_one_is_an_error(tmp_path, tokenizer):
+    unlabelled = tokenize(with_logits(pair_dataset(16, with_labels=False)), tokenizer)
+    with pytest.raises(ValueError, match="no label column but alpha=0.5.*set alpha=1.0"):
+        MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path, alpha=0.5),
+                                        train_dataset=unlabelled, processing_class=tokenizer)
+    labelled = tokenize(with_logits(pair_dataset(16)), tokenizer)  # labels present and alpha=1: fine, ignored
+    trainer = MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path, alpha=1.0),
+                                              train_dataset=labelled, processing_class=tokenizer)
+    trainer.train()
+
+
+def test_error_teacher_weights_length(tmp_path, tokenizer):
+    ds = tokenize(with_logits(pair_dataset(16)), tokenizer)
+    with pytest.raises(ValueError, match="teacher_weights has 2 values but there are 3 teachers"):
+        MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path, teacher_weights=[1, 1]),
+                                        train_dataset=ds, processing_class=tokenizer)
+    single = tiny_model("bert")
+    with pytest.raises(ValueError, match="teacher_weights has 2 values but there are 3 teachers"):
+        MultiTeacherDistillationTrainer(model=single, args=make_args(tmp_path, teacher_weights=[1, 1]),
+                                        train_dataset=ds, processing_class=tokenizer)
+
+
+def test_error_online_teacher_with_other_vocabulary(tmp_path, tokenizer):
+    other = tiny_model("bert", vocab_size=300)
+    other.save_pretrained(tmp_path / "other")
+    ds = tokenize(pair_dataset(8), tokenizer)
+    with pytest.raises(ValueError, match="must share its tokenizer.*label_with_teachers"):
+        MultiTeacherDistillationTrainer(model=no_dropout_student(num_heads=1), args=make_args(tmp_path),
+                                        train_dataset=ds, processing_class=tokenizer,
+                                        teachers=[str(tmp_path / "other")])
+
+
+def test_checkpoint_dir_not_loadable_as_plain_model_by_accident(tmp_path, tokenizer):
+    ds = tokenize(with_logits(pair_dataset(16)), tokenizer)
+    args = make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
+    trainer = MultiTeacherDistillationTrainer(model=no_dropout_student(), args=args, train_dataset=ds,
+                                              processing_class=tokenizer)
+    trainer.train()
+    checkpoint = os.path.join(args.output_dir, "checkpoint-2")
+    # a multi-head checkpoint is no plain config.json checkpoint: loading it as one fails loudly, not silently
+    assert not os.path.exists(os.path.join(checkpoint, "config.json"))
+    with pytest.raises((OSError, ValueError)):
+        AutoModelForSequenceClassification.from_pretrained(checkpoint)
+    assert MultiHeadStudent.from_pretrained(checkpoint).num_heads == 3
