@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from .arguments import DistillationArguments
 from .collator import DataCollatorWithTeacherLogits
+from .initialization import student_from_teacher_layers
 from .labelling import label_with_teachers
 from .modeling import MultiHeadStudent
 from .trainer import MultiTeacherDistillationTrainer
@@ -14,4 +15,5 @@ __all__ = [
     "MultiHeadStudent",
     "MultiTeacherDistillationTrainer",
     "label_with_teachers",
+    "student_from_teacher_layers",
 ]

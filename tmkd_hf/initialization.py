@@ -1,0 +1,155 @@
+"""`student_from_teacher_layers`: a shallower student that starts from chosen layers of its teacher.
+
+The DistilBERT initialisation recipe (Sanh et al., 2019): the student keeps the teacher's architecture and width,
+with fewer encoder layers, and copies the embeddings, the chosen layers (in order) and everything after the encoder
+(pooler; the classification head when the teacher has one of the right shape). Starting from teacher layers instead
+of random weights is what makes a small student trainable on a few thousand examples.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import re
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+from transformers.utils import logging
+
+logger = logging.get_logger(__name__)
+
+# Keyword arguments that concern where/how the teacher is loaded; all others override the student's config.
+_LOADING_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "subfolder", "trust_remote_code")
+
+
+def _encoder_layer_list(model: nn.Module, num_layers: int) -> str:
+    """Dotted name of the `nn.ModuleList` that holds the encoder layers (`bert.encoder.layer`, ...)."""
+    candidates = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.ModuleList) and len(module) == num_layers and re.search(r"(^|\.)layers?$", name)
+    ]
+    if len(candidates) != 1:
+        raise ValueError(
+            f"Cannot find the encoder layers of {type(model).__name__}: expected exactly one nn.ModuleList named "
+            f"'*.layer' or '*.layers' with num_hidden_layers={num_layers} entries, found {candidates or 'none'}. "
+            "student_from_teacher_layers supports BERT-family encoders (BERT, RoBERTa, DistilBERT, ELECTRA, ...)."
+        )
+    return candidates[0]
+
+
+def student_from_teacher_layers(
+    teacher_name_or_path: str | os.PathLike | PreTrainedModel,
+    layers: Sequence[int] = (0, 2, 4),
+    num_labels: int = 2,
+    **kwargs,
+) -> PreTrainedModel:
+    """A sequence classifier with `len(layers)` encoder layers copied from the teacher's layers `layers`.
+
+    Args:
+        teacher_name_or_path: a local directory, Hub id or loaded model: a fine-tuned classifier or a bare encoder
+            (a `BertModel` checkpoint such as all-MiniLM-L6-v2 loads too; its head is then initialised fresh).
+        layers: teacher layer indices, 0-based, copied in this order to student layers 0, 1, ... Negative indices
+            count from the last layer. The DistilBERT recipe takes every other layer, e.g. `(0, 2, 4)` of 6.
+        num_labels: label count of the student's classification head.
+        kwargs: `revision`, `cache_dir`, `token`, `local_files_only`, `subfolder`, `trust_remote_code` are used to
+            load the teacher; everything else overrides the student's config (`id2label`, `label2id`,
+            `hidden_dropout_prob`, ...).
+
+    Returns:
+        An `AutoModelForSequenceClassification` model whose config has `num_hidden_layers == len(layers)`. The
+        classification head is copied from the teacher when the teacher has one with `num_labels` outputs, otherwise
+        it is newly initialised (seed with `transformers.set_seed` for a reproducible head).
+
+    Example:
+    ```python
+    >>> student = student_from_teacher_layers("path/to/minilm-l6", layers=[0, 2, 4], num_labels=2,
+    ...                                        id2label={0: "entailment", 1: "not_entailment"},
+    ...                                        label2id={"entailment": 0, "not_entailment": 1})
+    >>> student.config.num_hidden_layers
+    3
+    ```
+    """
+    load_kwargs = {k: kwargs.pop(k) for k in _LOADING_KWARGS if k in kwargs}
+    if isinstance(teacher_name_or_path, PreTrainedModel):
+        teacher_config = teacher_name_or_path.config
+    else:
+        teacher_config = AutoConfig.from_pretrained(str(teacher_name_or_path), **load_kwargs)
+    num_teacher_layers = getattr(teacher_config, "num_hidden_layers", None)
+    if num_teacher_layers is None or isinstance(num_teacher_layers, bool) or num_teacher_layers < 1:
+        raise ValueError(
+            f"The teacher's config ({type(teacher_config).__name__}) has no num_hidden_layers: "
+            "student_from_teacher_layers supports encoder models with a stack of layers (BERT family)."
+        )
+    layers = _check_layers(layers, num_teacher_layers)
+    if not isinstance(num_labels, int) or num_labels < 1:
+        raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}.")
+
+    not_in_checkpoint: set[str] = set()
+    if isinstance(teacher_name_or_path, PreTrainedModel):
+        teacher = teacher_name_or_path
+    else:
+        # The teacher keeps its own head size (loading never resizes it); only its weights are read. A bare encoder
+        # checkpoint gets a random head here: `not_in_checkpoint` keeps it from being copied as if it were trained.
+        teacher, info = AutoModelForSequenceClassification.from_pretrained(
+            str(teacher_name_or_path), output_loading_info=True, **load_kwargs
+        )
+        not_in_checkpoint = set(info.get("missing_keys", ()))
+    teacher_list = _encoder_layer_list(teacher, num_teacher_layers)
+
+    student_config = copy.deepcopy(teacher_config)
+    student_config.num_hidden_layers = len(layers)
+    student_config.num_labels = num_labels  # also resets id2label/label2id unless given in kwargs
+    for key, value in kwargs.items():
+        if key in ("id2label", "label2id"):
+            value = {int(k): v for k, v in value.items()} if key == "id2label" else {k: int(v) for k, v in value.items()}
+        setattr(student_config, key, value)
+    if len(student_config.id2label) != num_labels:
+        raise ValueError(f"id2label has {len(student_config.id2label)} labels but num_labels={num_labels}.")
+    student_config.architectures = None
+    student = AutoModelForSequenceClassification.from_config(student_config)
+    student_list = _encoder_layer_list(student, len(layers))
+
+    teacher_state = teacher.state_dict()
+    student_state = student.state_dict()
+    prefix = re.compile(rf"^{re.escape(student_list)}\.(\d+)\.")
+    copied, fresh = {}, []
+    for key, value in student_state.items():
+        match = prefix.match(key)
+        source = (
+            f"{teacher_list}.{layers[int(match.group(1))]}.{key[match.end():]}" if match else key
+        )
+        if source in teacher_state and source not in not_in_checkpoint and teacher_state[source].shape == value.shape:
+            copied[key] = teacher_state[source]
+        elif match:  # a layer weight that the teacher cannot provide: the architectures do not line up
+            raise ValueError(f"Teacher has no weight {source!r} of shape {tuple(value.shape)} for student {key!r}.")
+        elif not key.endswith("position_ids"):
+            fresh.append(key)
+    with torch.no_grad():
+        student.load_state_dict(copied, strict=False)
+    if fresh:
+        logger.info(f"Student weights not in the teacher (newly initialised): {fresh}")
+    student.config.name_or_path = ""
+    return student
+
+
+def _check_layers(layers: Sequence[int], num_teacher_layers: int) -> list[int]:
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence):
+        raise TypeError(f"layers must be a list of teacher layer indices, e.g. [0, 2, 4], got {layers!r}.")
+    layers = list(layers)
+    if not layers:
+        raise ValueError(
+            f"layers is empty: give the teacher layer indices to copy (0..{num_teacher_layers - 1}), e.g. [0, 2, 4]."
+        )
+    bad_type = [i for i in layers if not isinstance(i, int) or isinstance(i, bool)]
+    if bad_type:
+        raise ValueError(f"layers must hold integers, got {bad_type} in {layers}.")
+    out_of_range = [i for i in layers if not -num_teacher_layers <= i < num_teacher_layers]
+    if out_of_range:
+        raise ValueError(
+            f"Layer indices {out_of_range} are out of range: the teacher has {num_teacher_layers} layers "
+            f"(valid indices 0..{num_teacher_layers - 1}, or negative from the end); got layers={layers}."
+        )
+    return [i % num_teacher_layers for i in layers]
