@@ -1,0 +1,38 @@
+"""Two CPU processes (torch.distributed over gloo) train exactly like one process with the same global batch."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+SCRIPT = Path(__file__).parent / "scripts" / "distill_tiny.py"
+
+
+def run(cmd: list[str], tmp_path: Path) -> None:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=tmp_path, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["torchrun", "accelerate"])
+def test_two_processes_match_one(tmp_path, launcher):
+    run([sys.executable, str(SCRIPT), str(tmp_path / "single"), "8"], tmp_path)
+    if launcher == "torchrun":
+        launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533"]
+    else:
+        assert shutil.which("accelerate"), "accelerate CLI not on PATH"
+        launch = ["accelerate", "launch", "--multi_gpu", "--num_processes", "2", "--main_process_port", "29534"]
+    run([*launch, str(SCRIPT), str(tmp_path / "ddp"), "4"], tmp_path)
+    assert (tmp_path / "ddp" / "world_size.txt").read_text() == "2"
+    single = torch.load(tmp_path / "single" / "params.pt")
+    ddp = torch.load(tmp_path / "ddp" / "params.pt")
+    for key in single:
+        torch.testing.assert_close(ddp[key], single[key], atol=2e-6, rtol=1e-5, msg=key)
+    assert (tmp_path / "ddp" / "config.json").exists()  # the merged student, written once by the main process
