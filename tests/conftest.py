@@ -43,14 +43,23 @@ def tiny_config(family: str = "bert", num_labels: int = 2, vocab_size: int = 128
         return BertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, **common)
     if family == "roberta":
         return RobertaConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37,
-            max_position_embeddings=130, pad_token_id=0, **common,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            max_position_embeddings=130,
+            pad_token_id=0,
+            **common,
         )
     if family == "distilbert":
         return DistilBertConfig(dim=32, n_layers=2, n_heads=2, hidden_dim=37, pad_token_id=0, **common)
     if family == "mpnet":
         return MPNetConfig(
-            hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=37, pad_token_id=0,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=37,
+            pad_token_id=0,
             **common,
         )
     raise ValueError(family)
@@ -135,9 +144,17 @@ def trained_teacher_dirs(tmp_path_factory, tokenizer):
     dirs = []
     for i, lr in enumerate((3e-3, 4e-3, 5e-3)):
         args = DistillationArguments(
-            output_dir=str(root / f"run-{i}"), alpha=0.0, num_train_epochs=6, learning_rate=lr, seed=i,
-            per_device_train_batch_size=16, report_to="none", use_cpu=True, save_strategy="no",
-            disable_tqdm=True, logging_strategy="no",
+            output_dir=str(root / f"run-{i}"),
+            alpha=0.0,
+            num_train_epochs=6,
+            learning_rate=lr,
+            seed=i,
+            per_device_train_batch_size=16,
+            report_to="none",
+            use_cpu=True,
+            save_strategy="no",
+            disable_tqdm=True,
+            logging_strategy="no",
         )
         trainer = MultiTeacherDistillationTrainer(
             model=tiny_model("bert", seed=10 + i), args=args, train_dataset=train, processing_class=tokenizer

@@ -24,9 +24,17 @@ from tmkd_hf.modeling import STUDENT_CONFIG_NAME
 
 def make_args(tmp_path, **overrides) -> DistillationArguments:
     defaults = dict(
-        output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, per_device_eval_batch_size=16,
-        learning_rate=1e-3, num_train_epochs=1, report_to="none", use_cpu=True, save_strategy="no",
-        disable_tqdm=True, seed=0, logging_steps=2,
+        output_dir=str(tmp_path / "out"),
+        per_device_train_batch_size=8,
+        per_device_eval_batch_size=16,
+        learning_rate=1e-3,
+        num_train_epochs=1,
+        report_to="none",
+        use_cpu=True,
+        save_strategy="no",
+        disable_tqdm=True,
+        seed=0,
+        logging_steps=2,
     )
     defaults.update(overrides)
     return DistillationArguments(**defaults)
@@ -39,8 +47,9 @@ def with_logits(dataset: Dataset, num_teachers: int = 3, num_labels: int = 2, se
 
 
 def no_dropout_student(num_heads: int = 3, num_labels: int = 2, seed: int = 0) -> MultiHeadStudent:
-    model = tiny_model("bert", num_labels=num_labels, seed=seed, hidden_dropout_prob=0.0,
-                       attention_probs_dropout_prob=0.0)
+    model = tiny_model(
+        "bert", num_labels=num_labels, seed=seed, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0
+    )
     return MultiHeadStudent(model, num_heads)
 
 
@@ -67,7 +76,11 @@ def test_design_api_end_to_end(tmp_path, tokenizer, trained_teacher_dirs):
     student = MultiHeadStudent.from_pretrained(str(tmp_path / "student-init"), num_teachers=3, num_labels=2)
     args = make_args(tmp_path, alpha=0.5, temperature=2.0, soft_loss="kl", num_train_epochs=2)
     trainer = MultiTeacherDistillationTrainer(
-        model=student, args=args, train_dataset=train_tok, eval_dataset=dev_tok, processing_class=tokenizer,
+        model=student,
+        args=args,
+        train_dataset=train_tok,
+        eval_dataset=dev_tok,
+        processing_class=tokenizer,
         data_collator=DataCollatorWithTeacherLogits(tokenizer),
     )
     trainer.train()
@@ -154,11 +167,24 @@ def _train_params(tmp_path, ds, tokenizer, name, **overrides):
 def test_gradient_accumulation_is_exact(tmp_path, tokenizer, rows):
     ds = tokenize(with_logits(pair_dataset(rows)), tokenizer)
     full = rows if rows % 4 else 8
-    one_batch, _ = _train_params(tmp_path, ds, tokenizer, "full", per_device_train_batch_size=full,
-                                 gradient_accumulation_steps=1, num_train_epochs=2)
-    accumulated, _ = _train_params(tmp_path, ds, tokenizer, "ga", per_device_train_batch_size=4,
-                                   gradient_accumulation_steps=full // 4 + (1 if full % 4 else 0),
-                                   num_train_epochs=2)
+    one_batch, _ = _train_params(
+        tmp_path,
+        ds,
+        tokenizer,
+        "full",
+        per_device_train_batch_size=full,
+        gradient_accumulation_steps=1,
+        num_train_epochs=2,
+    )
+    accumulated, _ = _train_params(
+        tmp_path,
+        ds,
+        tokenizer,
+        "ga",
+        per_device_train_batch_size=4,
+        gradient_accumulation_steps=full // 4 + (1 if full % 4 else 0),
+        num_train_epochs=2,
+    )
     assert_same_params(one_batch, accumulated, atol=2e-6)
 
 
@@ -172,8 +198,12 @@ def test_evaluate_and_predict_return_combined_logits(tmp_path, tokenizer):
         return {"accuracy": float((pred.predictions.argmax(-1) == pred.label_ids).mean())}
 
     trainer = MultiTeacherDistillationTrainer(
-        model=no_dropout_student(), args=make_args(tmp_path), train_dataset=train, eval_dataset=dev,
-        processing_class=tokenizer, compute_metrics=compute_metrics,
+        model=no_dropout_student(),
+        args=make_args(tmp_path),
+        train_dataset=train,
+        eval_dataset=dev,
+        processing_class=tokenizer,
+        compute_metrics=compute_metrics,
     )
     trainer.train()
     metrics = trainer.evaluate()
@@ -217,8 +247,7 @@ def test_single_head_student_learns_from_averaged_teachers(tmp_path, tokenizer):
     model = tiny_model("bert", seed=1)
     for aggregation in ("mean_logits", "mean_probs"):
         args = make_args(tmp_path / aggregation, alpha=1.0, teacher_aggregation=aggregation, num_train_epochs=3)
-        trainer = MultiTeacherDistillationTrainer(model=model, args=args, train_dataset=ds,
-                                                  processing_class=tokenizer)
+        trainer = MultiTeacherDistillationTrainer(model=model, args=args, train_dataset=ds, processing_class=tokenizer)
         trainer.train()
         losses = [e["loss_soft"] for e in trainer.state.log_history if "loss_soft" in e]
         assert losses[-1] < losses[0]
@@ -235,7 +264,10 @@ def test_online_teachers_match_cached_logits(tmp_path, tokenizer, teacher_dirs):
     online = tokenize(raw, tokenizer)
     args = make_args(tmp_path, alpha=0.5)
     trainer = MultiTeacherDistillationTrainer(
-        model=no_dropout_student(), args=args, train_dataset=online, processing_class=tokenizer,
+        model=no_dropout_student(),
+        args=args,
+        train_dataset=online,
+        processing_class=tokenizer,
         teachers=teacher_dirs,
     )
     collate = DataCollatorWithTeacherLogits(tokenizer)
@@ -257,8 +289,9 @@ def test_regression_uses_mse(tmp_path, tokenizer):
     raw = raw.add_column("label", rng.uniform(0, 5, size=len(raw)).astype(np.float32).tolist())
     ds = tokenize(with_logits(raw, num_teachers=2, num_labels=1), tokenizer)
     student = MultiHeadStudent(tiny_model("bert", num_labels=1), 2)
-    trainer = MultiTeacherDistillationTrainer(model=student, args=make_args(tmp_path, alpha=0.5),
-                                              train_dataset=ds, processing_class=tokenizer)
+    trainer = MultiTeacherDistillationTrainer(
+        model=student, args=make_args(tmp_path, alpha=0.5), train_dataset=ds, processing_class=tokenizer
+    )
     batch = DataCollatorWithTeacherLogits(tokenizer)([ds[i] for i in range(4)])
     with torch.no_grad():
         out = student(**{k: v for k, v in batch.items() if k not in ("labels", "teacher_logits")})
@@ -271,8 +304,9 @@ def test_regression_uses_mse(tmp_path, tokenizer):
 
 def test_stage_one_without_labels(tmp_path, tokenizer):
     ds = tokenize(with_logits(pair_dataset(24, with_labels=False)), tokenizer)
-    trainer = MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path, alpha=1.0),
-                                              train_dataset=ds, processing_class=tokenizer)
+    trainer = MultiTeacherDistillationTrainer(
+        model=no_dropout_student(), args=make_args(tmp_path, alpha=1.0), train_dataset=ds, processing_class=tokenizer
+    )
     trainer.train()
     assert not any("loss_hard" in e for e in trainer.state.log_history)
 
@@ -280,8 +314,12 @@ def test_stage_one_without_labels(tmp_path, tokenizer):
 def test_teacher_weights_set_the_head_combination(tmp_path, tokenizer):
     ds = tokenize(with_logits(pair_dataset(16)), tokenizer)
     student = no_dropout_student()
-    MultiTeacherDistillationTrainer(model=student, args=make_args(tmp_path, teacher_weights=[2.0, 1.0, 1.0]),
-                                    train_dataset=ds, processing_class=tokenizer)
+    MultiTeacherDistillationTrainer(
+        model=student,
+        args=make_args(tmp_path, teacher_weights=[2.0, 1.0, 1.0]),
+        train_dataset=ds,
+        processing_class=tokenizer,
+    )
     torch.testing.assert_close(student.head_weights, torch.tensor([0.5, 0.25, 0.25]))
 
 
@@ -291,14 +329,17 @@ def test_teacher_weights_set_the_head_combination(tmp_path, tokenizer):
 def test_error_teacher_logits_missing_without_online_teachers(tmp_path, tokenizer):
     ds = tokenize(pair_dataset(16), tokenizer)
     with pytest.raises(ValueError, match="no 'teacher_logits' column and no online teachers"):
-        MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path), train_dataset=ds,
-                                        processing_class=tokenizer)
+        MultiTeacherDistillationTrainer(
+            model=no_dropout_student(), args=make_args(tmp_path), train_dataset=ds, processing_class=tokenizer
+        )
     # alpha=0 is plain fine-tuning: no teachers needed
-    MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path, alpha=0.0),
-                                    train_dataset=ds, processing_class=tokenizer).train()
+    MultiTeacherDistillationTrainer(
+        model=no_dropout_student(), args=make_args(tmp_path, alpha=0.0), train_dataset=ds, processing_class=tokenizer
+    ).train()
     # a batch that lost its column (e.g. a user collator) is caught in the loss too
-    trainer = MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path, alpha=0.0),
-                                              train_dataset=ds, processing_class=tokenizer)
+    trainer = MultiTeacherDistillationTrainer(
+        model=no_dropout_student(), args=make_args(tmp_path, alpha=0.0), train_dataset=ds, processing_class=tokenizer
+    )
     trainer.args.alpha = 0.5
     trainer.model.train()
     with pytest.raises(ValueError, match="DataCollatorWithTeacherLogits"):
@@ -308,15 +349,17 @@ def test_error_teacher_logits_missing_without_online_teachers(tmp_path, tokenize
 def test_error_logits_label_count_differs_from_student(tmp_path, tokenizer):
     ds = tokenize(with_logits(pair_dataset(16), num_labels=3), tokenizer)
     with pytest.raises(ValueError, match="3 labels but the student predicts 2"):
-        MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path), train_dataset=ds,
-                                        processing_class=tokenizer)
+        MultiTeacherDistillationTrainer(
+            model=no_dropout_student(), args=make_args(tmp_path), train_dataset=ds, processing_class=tokenizer
+        )
 
 
 def test_error_teacher_count_differs_from_heads(tmp_path, tokenizer):
     ds = tokenize(with_logits(pair_dataset(16), num_teachers=2), tokenizer)
     with pytest.raises(ValueError, match="3 heads but teacher_logits hold 2 teachers"):
-        MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path), train_dataset=ds,
-                                        processing_class=tokenizer)
+        MultiTeacherDistillationTrainer(
+            model=no_dropout_student(), args=make_args(tmp_path), train_dataset=ds, processing_class=tokenizer
+        )
 
 
 def test_error_nan_teacher_logits(tmp_path, tokenizer):
@@ -325,8 +368,9 @@ def test_error_nan_teacher_logits(tmp_path, tokenizer):
     logits[5, 1, 0] = np.nan
     ds = tokenize(raw.add_column("teacher_logits", logits.tolist()), tokenizer)
     args = make_args(tmp_path, train_sampling_strategy="sequential", per_device_train_batch_size=8)
-    trainer = MultiTeacherDistillationTrainer(model=no_dropout_student(), args=args, train_dataset=ds,
-                                              processing_class=tokenizer)
+    trainer = MultiTeacherDistillationTrainer(
+        model=no_dropout_student(), args=args, train_dataset=ds, processing_class=tokenizer
+    )
     with pytest.raises(ValueError, match=r"NaN or inf: 1 of 8 examples .*positions \[5\].*teacher index\(es\) \[1\]"):
         trainer.train()
 
@@ -334,23 +378,36 @@ def test_error_nan_teacher_logits(tmp_path, tokenizer):
 def test_labels_absent_alpha_below_one_is_an_error(tmp_path, tokenizer):
     unlabelled = tokenize(with_logits(pair_dataset(16, with_labels=False)), tokenizer)
     with pytest.raises(ValueError, match="no label column but alpha=0.5.*set alpha=1.0"):
-        MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path, alpha=0.5),
-                                        train_dataset=unlabelled, processing_class=tokenizer)
+        MultiTeacherDistillationTrainer(
+            model=no_dropout_student(),
+            args=make_args(tmp_path, alpha=0.5),
+            train_dataset=unlabelled,
+            processing_class=tokenizer,
+        )
     labelled = tokenize(with_logits(pair_dataset(16)), tokenizer)  # labels present and alpha=1: fine, ignored
-    trainer = MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path, alpha=1.0),
-                                              train_dataset=labelled, processing_class=tokenizer)
+    trainer = MultiTeacherDistillationTrainer(
+        model=no_dropout_student(),
+        args=make_args(tmp_path, alpha=1.0),
+        train_dataset=labelled,
+        processing_class=tokenizer,
+    )
     trainer.train()
 
 
 def test_error_teacher_weights_length(tmp_path, tokenizer):
     ds = tokenize(with_logits(pair_dataset(16)), tokenizer)
     with pytest.raises(ValueError, match="teacher_weights has 2 values but there are 3 teachers"):
-        MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path, teacher_weights=[1, 1]),
-                                        train_dataset=ds, processing_class=tokenizer)
+        MultiTeacherDistillationTrainer(
+            model=no_dropout_student(),
+            args=make_args(tmp_path, teacher_weights=[1, 1]),
+            train_dataset=ds,
+            processing_class=tokenizer,
+        )
     single = tiny_model("bert")
     with pytest.raises(ValueError, match="teacher_weights has 2 values but there are 3 teachers"):
-        MultiTeacherDistillationTrainer(model=single, args=make_args(tmp_path, teacher_weights=[1, 1]),
-                                        train_dataset=ds, processing_class=tokenizer)
+        MultiTeacherDistillationTrainer(
+            model=single, args=make_args(tmp_path, teacher_weights=[1, 1]), train_dataset=ds, processing_class=tokenizer
+        )
 
 
 def test_error_online_teacher_with_other_vocabulary(tmp_path, tokenizer):
@@ -358,16 +415,21 @@ def test_error_online_teacher_with_other_vocabulary(tmp_path, tokenizer):
     other.save_pretrained(tmp_path / "other")
     ds = tokenize(pair_dataset(8), tokenizer)
     with pytest.raises(ValueError, match="must share its tokenizer.*label_with_teachers"):
-        MultiTeacherDistillationTrainer(model=no_dropout_student(num_heads=1), args=make_args(tmp_path),
-                                        train_dataset=ds, processing_class=tokenizer,
-                                        teachers=[str(tmp_path / "other")])
+        MultiTeacherDistillationTrainer(
+            model=no_dropout_student(num_heads=1),
+            args=make_args(tmp_path),
+            train_dataset=ds,
+            processing_class=tokenizer,
+            teachers=[str(tmp_path / "other")],
+        )
 
 
 def test_checkpoint_dir_not_loadable_as_plain_model_by_accident(tmp_path, tokenizer):
     ds = tokenize(with_logits(pair_dataset(16)), tokenizer)
     args = make_args(tmp_path, max_steps=2, save_strategy="steps", save_steps=2)
-    trainer = MultiTeacherDistillationTrainer(model=no_dropout_student(), args=args, train_dataset=ds,
-                                              processing_class=tokenizer)
+    trainer = MultiTeacherDistillationTrainer(
+        model=no_dropout_student(), args=args, train_dataset=ds, processing_class=tokenizer
+    )
     trainer.train()
     checkpoint = os.path.join(args.output_dir, "checkpoint-2")
     # a multi-head checkpoint is no plain config.json checkpoint: loading it as one fails loudly, not silently

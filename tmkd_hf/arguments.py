@@ -74,7 +74,10 @@ class DistillationArguments(TrainingArguments):
             raise ValueError(
                 f"alpha must be in [0, 1] (weight of the teacher loss; labels get 1 - alpha), got {self.alpha!r}."
             )
-        if not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature)) or self.temperature <= 0:
+        if (
+            not (isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature))
+            or self.temperature <= 0
+        ):
             raise ValueError(f"temperature must be a finite number > 0, got {self.temperature!r}.")
         if self.soft_loss not in SOFT_LOSSES:
             raise ValueError(f"soft_loss must be one of {SOFT_LOSSES}, got {self.soft_loss!r}.")

@@ -81,7 +81,10 @@ class MultiTeacherDistillationTrainer(Trainer):
         )
         # The loss is computed here, not by the model: never hand `num_items_in_batch` to `forward`.
         self.model_accepts_loss_kwargs = False
-        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {"train": defaultdict(list), "eval": defaultdict(list)}
+        self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
+            "train": defaultdict(list),
+            "eval": defaultdict(list),
+        }
         self._saving_checkpoint = False
         self._warned_regression_soft_loss = False
 
@@ -150,16 +153,24 @@ class MultiTeacherDistillationTrainer(Trainer):
             first = torch.as_tensor(dataset[0][TEACHER_LOGITS], dtype=torch.float32)
             first = first.unsqueeze(0) if first.dim() == 1 else first
             if first.dim() != 2:
-                raise ValueError(f"'{TEACHER_LOGITS}' rows must be [num_teachers, num_labels], got {tuple(first.shape)}.")
+                raise ValueError(
+                    f"'{TEACHER_LOGITS}' rows must be [num_teachers, num_labels], got {tuple(first.shape)}."
+                )
             num_teachers, num_labels = first.shape
             # Reuse the loss's own shape checks on a dummy batch so the messages are identical.
-            dummy_student = torch.zeros(1, student.num_heads, student.config.num_labels) if isinstance(
-                student, MultiHeadStudent
-            ) else torch.zeros(1, getattr(student.config, "num_labels", num_labels))
+            dummy_student = (
+                torch.zeros(1, student.num_heads, student.config.num_labels)
+                if isinstance(student, MultiHeadStudent)
+                else torch.zeros(1, getattr(student.config, "num_labels", num_labels))
+            )
             weights = torch.tensor(self.args.normalized_teacher_weights(num_teachers))
             multi_teacher_distillation_loss(
-                dummy_student, first.unsqueeze(0), None, teacher_weights=weights,
-                soft_loss_kind=self.args.soft_loss, teacher_aggregation=self.args.teacher_aggregation,
+                dummy_student,
+                first.unsqueeze(0),
+                None,
+                teacher_weights=weights,
+                soft_loss_kind=self.args.soft_loss,
+                teacher_aggregation=self.args.teacher_aggregation,
             )
 
     def _set_signature_columns_if_needed(self) -> None:

@@ -27,9 +27,18 @@ def main(output_dir: str, batch_size: int) -> None:
     ds = tokenize(raw.add_column("teacher_logits", logits.tolist()), tokenizer)
     model = tiny_model("bert", seed=0, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     args = DistillationArguments(
-        output_dir=output_dir, per_device_train_batch_size=batch_size, num_train_epochs=2, learning_rate=1e-3,
-        alpha=0.5, report_to="none", save_strategy="no", disable_tqdm=True, train_sampling_strategy="sequential",
-        logging_steps=1, seed=0, use_cpu=True,
+        output_dir=output_dir,
+        per_device_train_batch_size=batch_size,
+        num_train_epochs=2,
+        learning_rate=1e-3,
+        alpha=0.5,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        train_sampling_strategy="sequential",
+        logging_steps=1,
+        seed=0,
+        use_cpu=True,
     )
     trainer = MultiTeacherDistillationTrainer(
         model=MultiHeadStudent(model, 3), args=args, train_dataset=ds, processing_class=tokenizer
