@@ -132,6 +132,11 @@ def multi_teacher_distillation_loss(
                 f"teacher_logits must be [batch, num_teachers, num_labels], got shape {tuple(teacher_logits.shape)}."
             )
         num_teachers = teacher_logits.shape[1]
+        if teacher_logits.shape[0] != student_logits.shape[0]:
+            raise ValueError(
+                f"teacher_logits hold {teacher_logits.shape[0]} examples but the student has {student_logits.shape[0]} "
+                "in this batch: each example needs its own teacher_logits row (use DataCollatorWithTeacherLogits)."
+            )
         if teacher_logits.shape[-1] != num_labels:
             raise ValueError(
                 f"teacher_logits have {teacher_logits.shape[-1]} labels but the student predicts {num_labels}. "
@@ -171,6 +176,11 @@ def multi_teacher_distillation_loss(
         parts["loss_soft"] = soft.detach().mean()
 
     if labels is not None:
+        if labels.numel() != student_logits.shape[0]:
+            raise ValueError(
+                f"labels hold {labels.numel()} values but the student has {student_logits.shape[0]} examples in this "
+                "batch: give one label per example (-100, or NaN for regression, where there is none)."
+            )
         if multi_head:
             num_heads = student_logits.shape[1]
             head_weights = (
