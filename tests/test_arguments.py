@@ -162,7 +162,9 @@ def test_normalized_teacher_weights_default_uniform(tmp_path, n):
 
 def test_normalized_teacher_weights_length_mismatch(tmp_path):
     args = make_args(tmp_path, teacher_weights=[0.2, 0.8])
-    with pytest.raises(ValueError, match="teacher_weights has 2 values but there are 3 teachers.*one weight per teacher"):
+    with pytest.raises(
+        ValueError, match="teacher_weights has 2 values but there are 3 teachers.*one weight per teacher"
+    ):
         args.normalized_teacher_weights(3)
 
 
@@ -173,15 +175,25 @@ def test_parse_cli_with_hf_argument_parser(tmp_path):
     parser = HfArgumentParser(DistillationArguments)
     (args,) = parser.parse_args_into_dataclasses(
         [
-            "--output_dir", str(tmp_path / "x"),
-            "--alpha", "0.7",
-            "--temperature", "4",
-            "--teacher_weights", "1", "2", "3",
-            "--soft_loss", "mse",
-            "--teacher_aggregation", "mean_probs",
+            "--output_dir",
+            str(tmp_path / "x"),
+            "--alpha",
+            "0.7",
+            "--temperature",
+            "4",
+            "--teacher_weights",
+            "1",
+            "2",
+            "3",
+            "--soft_loss",
+            "mse",
+            "--teacher_aggregation",
+            "mean_probs",
             "--no_t2_scaling",
-            "--learning_rate", "1e-4",
-            "--report_to", "none",
+            "--learning_rate",
+            "1e-4",
+            "--report_to",
+            "none",
             "--use_cpu",
         ]
     )

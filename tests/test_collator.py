@@ -176,7 +176,9 @@ def test_error_some_rows_missing_teacher_logits(tokenizer):
     features = make_features(tokenizer)
     del features[1]["teacher_logits"]
     features[3]["teacher_logits"] = None
-    with pytest.raises(ValueError, match=r"Some examples in the batch have no teacher_logits \(batch positions \[1, 3\]\)"):
+    with pytest.raises(
+        ValueError, match=r"Some examples in the batch have no teacher_logits \(batch positions \[1, 3\]\)"
+    ):
         DataCollatorWithTeacherLogits(tokenizer)(features)
 
 
@@ -198,7 +200,9 @@ def test_error_rows_with_different_label_counts(tokenizer):
 def test_error_non_finite_values_name_batch_position(tokenizer, bad):
     features = make_features(tokenizer)
     features[2]["teacher_logits"] = [[0.0, 1.0], [bad, 0.5], [1.0, 1.0]]
-    with pytest.raises(ValueError, match=r"NaN or inf.*1 of 4 examples.*batch positions \[2\].*teacher index\(es\) \[1\]"):
+    with pytest.raises(
+        ValueError, match=r"NaN or inf.*1 of 4 examples.*batch positions \[2\].*teacher index\(es\) \[1\]"
+    ):
         DataCollatorWithTeacherLogits(tokenizer)(features)
 
 
@@ -246,7 +250,9 @@ def labelled_dataset(tokenizer):
         }
     )
     ds = Dataset.from_dict(rows, features=features)
-    ds = ds.map(lambda b: tokenizer(b["question"], b["sentence"]), batched=True, remove_columns=["question", "sentence"])
+    ds = ds.map(
+        lambda b: tokenizer(b["question"], b["sentence"]), batched=True, remove_columns=["question", "sentence"]
+    )
     assert isinstance(ds.features["input_ids"], (Sequence, list))
     return ds
 

@@ -155,7 +155,9 @@ def test_soft_ce_and_kl_have_same_gradient_wrt_student():
     assert s1.grad is not None and s1.grad.abs().sum() > 0
     torch.testing.assert_close(s1.grad, s2.grad, atol=1e-6, rtol=1e-5)
     # Analytic gradient of T^2 * KL wrt student logits: T * (q - p).
-    expected = [[2.5 * (qi - pi) for qi, pi in zip(softmax(s, 2.5), softmax(te, 2.5))] for s, te in zip(STUDENT, TEACHER)]
+    expected = [
+        [2.5 * (qi - pi) for qi, pi in zip(softmax(s, 2.5), softmax(te, 2.5))] for s, te in zip(STUDENT, TEACHER)
+    ]
     assert_close(s1.grad, expected)
 
 
@@ -469,8 +471,12 @@ def test_regression_switches_soft_loss_to_mse_single_head(kind):
     labels = [1.0, float("nan"), -2.0]
     alpha = 0.25
     loss, parts = multi_teacher_distillation_loss(
-        torch.tensor(student), torch.tensor(teachers), torch.tensor(labels),
-        alpha=alpha, temperature=4.0, soft_loss_kind=kind,
+        torch.tensor(student),
+        torch.tensor(teachers),
+        torch.tensor(labels),
+        alpha=alpha,
+        temperature=4.0,
+        soft_loss_kind=kind,
     )
     soft = [(0.5 - 1.5) ** 2, (2.0 - 3.0) ** 2, (-1.0 - 0.0) ** 2]
     hard = [(0.5 - 1.0) ** 2, 0.0, (-1.0 + 2.0) ** 2]
@@ -531,9 +537,7 @@ def test_error_neither_labels_nor_teacher_logits():
 
 def test_error_mean_probs_with_regression():
     with pytest.raises(ValueError, match="mean_probs.*regression"):
-        multi_teacher_distillation_loss(
-            torch.zeros(2, 1), torch.zeros(2, 3, 1), None, teacher_aggregation="mean_probs"
-        )
+        multi_teacher_distillation_loss(torch.zeros(2, 1), torch.zeros(2, 3, 1), None, teacher_aggregation="mean_probs")
 
 
 def test_error_unknown_soft_loss_kind_in_multi_teacher_loss():

@@ -183,9 +183,9 @@ def multi_teacher_distillation_loss(
             )
         if multi_head:
             num_heads = student_logits.shape[1]
-            head_weights = (
-                weights if teacher_logits is not None else torch.full((num_heads,), 1.0 / num_heads)
-            ).to(student_logits.device)
+            head_weights = (weights if teacher_logits is not None else torch.full((num_heads,), 1.0 / num_heads)).to(
+                student_logits.device
+            )
             per_head = [hard_loss(student_logits[:, h], labels) for h in range(num_heads)]
             label_mask = per_head[0][1]
             hard = sum(w * loss for w, (loss, _) in zip(head_weights, per_head))
