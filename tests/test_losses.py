@@ -480,7 +480,8 @@ def test_regression_switches_soft_loss_to_mse_single_head(kind):
     )
     soft = [(0.5 - 1.5) ** 2, (2.0 - 3.0) ** 2, (-1.0 - 0.0) ** 2]
     hard = [(0.5 - 1.0) ** 2, 0.0, (-1.0 + 2.0) ** 2]
-    assert_close(loss, [alpha * s + (1 - alpha) * h for s, h in zip(soft, hard)])
+    # the NaN-labelled row has no golden label: it learns from the teachers alone
+    assert_close(loss, [alpha * soft[0] + (1 - alpha) * hard[0], soft[1], alpha * soft[2] + (1 - alpha) * hard[2]])
     assert parts["loss_hard"].item() == pytest.approx((0.25 + 1.0) / 2, rel=1e-6)
 
 
@@ -561,3 +562,14 @@ def test_error_labels_count_mismatch_is_not_broadcast():
         multi_teacher_distillation_loss(torch.zeros(2, 1), None, torch.tensor([1.0]))
     with pytest.raises(ValueError, match="labels hold 3 values but the student has 2 examples"):
         multi_teacher_distillation_loss(torch.tensor(MH_STUDENT), torch.tensor(MH_TEACHER), torch.tensor([0, 1, 2]))
+
+
+def test_rows_without_label_in_a_labelled_batch_learn_from_teachers_alone():
+    student = torch.tensor([[0.5, -0.5], [1.0, 0.0]])
+    teacher = torch.tensor([[[1.0, 0.0]], [[0.0, 1.0]]])
+    labels = torch.tensor([1, -100])
+    total, _ = multi_teacher_distillation_loss(student, teacher, labels, alpha=0.3, temperature=1.0)
+    soft = kl_divergence_loss(student, teacher[:, 0], 1.0, True)
+    hard = -torch.log_softmax(student[0], -1)[1]
+    torch.testing.assert_close(total[0], 0.3 * soft[0] + 0.7 * hard)
+    torch.testing.assert_close(total[1], soft[1])  # not 0.3 * soft: the row has nothing else to learn from

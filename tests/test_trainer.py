@@ -437,3 +437,29 @@ def test_checkpoint_dir_not_loadable_as_plain_model_by_accident(tmp_path, tokeni
     with pytest.raises((OSError, ValueError)):
         AutoModelForSequenceClassification.from_pretrained(checkpoint)
     assert MultiHeadStudent.from_pretrained(checkpoint).num_heads == 3
+
+
+def test_load_best_model_at_end_and_gradient_checkpointing(tmp_path, tokenizer):
+    train = tokenize(with_logits(pair_dataset(32)), tokenizer)
+    dev = tokenize(with_logits(pair_dataset(16, seed=1), seed=1), tokenizer)
+    args = make_args(
+        tmp_path,
+        max_steps=8,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="loss",
+        gradient_checkpointing=True,
+    )
+    trainer = MultiTeacherDistillationTrainer(
+        model=no_dropout_student(), args=args, train_dataset=train, eval_dataset=dev, processing_class=tokenizer
+    )
+    trainer.train()
+    best = trainer.state.best_model_checkpoint
+    assert best is not None and os.path.isdir(best)
+    best_params = MultiHeadStudent.from_pretrained(best).state_dict()
+    assert_same_params(best_params, params(trainer.model))
+    evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
+    assert trainer.state.best_metric == pytest.approx(min(evals), abs=1e-6)

@@ -113,9 +113,10 @@ def multi_teacher_distillation_loss(
         teacher_logits: `[B, N, C]`, or None (golden labels only).
         labels: `[B]` class ids (`-100` = no label) or regression targets (`NaN` = no label), or None.
 
-    Returns `(per_example [B], parts)`: `alpha * soft + (1 - alpha) * hard` where both exist, else whichever
-    exists; with several heads each term is the `teacher_weights`-weighted sum over heads. `parts` holds batch
-    means: `loss_soft`, `loss_hard`, and `loss_soft_teacher_<i>` per teacher.
+    Returns `(per_example [B], parts)`: `alpha * soft + (1 - alpha) * hard` for rows that have both a label and
+    teacher logits, else whichever of the two the row has (so unlabelled rows mixed into a labelled batch learn
+    from the teachers alone); with several heads each term is the `teacher_weights`-weighted sum over heads.
+    `parts` holds batch means: `loss_soft`, `loss_hard`, and `loss_soft_teacher_<i>` per teacher.
     """
     multi_head = student_logits.dim() == 3
     num_labels = student_logits.shape[-1]
@@ -197,4 +198,5 @@ def multi_teacher_distillation_loss(
         return hard, parts
     if hard is None:
         return soft, parts
-    return alpha * soft + (1 - alpha) * hard, parts
+    # Row by row: a row without a label (-100 / NaN) in a labelled batch learns from the teachers alone.
+    return torch.where(label_mask, alpha * soft + (1 - alpha) * hard, soft), parts
