@@ -57,22 +57,40 @@ def test_minilm_multihead_merges_exactly(tmp_path, minilm_dir):
     assert diff <= 1e-5
 
 
-def test_minilm_short_distillation_reduces_soft_loss(tmp_path, minilm_dir):
-    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
-    questions, sentences = qnli_pairs(64)
+def test_minilm_labelling_and_distillation(tmp_path, minilm_dir):
+    """Two MiniLM teachers with different random heads label real pairs; a MiniLM student learns both."""
     from datasets import Dataset
 
-    enc = tokenizer(questions, sentences, truncation=True, max_length=128)
-    logits = np.random.default_rng(0).normal(size=(len(questions), 2, 2)).astype(np.float32) * 3
-    ds = Dataset.from_dict({**enc, "teacher_logits": logits.tolist()})
+    from tmkd_hf import label_with_teachers
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir)
+    teachers = []
+    for seed in (1, 2):
+        teacher = AutoModelForSequenceClassification.from_pretrained(minilm_dir, num_labels=2)
+        torch.manual_seed(seed)
+        with torch.no_grad():
+            teacher.classifier.weight.normal_(std=2.0)
+        teachers.append((teacher, tokenizer))
+    questions, sentences = qnli_pairs(96)
+    raw = Dataset.from_dict({"question": questions, "sentence": sentences})
+    labelled = label_with_teachers(raw, teachers, max_length=128, batch_size=32)
+    cached = np.asarray(labelled["teacher_logits"])
+    for i in (0, 37, 95):  # the cache equals a direct, unpadded forward of each teacher
+        enc = tokenizer(questions[i], sentences[i], truncation=True, max_length=128, return_tensors="pt")
+        with torch.no_grad():
+            direct = np.stack([t(**enc).logits[0].numpy() for t, _ in teachers])
+        np.testing.assert_allclose(cached[i], direct, atol=1e-4)
+
+    ds = labelled.map(lambda b: tokenizer(b["question"], b["sentence"], truncation=True, max_length=128), batched=True)
     student = MultiHeadStudent.from_pretrained(minilm_dir, num_teachers=2, num_labels=2)
     args = DistillationArguments(
         output_dir=str(tmp_path),
         alpha=1.0,
+        temperature=1.0,
         num_train_epochs=4,
-        learning_rate=5e-4,
+        learning_rate=2e-3,
         per_device_train_batch_size=16,
-        logging_steps=4,
+        logging_steps=6,
         report_to="none",
         use_cpu=True,
         save_strategy="no",
@@ -80,8 +98,10 @@ def test_minilm_short_distillation_reduces_soft_loss(tmp_path, minilm_dir):
         seed=0,
     )
     trainer = MultiTeacherDistillationTrainer(model=student, args=args, train_dataset=ds, processing_class=tokenizer)
+    before = trainer.evaluate(ds)["eval_loss_soft"]
     trainer.train()
-    soft = [e["loss_soft"] for e in trainer.state.log_history if "loss_soft" in e]
-    assert soft[-1] < 0.7 * soft[0], soft
+    after = trainer.evaluate(ds)["eval_loss_soft"]
+    assert after < before, (before, after)  # learning the teachers' function; quality is measured in benchmarks
     trainer.save_model()
-    assert AutoModelForSequenceClassification.from_pretrained(tmp_path).config.num_labels == 2
+    plain = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert plain.config.num_labels == 2

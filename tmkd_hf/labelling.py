@@ -1,8 +1,20 @@
-"""`label_with_teachers`: run every teacher once over a dataset and keep its logits as a column.
+"""`label_with_teachers`: run every teacher once over a dataset and keep its logits as a `teacher_logits` column.
 
-Soft labels are computed once, not every training step, so distillation then costs about what fine-tuning
-the student costs. Each teacher reads the text with its own tokenizer; rows are sorted by length so every batch
-is padded only to its own longest row, and the original order is restored.
+Soft labels are computed once, not every training step, so distillation then costs about what fine-tuning the
+student costs. How the pass is made fast and safe:
+
+- each distinct tokenizer tokenizes the text once (teachers sharing a tokenizer share the encoding);
+- rows are processed in shards; inside a shard they are sorted by length, so every batch is padded only to its own
+  longest row, and written back in the original order;
+- one teacher is in memory at a time; PEFT adapters on the same base share one loaded base model;
+- each finished (teacher, shard) is written atomically to `output_dir` (temporary file, then rename): a killed run
+  resumes from its completed shards and gives the same result as an uninterrupted one, and memory stays flat as
+  the corpus grows;
+- under `accelerate launch --num_processes K` the shards are split across processes; the assembled column is in
+  the original row order;
+- a manifest (teachers and their weights' hashes, label order, text columns, max_length, dtype, row count, a
+  fingerprint of the source rows) is saved with the output and carried in `dataset.info`, so a cache built from
+  other rows or other teachers is refused.
 """
 
 from __future__ import annotations
@@ -10,86 +22,251 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
+import tempfile
+import time
 from collections.abc import Sequence
 from contextlib import nullcontext
+from pathlib import Path
 
 import numpy as np
 import torch
-from datasets import Array2D, Dataset
+from datasets import Array2D, Dataset, Features, concatenate_datasets, load_from_disk
+from datasets.arrow_writer import ArrowWriter
 from torch import nn
-from transformers import AutoTokenizer, PreTrainedTokenizerBase
+from tqdm.auto import tqdm
+from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from .collator import TEACHER_LOGITS, check_finite_teacher_logits
-from .teachers import has_named_labels, label_names, label_permutation, load_teacher, teacher_forward
+from .teachers import (
+    TeacherSpec,
+    has_named_labels,
+    iter_loaded_teachers,
+    label_names,
+    label_permutation,
+    load_tokenizer,
+    teacher_forward,
+)
 
 logger = logging.get_logger(__name__)
 
 MANIFEST_NAME = "tmkd_manifest.json"
+MANIFEST_FORMAT = "tmkd_hf/teacher-logits/v1"
+WORK_DIR = "_tmkd_work"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+TeacherLike = str | os.PathLike | dict | TeacherSpec | tuple[nn.Module, PreTrainedTokenizerBase]
+
+
+# ----- fingerprints and manifests -----
 
 
 def source_fingerprint(dataset: Dataset, text_columns: Sequence[str]) -> str:
-    """SHA-256 over the text columns, row by row: identifies the rows a cache was built from."""
+    """SHA-256 over the text columns, row by row and in order: identifies the rows a cache was built from."""
     digest = hashlib.sha256()
-    for batch in dataset.select_columns(list(text_columns)).iter(batch_size=1024):
+    for batch in dataset.select_columns(list(text_columns)).iter(batch_size=4096):
         for values in zip(*(batch[c] for c in text_columns)):
             digest.update(json.dumps(values, ensure_ascii=False).encode())
             digest.update(b"\n")
     return digest.hexdigest()
 
 
-def _tokenize(tokenizer, dataset: Dataset, text_columns: Sequence[str], max_length: int) -> list[dict]:
-    texts = [list(dataset[c]) for c in text_columns]
-    encoded = tokenizer(*texts, truncation=True, max_length=max_length)
-    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
-    return [{k: encoded[k][i] for k in keys} for i in range(len(dataset))]
+def read_manifest(dataset_or_dir: Dataset | str | os.PathLike) -> dict | None:
+    """The teacher-logits manifest of a labelled dataset (carried in `dataset.info`) or of a cache directory."""
+    if isinstance(dataset_or_dir, Dataset):
+        text = dataset_or_dir.info.description or ""
+        try:
+            manifest = json.loads(text)
+        except ValueError:
+            return None
+        return manifest if isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT else None
+    path = Path(dataset_or_dir) / MANIFEST_NAME
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def verify_rows(dataset: Dataset, manifest: dict, what: str = "this dataset") -> None:
+    """Refuse teacher logits computed on other rows than `dataset`'s (same text columns, same order)."""
+    columns = manifest["text_columns"]
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"{what} lacks the text columns {missing} the teacher logits were computed from.")
+    if len(dataset) != manifest["num_rows"] or source_fingerprint(dataset, columns) != manifest["source_fingerprint"]:
+        raise ValueError(
+            f"The teacher logits were computed on other rows than {what}: the cache has {manifest['num_rows']} rows "
+            f"with fingerprint {manifest['source_fingerprint'][:12]}…, {what} has {len(dataset)} rows with "
+            f"fingerprint {source_fingerprint(dataset, columns)[:12]}…. The logits would be misaligned with the "
+            "text: relabel this data with tmkd_hf.label_with_teachers (or point to the cache built from it)."
+        )
+
+
+def load_teacher_logits(cache_dir: str | os.PathLike, dataset: Dataset | None = None) -> Dataset:
+    """Load a labelled dataset saved by `label_with_teachers(..., output_dir=cache_dir)`.
+
+    With `dataset`, first check that the cache was built from exactly its rows (clear error otherwise).
+    """
+    manifest = read_manifest(cache_dir)
+    if manifest is None:
+        raise ValueError(
+            f"{cache_dir} holds no finished teacher-logits cache ({MANIFEST_NAME} is missing): run "
+            "tmkd_hf.label_with_teachers(..., output_dir=...) (an interrupted run resumes where it stopped)."
+        )
+    labelled = load_from_disk(str(cache_dir))
+    if dataset is not None:
+        verify_rows(dataset, manifest, "the given dataset")
+    return labelled
+
+
+# ----- the labelling pass -----
+
+
+def _atomic_save(path: Path, array: np.ndarray) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "wb") as f:
+        np.save(f, array)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def _tokenizer_key(tokenizer) -> str:
+    """Same key = same encoding: class, vocabulary and special tokens."""
+    vocab = json.dumps(sorted(tokenizer.get_vocab().items()), ensure_ascii=False)
+    special = json.dumps(tokenizer.special_tokens_map, sort_keys=True, default=str)
+    digest = hashlib.sha256(f"{type(tokenizer).__name__}\n{vocab}\n{special}".encode()).hexdigest()
+    return digest[:16]
+
+
+def _tokenize(tokenizer, dataset: Dataset, text_columns, max_length: int, cache_file: str | None) -> Dataset:
+    def encode(batch):
+        out = tokenizer(*[batch[c] for c in text_columns], truncation=True, max_length=max_length)
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in out]
+        return {**{k: out[k] for k in keys}, "length": [len(ids) for ids in out["input_ids"]]}
+
+    return dataset.select_columns(list(text_columns)).map(
+        encode,
+        batched=True,
+        batch_size=2048,
+        remove_columns=list(text_columns),
+        cache_file_name=cache_file,
+        new_fingerprint=None if cache_file is None else Path(cache_file).stem,
+        desc="Tokenizing for the teachers",
+    )
+
+
+def _pad(rows: dict[str, list], order: np.ndarray, tokenizer) -> dict[str, torch.Tensor]:
+    """Right- or left-pad the rows `order` of a shard to their own longest row (faster than `tokenizer.pad`)."""
+    lengths = [len(rows["input_ids"][i]) for i in order]
+    width = max(lengths)
+    pad_values = {"input_ids": tokenizer.pad_token_id or 0, "attention_mask": 0, "token_type_ids": 0}
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    batch = {}
+    for key, pad in pad_values.items():
+        if key not in rows:
+            continue
+        out = torch.full((len(order), width), pad, dtype=torch.long)
+        for j, (i, n) in enumerate(zip(order, lengths)):
+            values = torch.as_tensor(rows[key][i], dtype=torch.long)
+            if left:
+                out[j, width - n :] = values
+            else:
+                out[j, :n] = values
+        batch[key] = out
+    return batch
 
 
 @torch.inference_mode()
-def _run_teacher(teacher: nn.Module, tokenizer, features: list[dict], batch_size: int, dtype: torch.dtype, device):
-    order = np.argsort([-len(f["input_ids"]) for f in features], kind="stable")
-    logits = None
-    autocast = (
-        torch.autocast(device_type=torch.device(device).type, dtype=dtype) if dtype != torch.float32 else nullcontext()
-    )
+def _label_shard(model, tokenizer, rows: dict[str, list], batch_size: int, dtype, device, progress) -> np.ndarray:
+    lengths = np.asarray(rows["length"])
+    order = np.argsort(-lengths, kind="stable")
+    out = None
+    autocast = torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = tokenizer.pad([features[i] for i in idx], return_tensors="pt")
-        batch = {k: v.to(device) for k, v in batch.items()}
+        batch = {k: v.to(device) for k, v in _pad(rows, idx, tokenizer).items()}
         with autocast:
-            out = teacher_forward(teacher, batch).float().cpu().numpy()
-        if logits is None:
-            logits = np.empty((len(features), out.shape[-1]), dtype=np.float32)
-        logits[idx] = out
-    return logits
+            logits = teacher_forward(model, batch).float().cpu().numpy()
+        if out is None:
+            out = np.empty((len(order), logits.shape[-1]), dtype=np.float32)
+        out[idx] = logits
+        progress.update(len(idx))
+    return out
+
+
+def _resolve(teachers: Sequence[TeacherLike]) -> list[tuple[TeacherSpec | None, nn.Module | None, object]]:
+    resolved = []
+    for i, teacher in enumerate(teachers):
+        if isinstance(teacher, tuple):
+            model, tokenizer = teacher
+            resolved.append((None, model.eval(), tokenizer))
+        elif isinstance(teacher, nn.Module):
+            raise ValueError(
+                f"teachers[{i}] is a loaded model without its tokenizer: pass (model, tokenizer), a checkpoint path or "
+                "a Hub id, so each teacher reads the text with its own tokenizer."
+            )
+        else:
+            spec = TeacherSpec.parse(teacher)
+            resolved.append((spec, None, load_tokenizer(spec)))
+    return resolved
+
+
+def _teacher_record(spec: TeacherSpec | None, model: nn.Module | None, index: int) -> dict:
+    if spec is not None:
+        return spec.identity()
+    name = getattr(model, "name_or_path", None) or f"teachers[{index}]"
+    digest = hashlib.sha256()
+    for key, value in sorted(model.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(value.detach().float().cpu().numpy().tobytes())
+    return {"name_or_path": name, "in_memory": True, "weights_sha256": digest.hexdigest()}
 
 
 def label_with_teachers(
     dataset: Dataset,
-    teachers: Sequence[str | os.PathLike | nn.Module | tuple[nn.Module, PreTrainedTokenizerBase]],
+    teachers: Sequence[TeacherLike],
     text_columns: Sequence[str] = ("question", "sentence"),
     batch_size: int = 64,
     max_length: int = 128,
     dtype: str = "float32",
     output_dir: str | os.PathLike | None = None,
+    shard_size: int = 4096,
     label_names_order: Sequence[str] | None = None,
     device: str | torch.device | None = None,
+    overwrite: bool = False,
+    show_progress: bool = True,
 ) -> Dataset:
     """Return `dataset` with a `teacher_logits` column of shape `[num_teachers, num_labels]` per row.
 
     Args:
         dataset: a `datasets.Dataset` holding the `text_columns`.
-        teachers: checkpoint paths / Hub ids / PEFT adapter dirs, or `(model, tokenizer)` pairs.
+        teachers: checkpoint dirs, Hub ids (`"org/model@revision"`), PEFT adapter dirs, `TeacherSpec`s / dicts
+            (`{"name_or_path": ..., "revision": ..., "adapter": ...}`), or `(model, tokenizer)` pairs.
         text_columns: one column (single sentences) or two (sentence pairs, e.g. question and passage).
         batch_size, max_length: teacher batch size and truncation length.
-        dtype: `"float32"`, or `"bfloat16"`/`"float16"` autocast for the teachers (logits are stored in float32).
-        output_dir: if given, the labelled dataset is saved there (`save_to_disk`) with its manifest.
-        label_names_order: the label order of the column (default: the first teacher with named labels).
-        device: where teachers run (default: CUDA if available, else CPU).
+        dtype: `"float32"`, or `"bfloat16"` / `"float16"` autocast for the teachers (logits are stored in float32).
+        output_dir: save the labelled dataset here (`save_to_disk`) with its manifest, streaming finished shards
+            to disk as it goes; a rerun after a crash resumes from them, a rerun after success loads the result.
+            Required when labelling with several processes.
+        shard_size: rows per shard (the unit of resumption and of the work split between processes).
+        label_names_order: the label order of the column (default: the first teacher whose labels are named).
+        device: where the teachers run (default: this process's accelerator device, else CPU).
+        overwrite: replace a finished cache in `output_dir` that was built from other rows or teachers.
+        show_progress: show a progress bar with rows/s per teacher.
     """
+    from accelerate import PartialState
+
+    from . import __version__
+
+    state = PartialState()
     if isinstance(text_columns, str):
         text_columns = (text_columns,)
+    text_columns = list(text_columns)
     missing = [c for c in text_columns if c not in dataset.column_names]
     if missing:
         raise ValueError(
@@ -100,59 +277,235 @@ def label_with_teachers(
         raise ValueError("label_with_teachers needs at least one teacher.")
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}.")
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if shard_size < 1 or batch_size < 1:
+        raise ValueError("shard_size and batch_size must be >= 1.")
+    if state.num_processes > 1 and output_dir is None:
+        raise ValueError("Labelling with several processes needs output_dir= (the processes share it).")
+    device = torch.device(device) if device is not None else state.device
 
-    loaded = []
-    for i, spec in enumerate(teachers):
-        if isinstance(spec, tuple):
-            model, tokenizer = spec
-            name = getattr(model, "name_or_path", None) or f"teachers[{i}]"
-        else:
-            model, tokenizer, name = load_teacher(spec), AutoTokenizer.from_pretrained(str(spec)), str(spec)
-        loaded.append((name, model.eval(), tokenizer))
+    resolved = _resolve(teachers)
+    plan = {
+        "format": MANIFEST_FORMAT,
+        "teachers": [_teacher_record(spec, model, i) for i, (spec, model, _) in enumerate(resolved)],
+        "text_columns": text_columns,
+        "max_length": max_length,
+        "dtype": dtype,
+        "num_rows": len(dataset),
+        "source_fingerprint": source_fingerprint(dataset, text_columns),
+        "label_names_order": list(label_names_order) if label_names_order else None,
+    }
+
+    if output_dir is not None:
+        out = Path(output_dir)
+        previous = read_manifest(out)
+        if previous is not None:
+            same = {k: previous.get(k) for k in plan} == plan
+            if same:
+                logger.info(f"Teacher logits for these rows and teachers are already in {out}; loading them.")
+                return load_from_disk(str(out))
+            if not overwrite:
+                raise ValueError(
+                    f"{out} already holds teacher logits built from other rows or teachers "
+                    f"({previous['num_rows']} rows, teachers {[t['name_or_path'] for t in previous['teachers']]}). "
+                    "Choose another output_dir, or pass overwrite=True to replace it."
+                )
+        work = out / WORK_DIR
+        if state.is_main_process:
+            plan_file = work / "plan.json"
+            if work.exists() and (not plan_file.is_file() or json.loads(plan_file.read_text()) != plan):
+                logger.warning(f"Discarding unfinished labelling work in {work}: it was for other rows or teachers.")
+                shutil.rmtree(work)
+            work.mkdir(parents=True, exist_ok=True)
+            _atomic_write_text(plan_file, json.dumps(plan, indent=2))
+        state.wait_for_everyone()
+        tmp_holder = None
+    else:
+        tmp_holder = tempfile.TemporaryDirectory(prefix="tmkd-labels-")
+        work = Path(tmp_holder.name)
+
+    try:
+        num_labels = _run_all_teachers(
+            dataset,
+            resolved,
+            text_columns,
+            batch_size,
+            max_length,
+            _DTYPES[dtype],
+            device,
+            work,
+            shard_size,
+            label_names_order,
+            state,
+            show_progress,
+            plan,
+        )
+        state.wait_for_everyone()
+        manifest = {
+            **plan,
+            "label_names": num_labels["names"],
+            "tmkd_hf_version": __version__,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        }
+        if output_dir is None:
+            logits = _assemble_array(work, len(resolved), len(dataset), shard_size)
+            labelled = _with_column(dataset, logits, manifest)
+            return labelled
+        if state.is_main_process:
+            _assemble_to_disk(dataset, work, len(resolved), shard_size, num_labels["count"], manifest, Path(output_dir))
+        state.wait_for_everyone()
+        return load_from_disk(str(output_dir))
+    finally:
+        if tmp_holder is not None:
+            tmp_holder.cleanup()
+
+
+def _shard_path(work: Path, teacher: int, shard: int) -> Path:
+    return work / f"teacher-{teacher:02d}" / f"shard-{shard:06d}.npy"
+
+
+def _run_all_teachers(
+    dataset,
+    resolved,
+    text_columns,
+    batch_size,
+    max_length,
+    dtype,
+    device,
+    work,
+    shard_size,
+    label_names_order,
+    state,
+    show_progress,
+    plan,
+) -> dict:
+    num_rows = len(dataset)
+    num_shards = max(1, -(-num_rows // shard_size))
+    my_shards = [s for s in range(num_shards) if s % state.num_processes == state.process_index]
+
+    # one encoding per distinct tokenizer, shared by the teachers that use it (only where work is left)
+    tokenizer_of = {i: _tokenizer_key(tokenizer) for i, (_, _, tokenizer) in enumerate(resolved)}
+    pending = {i for i in range(len(resolved)) if any(not _shard_path(work, i, s).exists() for s in my_shards)}
+    encodings: dict[str, Dataset] = {}
+    for i in sorted(pending):
+        key = tokenizer_of[i]
+        if key not in encodings:
+            cache_file = str(work / f"tokenized-{key}-{max_length}.arrow")
+            with state.main_process_first():
+                encodings[key] = _tokenize(resolved[i][2], dataset, text_columns, max_length, cache_file)
+
+    specs = [spec for spec, _, _ in resolved]
+    in_memory = {i: model for i, (_, model, _) in enumerate(resolved) if model is not None}
+    loadable = [i for i, spec in enumerate(specs) if spec is not None]
+
+    def models():
+        for i, model in in_memory.items():
+            yield [i], model
+        if loadable:
+            for indices, model in iter_loaded_teachers([specs[i] for i in loadable]):
+                yield [loadable[j] for j in indices], model
 
     reference = list(label_names_order) if label_names_order else None
     reference_from = "label_names_order"
-    if reference is None:
-        named = [(n, m) for n, m, _ in loaded if has_named_labels(m.config)]
-        if named:
-            reference, reference_from = label_names(named[0][1].config), f"teacher {named[0][0]!r}"
-    num_labels = {m.config.num_labels for _, m, _ in loaded}
-    if len(num_labels) > 1:
-        desc = ", ".join(f"{n!r}: {m.config.num_labels}" for n, m, _ in loaded)
-        raise ValueError(f"Teachers predict different numbers of labels ({desc}); they must share one label set.")
-
-    encoded_by_tokenizer: dict[str, list[dict]] = {}
-    columns = []
-    for name, model, tokenizer in loaded:
-        perm = label_permutation(model.config, reference, name, reference_from)
-        key = f"{type(tokenizer).__name__}:{getattr(tokenizer, 'name_or_path', '')}:{len(tokenizer)}"
-        if key not in encoded_by_tokenizer:
-            encoded_by_tokenizer[key] = _tokenize(tokenizer, dataset, text_columns, max_length)
+    label_info = {"names": reference, "count": None}
+    perms: dict[int, list | None] = {}
+    for indices, model in models():
+        i = indices[0]
+        config = model.config if not hasattr(model, "get_base_model") else model.get_base_model().config
+        name = plan["teachers"][i]["name_or_path"] + (
+            f"+{plan['teachers'][i]['adapter']}" if plan["teachers"][i].get("adapter") else ""
+        )
+        if label_info["count"] is None:
+            label_info["count"] = config.num_labels
+        if reference is None and has_named_labels(config):
+            reference, reference_from = label_names(config), f"teacher {name!r}"
+            label_info["names"] = reference
+        if config.num_labels != label_info["count"]:
+            raise ValueError(
+                f"Teacher {name!r} predicts {config.num_labels} labels but the teachers before it predict "
+                f"{label_info['count']}; all teachers must share one label set."
+            )
+        perms[i] = label_permutation(config, reference, name, reference_from)
+        todo = [s for s in my_shards if not _shard_path(work, i, s).exists()]
+        if not todo:
+            continue
+        tokenizer = resolved[i][2]
+        encoded = encodings[tokenizer_of[i]]
+        original_device = next(model.parameters()).device
         model.to(device)
-        logits = _run_teacher(model, tokenizer, encoded_by_tokenizer[key], batch_size, _DTYPES[dtype], device)
-        columns.append(logits[:, perm] if perm is not None else logits)
-    stacked = np.stack(columns, axis=1)  # [rows, teachers, labels]
-    check_finite_teacher_logits(torch.from_numpy(stacked))
+        rows_todo = sum(min(shard_size, num_rows - s * shard_size) for s in todo)
+        bar = tqdm(
+            total=rows_todo,
+            unit="rows",
+            desc=f"teacher {i} ({name})",
+            disable=not show_progress,
+            position=state.process_index,
+            leave=True,
+        )
+        for s in todo:
+            rows = encoded[s * shard_size : min((s + 1) * shard_size, num_rows)]
+            logits = _label_shard(model, tokenizer, rows, batch_size, dtype, device, bar)
+            if perms[i] is not None:
+                logits = logits[:, perms[i]]
+            check_finite_teacher_logits(torch.from_numpy(logits[:, None, :]))
+            path = _shard_path(work, i, s)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _atomic_save(path, logits)
+        bar.close()
+        if i in in_memory:
+            model.to(original_device)
+    if label_info["names"] is None:
+        label_info["names"] = [f"LABEL_{k}" for k in range(label_info["count"])]
+    return label_info
 
-    feature = Array2D(shape=stacked.shape[1:], dtype="float32")
+
+def _load_shard(work: Path, num_teachers: int, shard: int) -> np.ndarray:
+    return np.stack([np.load(_shard_path(work, t, shard)) for t in range(num_teachers)], axis=1)
+
+
+def _assemble_array(work: Path, num_teachers: int, num_rows: int, shard_size: int) -> np.ndarray:
+    num_shards = max(1, -(-num_rows // shard_size))
+    return np.concatenate([_load_shard(work, num_teachers, s) for s in range(num_shards)], axis=0)
+
+
+def _with_column(dataset: Dataset, logits: np.ndarray, manifest: dict) -> Dataset:
     if TEACHER_LOGITS in dataset.column_names:
         dataset = dataset.remove_columns(TEACHER_LOGITS)
-    labelled = dataset.add_column(TEACHER_LOGITS, stacked.tolist(), feature=feature)
-    if output_dir is not None:
-        from . import __version__
-
-        manifest = {
-            "teachers": [name for name, _, _ in loaded],
-            "label_names": reference or [f"LABEL_{i}" for i in range(stacked.shape[-1])],
-            "text_columns": list(text_columns),
-            "max_length": max_length,
-            "dtype": dtype,
-            "num_rows": len(dataset),
-            "source_fingerprint": source_fingerprint(dataset, text_columns),
-            "tmkd_hf_version": __version__,
-        }
-        labelled.save_to_disk(str(output_dir))
-        with open(os.path.join(str(output_dir), MANIFEST_NAME), "w") as f:
-            json.dump(manifest, f, indent=2)
+    feature = Array2D(shape=logits.shape[1:], dtype="float32")
+    labelled = dataset.add_column(TEACHER_LOGITS, logits.tolist(), feature=feature)
+    labelled.info.description = json.dumps(manifest)
     return labelled
+
+
+def _assemble_to_disk(dataset, work, num_teachers, shard_size, num_labels, manifest, out: Path) -> None:
+    """Write the column shard by shard (flat memory), join it to the rows, save, then commit the manifest."""
+    num_rows = len(dataset)
+    num_shards = max(1, -(-num_rows // shard_size))
+    features = Features({TEACHER_LOGITS: Array2D(shape=(num_teachers, num_labels), dtype="float32")})
+    column_file = work / "teacher_logits.arrow"
+    with ArrowWriter(path=str(column_file), features=features) as writer:
+        for s in range(num_shards):
+            writer.write_batch({TEACHER_LOGITS: list(_load_shard(work, num_teachers, s))})
+        writer.finalize()
+    column = Dataset.from_file(str(column_file))
+    source = dataset.remove_columns(TEACHER_LOGITS) if TEACHER_LOGITS in dataset.column_names else dataset
+    if source._indices is not None:
+        source = source.flatten_indices()
+    labelled = concatenate_datasets([source, column], axis=1)
+    labelled.info.description = json.dumps(manifest)
+    staging = out.parent / f".{out.name}.saving"
+    if staging.exists():
+        shutil.rmtree(staging)
+    labelled.save_to_disk(str(staging))
+    _atomic_write_text(staging / MANIFEST_NAME, json.dumps(manifest, indent=2))
+    # swap in: the manifest (the "finished" mark) goes first and comes back last; only files of an earlier
+    # `save_to_disk` are replaced, anything else the user keeps in output_dir is left alone
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for entry in out.iterdir():
+        if entry.is_file() and (entry.name in ("dataset_info.json", "state.json") or entry.name.startswith("data-")):
+            entry.unlink()
+    for entry in staging.iterdir():
+        if entry.name != MANIFEST_NAME:
+            os.replace(entry, out / entry.name)
+    os.replace(staging / MANIFEST_NAME, out / MANIFEST_NAME)
+    staging.rmdir()
+    shutil.rmtree(work, ignore_errors=True)

@@ -1,16 +1,169 @@
-"""Loading teachers and aligning their label spaces by label name."""
+"""Teachers: how they are named (`TeacherSpec`), loaded (plain checkpoints, Hub ids, PEFT adapters sharing one
+base model), identified in a manifest, and aligned by label name."""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
+import json
 import os
 import re
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
 _DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
+ADAPTER_CONFIG = "adapter_config.json"
+_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
+
+
+@dataclass(frozen=True)
+class TeacherSpec:
+    """Where a teacher comes from.
+
+    Args:
+        name_or_path: a local checkpoint directory or a Hub model id (the base model, for an adapter).
+        revision: Hub revision (branch, tag or commit) of `name_or_path`.
+        adapter: a PEFT adapter (local dir or Hub id) applied on `name_or_path`. Several adapters on the same
+            base are run on one loaded base model, switching adapters.
+        tokenizer: where the tokenizer lives (default: the adapter if it ships one, else `name_or_path`).
+    """
+
+    name_or_path: str
+    revision: str | None = None
+    adapter: str | None = None
+    tokenizer: str | None = None
+
+    @classmethod
+    def parse(cls, spec: str | os.PathLike | dict | TeacherSpec) -> TeacherSpec:
+        """Accept `"path"`, `"hub/id@revision"`, an adapter directory, a dict of the fields, or a spec."""
+        if isinstance(spec, TeacherSpec):
+            return spec
+        if isinstance(spec, dict):
+            unknown = set(spec) - {"name_or_path", "revision", "adapter", "tokenizer"}
+            if unknown:
+                raise ValueError(f"Unknown teacher fields {sorted(unknown)} in {spec}.")
+            return cls(**spec)
+        text = str(spec)
+        if os.path.isfile(os.path.join(text, ADAPTER_CONFIG)):
+            with open(os.path.join(text, ADAPTER_CONFIG)) as f:
+                base = json.load(f).get("base_model_name_or_path")
+            if not base:
+                raise ValueError(f"PEFT adapter {text!r} does not name its base model (base_model_name_or_path).")
+            return cls(name_or_path=base, adapter=text)
+        if not os.path.exists(text) and "@" in text:
+            name, _, revision = text.rpartition("@")
+            return cls(name_or_path=name, revision=revision)
+        return cls(name_or_path=text)
+
+    @property
+    def name(self) -> str:
+        base = self.name_or_path + (f"@{self.revision}" if self.revision else "")
+        return f"{base}+{self.adapter}" if self.adapter else base
+
+    def tokenizer_source(self) -> str:
+        if self.tokenizer:
+            return self.tokenizer
+        if self.adapter and os.path.isfile(os.path.join(self.adapter, "tokenizer_config.json")):
+            return self.adapter
+        return self.name_or_path
+
+    def identity(self) -> dict:
+        """What the manifest records: the spec, plus a content hash of local weights (a revision for Hub ids)."""
+        record = {k: v for k, v in asdict(self).items() if v is not None}
+        hashes = {}
+        for role, path in (("weights_sha256", self.name_or_path), ("adapter_sha256", self.adapter)):
+            if path and os.path.isdir(path):
+                hashes[role] = _weights_hash(path)
+        return {**record, **hashes}
+
+
+def _weights_hash(directory: str) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(os.listdir(directory)):
+        if name in _WEIGHT_FILES or name.endswith(".safetensors"):
+            digest.update(name.encode())
+            with open(os.path.join(directory, name), "rb") as f:
+                for block in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(block)
+    return digest.hexdigest()
+
+
+def load_teacher(teacher: str | os.PathLike | dict | TeacherSpec | nn.Module, **kwargs) -> PreTrainedModel:
+    """One teacher ready for inference (eval mode). An adapter is loaded on its base and merged."""
+    if isinstance(teacher, nn.Module):
+        return teacher.eval()
+    spec = TeacherSpec.parse(teacher)
+    base = _load_base(spec, **kwargs)
+    if spec.adapter is None:
+        return base.eval()
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(base, spec.adapter).merge_and_unload().eval()
+
+
+def _load_base(spec: TeacherSpec, **kwargs) -> PreTrainedModel:
+    try:
+        AutoConfig.from_pretrained(spec.name_or_path, revision=spec.revision)
+    except OSError as err:
+        raise ValueError(
+            f"Cannot load teacher {spec.name!r}: {spec.name_or_path!r} is not a local model directory and is not "
+            f"reachable on the Hub ({err})."
+        ) from err
+    if spec.adapter is not None and os.path.isdir(spec.adapter):
+        num_labels = _adapter_num_labels(spec.adapter)
+        if num_labels is not None:
+            kwargs.setdefault("num_labels", num_labels)
+    return AutoModelForSequenceClassification.from_pretrained(spec.name_or_path, revision=spec.revision, **kwargs)
+
+
+def _adapter_num_labels(adapter_dir: str) -> int | None:
+    """The label count of the classification head an adapter saved (PEFT's `modules_to_save`), if any."""
+    path = os.path.join(adapter_dir, "adapter_model.safetensors")
+    if not os.path.isfile(path):
+        return None
+    from safetensors import safe_open
+
+    with safe_open(path, "pt") as f:
+        for key in f.keys():
+            if key.endswith(("classifier.weight", "out_proj.weight", "score.weight")):
+                return f.get_slice(key).get_shape()[0]
+    return None
+
+
+def iter_loaded_teachers(specs: list[TeacherSpec], **kwargs) -> Iterator[tuple[list[int], nn.Module]]:
+    """Yield `(indices, model)` with one model in memory at a time.
+
+    Adapters on the same base (and revision) share one loaded base: the yielded model is a `PeftModel` whose
+    active adapter is switched before each yield, so `indices` holds the one teacher it currently is.
+    """
+    groups: dict[tuple, list[int]] = {}
+    for i, spec in enumerate(specs):
+        key = (spec.name_or_path, spec.revision, "adapter" if spec.adapter else f"plain-{i}")
+        groups.setdefault(key, []).append(i)
+    for (_, _, kind), indices in groups.items():
+        if kind != "adapter":
+            yield indices, load_teacher(specs[indices[0]], **kwargs)
+            continue
+        from peft import PeftModel
+
+        base = _load_base(specs[indices[0]], **kwargs)
+        model = None
+        for i in indices:
+            name = f"teacher_{i}"
+            if model is None:
+                model = PeftModel.from_pretrained(base, specs[i].adapter, adapter_name=name)
+            else:
+                model.load_adapter(specs[i].adapter, adapter_name=name)
+            model.set_adapter(name)
+            yield [i], model.eval()
+
+
+def load_tokenizer(spec: TeacherSpec):
+    return AutoTokenizer.from_pretrained(spec.tokenizer_source(), revision=None if spec.adapter else spec.revision)
 
 
 def has_named_labels(config) -> bool:
@@ -31,19 +184,17 @@ def label_permutation(teacher_config, reference_names: list[str] | None, teacher
     names match by position. Different label sets are an error naming both sides.
     """
     n = teacher_config.num_labels
+    if reference_names is not None and len(reference_names) != n:
+        raise ValueError(
+            f"Teacher {teacher_name!r} predicts {n} labels ({label_names(teacher_config)}) but {reference_name} has "
+            f"{len(reference_names)} ({list(reference_names)}). All teachers and the student must share one label set."
+        )
     if reference_names is None or not has_named_labels(teacher_config):
-        if reference_names is not None and len(reference_names) != n:
-            raise ValueError(
-                f"Teacher {teacher_name!r} predicts {n} labels but {reference_name} has {len(reference_names)} "
-                f"({reference_names}). All teachers and the student must share one label set."
-            )
+        return None
+    if all(_DEFAULT_LABEL.match(str(s)) for s in reference_names):
         return None
     names = [s.lower() for s in label_names(teacher_config)]
-    ref = [s.lower() for s in reference_names]
-    if all(_DEFAULT_LABEL.match(s.upper()) for s in reference_names):
-        if len(ref) != n:
-            raise ValueError(f"Teacher {teacher_name!r} has {n} labels, {reference_name} has {len(ref)}.")
-        return None
+    ref = [str(s).lower() for s in reference_names]
     if sorted(names) != sorted(ref):
         raise ValueError(
             f"Label sets differ: teacher {teacher_name!r} has {label_names(teacher_config)} but {reference_name} has "
@@ -54,31 +205,10 @@ def label_permutation(teacher_config, reference_names: list[str] | None, teacher
     return None if perm == list(range(n)) else perm
 
 
-def load_teacher(teacher: str | os.PathLike | nn.Module, revision: str | None = None, **kwargs) -> PreTrainedModel:
-    """A teacher ready for inference: a loaded model as is, a local dir / Hub id / PEFT adapter dir loaded.
-
-    A directory with `adapter_config.json` is loaded as a PEFT adapter on its base model and merged.
-    """
-    if isinstance(teacher, nn.Module):
-        return teacher.eval()
-    path = str(teacher)
-    if os.path.isfile(os.path.join(path, "adapter_config.json")):
-        from peft import AutoPeftModelForSequenceClassification
-
-        model = AutoPeftModelForSequenceClassification.from_pretrained(path, revision=revision, **kwargs)
-        return model.merge_and_unload().eval()
-    try:
-        AutoConfig.from_pretrained(path, revision=revision)
-    except OSError as err:
-        raise ValueError(
-            f"Cannot load teacher {path!r}: not a local model directory and not reachable on the Hub ({err})."
-        ) from err
-    return AutoModelForSequenceClassification.from_pretrained(path, revision=revision, **kwargs).eval()
-
-
 @torch.no_grad()
 def teacher_forward(teacher: nn.Module, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
     """Logits `[batch, num_labels]` of `teacher` on already tokenized `inputs` (extra keys ignored)."""
-    params = inspect.signature(teacher.forward).parameters
+    forward = teacher.get_base_model().forward if hasattr(teacher, "get_base_model") else teacher.forward
+    params = inspect.signature(forward).parameters
     keys = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
     return teacher(**{k: inputs[k] for k in keys if k in inputs and k in params}).logits.float()

@@ -17,6 +17,7 @@ from collections import defaultdict
 from typing import Any
 
 import torch
+from datasets import Dataset
 from torch import nn
 from transformers import Trainer, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
@@ -24,6 +25,7 @@ from transformers.utils import logging
 
 from .arguments import DistillationArguments
 from .collator import TEACHER_LOGITS, DataCollatorWithTeacherLogits, check_finite_teacher_logits
+from .labelling import read_manifest, verify_rows
 from .losses import multi_teacher_distillation_loss
 from .modeling import MultiHeadStudent
 from .teachers import label_names, label_permutation, load_teacher, teacher_forward
@@ -149,6 +151,9 @@ class MultiTeacherDistillationTrainer(Trainer):
                 f"train_dataset has no label column but alpha={self.args.alpha} gives the golden-label loss a weight "
                 f"of {1 - self.args.alpha:g}. For unlabelled data (TMKD stage 1) set alpha=1.0."
             )
+        manifest = read_manifest(dataset) if isinstance(dataset, Dataset) else None
+        if manifest is not None and TEACHER_LOGITS in columns and _rows_are_checkable(dataset, manifest):
+            verify_rows(dataset, manifest, "train_dataset")
         if TEACHER_LOGITS in columns and len(dataset) > 0:
             first = torch.as_tensor(dataset[0][TEACHER_LOGITS], dtype=torch.float32)
             first = first.unsqueeze(0) if first.dim() == 1 else first
@@ -322,6 +327,15 @@ class MultiTeacherDistillationTrainer(Trainer):
         if tokenizer is not None:
             tokenizer.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+
+def _rows_are_checkable(dataset, manifest: dict) -> bool:
+    """The cache's row fingerprint applies when the text is still there, in its original order and number."""
+    return (
+        all(c in dataset.column_names for c in manifest["text_columns"])
+        and len(dataset) == manifest["num_rows"]
+        and dataset._indices is None  # not shuffled / selected since labelling
+    )
 
 
 def _num_rows(batch: dict[str, Any]) -> int:

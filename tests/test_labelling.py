@@ -1,0 +1,278 @@
+"""label_with_teachers: exact logits, order, tokenizers, PEFT adapters, label alignment, resume, manifest."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import numpy as np
+import pytest
+import torch
+from conftest import WORDS, pair_dataset, tiny_model, tokenize
+from datasets import load_from_disk
+from transformers import AutoModelForSequenceClassification, BertTokenizerFast
+
+import tmkd_hf.labelling as labelling
+from tmkd_hf import DistillationArguments, MultiHeadStudent, MultiTeacherDistillationTrainer, label_with_teachers
+from tmkd_hf.labelling import MANIFEST_NAME, WORK_DIR, load_teacher_logits, read_manifest
+from tmkd_hf.teachers import TeacherSpec
+
+
+def direct_logits(model, tokenizer, dataset, columns=("question", "sentence"), max_length=128) -> np.ndarray:
+    """The reference: one unpadded forward per example."""
+    rows = []
+    for row in dataset:
+        enc = tokenizer(*[row[c] for c in columns], truncation=True, max_length=max_length, return_tensors="pt")
+        with torch.no_grad():
+            rows.append(model(**enc).logits[0].numpy())
+    return np.stack(rows)
+
+
+def load(path):
+    return AutoModelForSequenceClassification.from_pretrained(path).eval()
+
+
+def test_logits_equal_direct_forward_in_original_order(teacher_dirs, tokenizer):
+    ds = pair_dataset(50, seed=3)  # lengths vary from row to row: sorting must be undone
+    labelled = label_with_teachers(ds, teacher_dirs, batch_size=8, shard_size=16, show_progress=False)
+    assert labelled.column_names == ["question", "sentence", "label", "teacher_logits"]
+    assert list(labelled["question"]) == list(ds["question"])
+    cached = np.asarray(labelled["teacher_logits"])
+    assert cached.shape == (50, 3, 2) and labelled.features["teacher_logits"].dtype == "float32"
+    for t, path in enumerate(teacher_dirs):
+        np.testing.assert_allclose(cached[:, t], direct_logits(load(path), tokenizer, ds), atol=1e-4)
+    manifest = read_manifest(labelled)
+    assert manifest["num_rows"] == 50 and manifest["text_columns"] == ["question", "sentence"]
+
+
+def test_single_text_column_and_truncation(teacher_dirs, tokenizer):
+    ds = pair_dataset(12, seed=4)
+    labelled = label_with_teachers(ds, teacher_dirs[:1], text_columns="sentence", max_length=6, show_progress=False)
+    expected = direct_logits(load(teacher_dirs[0]), tokenizer, ds, columns=("sentence",), max_length=6)
+    np.testing.assert_allclose(np.asarray(labelled["teacher_logits"])[:, 0], expected, atol=1e-4)
+
+
+def test_each_teacher_reads_with_its_own_tokenizer(tmp_path, tokenizer, teacher_dirs, monkeypatch):
+    # a second vocabulary (other ids for the same words) and a RoBERTa-family model
+    other_vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + list(reversed(WORDS)) + list("zyxwvu")
+    other_tok = BertTokenizerFast(vocab={t: i for i, t in enumerate(other_vocab)})
+    roberta = tiny_model("roberta", seed=7)
+    roberta.save_pretrained(tmp_path / "roberta")
+    other_tok.save_pretrained(tmp_path / "roberta")
+    calls = []
+    real_tokenize = labelling._tokenize
+    monkeypatch.setattr(labelling, "_tokenize", lambda tok, *a, **k: calls.append(tok) or real_tokenize(tok, *a, **k))
+    ds = pair_dataset(20, seed=5)
+    teachers = [teacher_dirs[0], str(tmp_path / "roberta"), teacher_dirs[1]]
+    cached = np.asarray(label_with_teachers(ds, teachers, show_progress=False)["teacher_logits"])
+    assert len(calls) == 2  # two distinct tokenizers, each used once
+    np.testing.assert_allclose(cached[:, 0], direct_logits(load(teacher_dirs[0]), tokenizer, ds), atol=1e-4)
+    np.testing.assert_allclose(cached[:, 1], direct_logits(load(tmp_path / "roberta"), other_tok, ds), atol=1e-4)
+    np.testing.assert_allclose(cached[:, 2], direct_logits(load(teacher_dirs[1]), tokenizer, ds), atol=1e-4)
+
+
+def make_adapters(tmp_path, tokenizer, n=2):
+    from peft import LoraConfig, get_peft_model
+
+    base_dir = tmp_path / "base"
+    tiny_model("bert", seed=0).save_pretrained(base_dir)
+    tokenizer.save_pretrained(base_dir)
+    dirs = []
+    for i in range(n):
+        model = get_peft_model(load(base_dir), LoraConfig(task_type="SEQ_CLS", r=4, target_modules=["query", "value"]))
+        torch.manual_seed(i)
+        with torch.no_grad():
+            for name, p in model.named_parameters():
+                if "lora_B" in name or "modules_to_save" in name:
+                    p.normal_(std=0.5)
+        model.save_pretrained(tmp_path / f"adapter-{i}")
+        dirs.append(str(tmp_path / f"adapter-{i}"))
+    return str(base_dir), dirs
+
+
+def test_peft_adapters_share_one_base(tmp_path, tokenizer, monkeypatch):
+    from peft import PeftModel
+
+    base_dir, adapters = make_adapters(tmp_path, tokenizer)
+    import tmkd_hf.teachers as teachers_mod
+
+    loads = []
+    real_load_base = teachers_mod._load_base
+    monkeypatch.setattr(teachers_mod, "_load_base", lambda spec, **k: loads.append(spec) or real_load_base(spec, **k))
+    ds = pair_dataset(24, seed=6)
+    assert TeacherSpec.parse(adapters[0]) == TeacherSpec(name_or_path=base_dir, adapter=adapters[0])
+    cached = np.asarray(label_with_teachers(ds, adapters, show_progress=False)["teacher_logits"])
+    assert len(loads) == 1  # one base model, adapters switched on it
+    for t, adapter in enumerate(adapters):
+        reference = PeftModel.from_pretrained(load(base_dir), adapter).eval()
+        np.testing.assert_allclose(cached[:, t], direct_logits(reference, tokenizer, ds), atol=1e-4)
+    assert not np.allclose(cached[:, 0], cached[:, 1])
+
+
+def test_labels_are_aligned_by_name(tmp_path, tokenizer):
+    a = tiny_model("bert", seed=3, num_labels=3, head_scale=10.0)
+    a.config.id2label = {0: "entailment", 1: "neutral", 2: "contradiction"}
+    a.config.label2id = {v: k for k, v in a.config.id2label.items()}
+    b = tiny_model("bert", seed=3, num_labels=3, head_scale=10.0)  # same weights, head rows in another order
+    order = [2, 0, 1]
+    with torch.no_grad():
+        b.classifier.weight.copy_(a.classifier.weight[order])
+        b.classifier.bias.copy_(a.classifier.bias[order])
+    b.config.id2label = {i: a.config.id2label[j] for i, j in enumerate(order)}
+    b.config.label2id = {v: k for k, v in b.config.id2label.items()}
+    ds = pair_dataset(16, seed=8)
+    labelled = label_with_teachers(ds, [(a, tokenizer), (b, tokenizer)], show_progress=False)
+    cached = np.asarray(labelled["teacher_logits"])
+    np.testing.assert_allclose(cached[:, 0], cached[:, 1], atol=1e-5)
+    assert read_manifest(labelled)["label_names"] == ["entailment", "neutral", "contradiction"]
+
+    c = tiny_model("bert", seed=4, num_labels=3)
+    c.config.id2label = {0: "yes", 1: "no", 2: "maybe"}
+    with pytest.raises(ValueError, match=r"Label sets differ: teacher .* has \['yes', 'no', 'maybe'\].*entailment"):
+        label_with_teachers(ds, [(a, tokenizer), (c, tokenizer)], show_progress=False)
+    d = tiny_model("bert", seed=4, num_labels=2)
+    with pytest.raises(ValueError, match="predicts 2 labels"):
+        label_with_teachers(ds, [(a, tokenizer), (d, tokenizer)], show_progress=False)
+
+
+def test_resume_after_crash_gives_identical_result(tmp_path, teacher_dirs, monkeypatch):
+    ds = pair_dataset(40, seed=9)
+    clean = label_with_teachers(ds, teacher_dirs, output_dir=tmp_path / "clean", shard_size=8, show_progress=False)
+
+    real_label_shard = labelling._label_shard
+    calls = {"n": 0}
+
+    def crash_on_seventh(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 7:
+            raise KeyboardInterrupt("killed")
+        return real_label_shard(*args, **kwargs)
+
+    monkeypatch.setattr(labelling, "_label_shard", crash_on_seventh)
+    out = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        label_with_teachers(ds, teacher_dirs, output_dir=out, shard_size=8, show_progress=False)
+    assert read_manifest(out) is None  # unfinished: nothing claims to be a cache yet
+    done = sorted(p.name for p in (out / WORK_DIR).rglob("shard-*.npy"))
+    assert len(done) == 6
+    calls["n"] = -100  # no more crashes
+    resumed = label_with_teachers(ds, teacher_dirs, output_dir=out, shard_size=8, show_progress=False)
+    assert calls["n"] == -100 + 15 - 6  # 3 teachers x 5 shards, 6 were already on disk
+    np.testing.assert_array_equal(np.asarray(resumed["teacher_logits"]), np.asarray(clean["teacher_logits"]))
+    assert not (out / WORK_DIR).exists()
+    again = label_with_teachers(ds, teacher_dirs, output_dir=out, shard_size=8, show_progress=False)
+    assert calls["n"] == -100 + 9  # a finished cache is loaded, not recomputed
+    np.testing.assert_array_equal(np.asarray(again["teacher_logits"]), np.asarray(clean["teacher_logits"]))
+
+
+def test_half_written_shard_is_never_read_back(tmp_path, teacher_dirs, monkeypatch):
+    ds = pair_dataset(16, seed=10)
+    real_save = np.save
+
+    def dying_save(f, array):
+        f.write(b"\x93NUMPY partial")
+        raise OSError("disk died mid-write")
+
+    monkeypatch.setattr(labelling.np, "save", dying_save)
+    with pytest.raises(OSError, match="mid-write"):
+        label_with_teachers(ds, teacher_dirs[:1], output_dir=tmp_path, shard_size=8, show_progress=False)
+    assert not list((tmp_path / WORK_DIR).rglob("shard-*.npy"))  # only a temporary file was touched
+    monkeypatch.setattr(labelling.np, "save", real_save)
+    labelled = label_with_teachers(ds, teacher_dirs[:1], output_dir=tmp_path, shard_size=8, show_progress=False)
+    assert np.isfinite(np.asarray(labelled["teacher_logits"])).all()
+
+
+def test_manifest_on_disk_and_mismatch_errors(tmp_path, teacher_dirs, tokenizer):
+    ds = pair_dataset(20, seed=11)
+    (tmp_path / "notes.txt").write_text("a user's file beside the cache")
+    label_with_teachers(ds, teacher_dirs, output_dir=tmp_path, show_progress=False)
+    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
+    assert {
+        "teachers",
+        "label_names",
+        "text_columns",
+        "max_length",
+        "dtype",
+        "num_rows",
+        "source_fingerprint",
+        "tmkd_hf_version",
+    } <= set(manifest)
+    assert len(manifest["teachers"]) == 3 and all("weights_sha256" in t for t in manifest["teachers"])
+    reloaded = load_from_disk(str(tmp_path))
+    assert read_manifest(reloaded) == manifest
+
+    other = pair_dataset(20, seed=12)
+    with pytest.raises(ValueError, match="already holds teacher logits built from other rows or teachers"):
+        label_with_teachers(other, teacher_dirs, output_dir=tmp_path, show_progress=False)
+    with pytest.raises(ValueError, match="computed on other rows than the given dataset"):
+        load_teacher_logits(tmp_path, other)
+    assert len(load_teacher_logits(tmp_path, ds)) == 20
+    relabelled = label_with_teachers(other, teacher_dirs, output_dir=tmp_path, overwrite=True, show_progress=False)
+    assert list(relabelled["question"]) == list(other["question"])
+    assert (tmp_path / "notes.txt").exists() and all(os.path.isdir(d) for d in teacher_dirs)  # nothing else removed
+
+    # training refuses a cache whose rows were swapped for others behind its back
+    swapped = relabelled.remove_columns(["question", "sentence"]).add_column("question", list(ds["question"]))
+    swapped = swapped.add_column("sentence", list(ds["sentence"]))
+    swapped.info.description = relabelled.info.description
+    tokenized = swapped.map(lambda b: tokenizer(b["question"], b["sentence"]), batched=True)
+    args = DistillationArguments(output_dir=str(tmp_path / "train"), report_to="none", use_cpu=True)
+    with pytest.raises(ValueError, match="computed on other rows than train_dataset"):
+        MultiTeacherDistillationTrainer(
+            model=MultiHeadStudent(tiny_model("bert"), 3),
+            args=args,
+            train_dataset=tokenized,
+            processing_class=tokenizer,
+        )
+    # the genuine cache passes, shuffled or not
+    good = relabelled.map(lambda b: tokenizer(b["question"], b["sentence"]), batched=True)
+    for train in (good, good.shuffle(seed=0)):
+        MultiTeacherDistillationTrainer(
+            model=MultiHeadStudent(tiny_model("bert"), 3), args=args, train_dataset=train, processing_class=tokenizer
+        )
+
+
+def test_bfloat16_autocast_is_close_to_float32(teacher_dirs):
+    ds = pair_dataset(16, seed=13)
+    full = np.asarray(label_with_teachers(ds, teacher_dirs[:1], show_progress=False)["teacher_logits"])
+    half = np.asarray(
+        label_with_teachers(ds, teacher_dirs[:1], dtype="bfloat16", show_progress=False)["teacher_logits"]
+    )
+    assert half.shape == full.shape
+    np.testing.assert_allclose(half, full, atol=0.05)
+
+
+def test_clear_errors(teacher_dirs, tokenizer):
+    ds = pair_dataset(8)
+    with pytest.raises(ValueError, match=r"text_columns \['passage'\] are not in the dataset"):
+        label_with_teachers(ds, teacher_dirs, text_columns=("question", "passage"))
+    with pytest.raises(ValueError, match="without its tokenizer"):
+        label_with_teachers(ds, [tiny_model("bert")])
+    with pytest.raises(ValueError, match="at least one teacher"):
+        label_with_teachers(ds, [])
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        label_with_teachers(ds, teacher_dirs, dtype="int8")
+    with pytest.raises(ValueError, match="not a local model directory"):
+        label_with_teachers(ds, [{"name_or_path": "/nonexistent/teacher", "tokenizer": teacher_dirs[0]}])
+
+
+def test_labelled_dataset_trains(tmp_path, teacher_dirs, tokenizer):
+    ds = label_with_teachers(
+        pair_dataset(32, seed=14), teacher_dirs, output_dir=tmp_path / "cache", show_progress=False
+    )
+    args = DistillationArguments(
+        output_dir=str(tmp_path / "out"),
+        report_to="none",
+        use_cpu=True,
+        max_steps=2,
+        per_device_train_batch_size=8,
+        save_strategy="no",
+    )
+    trainer = MultiTeacherDistillationTrainer(
+        model=MultiHeadStudent(tiny_model("bert"), 3),
+        args=args,
+        train_dataset=tokenize(ds, tokenizer),
+        processing_class=tokenizer,
+    )
+    trainer.train()
+    assert os.path.isdir(tmp_path / "cache")
