@@ -263,7 +263,8 @@ def label_with_teachers(
 
     from . import __version__
 
-    state = PartialState()
+    # without CUDA, `cpu=True` is what lets `accelerate launch` / torchrun processes join a gloo group
+    state = PartialState(cpu=not torch.cuda.is_available())
     if isinstance(text_columns, str):
         text_columns = (text_columns,)
     text_columns = list(text_columns)

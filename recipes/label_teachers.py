@@ -1,0 +1,107 @@
+#!/usr/bin/env python
+"""Label a dataset with N teachers once and save it with its `teacher_logits` column and manifest.
+
+    python recipes/label_teachers.py --dataset data/qnli/unlabeled.tsv --teachers t1 t2 t3 \\
+        --text_columns question sentence --output_dir labelled/qnli-unlabeled
+    accelerate launch --num_processes 2 recipes/label_teachers.py ...   # shards split across processes
+
+`--dataset` is a .json/.jsonl/.csv/.tsv/.parquet file, a `save_to_disk` directory, or a Hub dataset name
+(`--dataset_config`, `--split`). A killed run resumes from its finished shards when started again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import datasets
+import transformers
+from datasets import Dataset, load_dataset, load_from_disk
+from transformers import HfArgumentParser
+
+from tmkd_hf import label_with_teachers
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class LabellingArguments:
+    dataset: str = field(metadata={"help": "File (.json/.jsonl/.csv/.tsv/.parquet), save_to_disk dir or Hub name."})
+    teachers: list[str] = field(
+        metadata={"help": "Teacher checkpoints: local dirs, Hub ids (id@revision) or PEFT adapter dirs."}
+    )
+    output_dir: str = field(metadata={"help": "Where the labelled dataset (save_to_disk) and manifest go."})
+    text_columns: list[str] = field(
+        default_factory=lambda: ["question", "sentence"], metadata={"help": "One or two text columns."}
+    )
+    dataset_config: str | None = field(default=None, metadata={"help": "Hub dataset configuration name."})
+    split: str = field(default="train", metadata={"help": "Split to label (Hub datasets and dataset dicts)."})
+    max_rows: int | None = field(default=None, metadata={"help": "Label only the first N rows (quick trials)."})
+    batch_size: int = field(default=64, metadata={"help": "Teacher batch size."})
+    max_length: int = field(default=128, metadata={"help": "Truncation length of the teachers' inputs."})
+    dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Teacher compute dtype (logits are stored in float32).",
+            "choices": ["float32", "bfloat16", "float16"],
+        },
+    )
+    shard_size: int = field(default=4096, metadata={"help": "Rows per shard: the unit of resumption and work split."})
+    overwrite: bool = field(default=False, metadata={"help": "Replace a cache in output_dir built from other data."})
+
+
+def load_rows(args: LabellingArguments) -> Dataset:
+    path = args.dataset
+    if os.path.isdir(path):
+        loaded = load_from_disk(path)
+        dataset = loaded[args.split] if isinstance(loaded, datasets.DatasetDict) else loaded
+    elif os.path.isfile(path):
+        ext = path.rsplit(".", 1)[-1].lower()
+        if ext in ("tsv", "csv"):
+            # GLUE-style TSV has quotes inside sentences: no quoting, tab separated
+            kwargs = {"delimiter": "\t", "quoting": 3} if ext == "tsv" else {}
+            dataset = load_dataset("csv", data_files=path, split="train", **kwargs)
+        elif ext in ("json", "jsonl"):
+            dataset = load_dataset("json", data_files=path, split="train")
+        elif ext == "parquet":
+            dataset = load_dataset("parquet", data_files=path, split="train")
+        else:
+            raise ValueError(f"Unsupported file type .{ext}: use .json, .jsonl, .csv, .tsv or .parquet.")
+    else:
+        dataset = load_dataset(path, args.dataset_config, split=args.split)
+    if args.max_rows is not None:
+        dataset = dataset.select(range(min(args.max_rows, len(dataset))))
+    return dataset
+
+
+def main(argv: list[str] | None = None) -> Dataset:
+    parser = HfArgumentParser(LabellingArguments)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        (args,) = parser.parse_json_file(os.path.abspath(argv[0]))
+    else:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+
+    dataset = load_rows(args)
+    logger.info(f"Labelling {len(dataset)} rows of {args.dataset} with {len(args.teachers)} teachers")
+    labelled = label_with_teachers(
+        dataset,
+        args.teachers,
+        text_columns=tuple(args.text_columns),
+        batch_size=args.batch_size,
+        max_length=args.max_length,
+        dtype=args.dtype,
+        output_dir=args.output_dir,
+        shard_size=args.shard_size,
+        overwrite=args.overwrite,
+    )
+    logger.info(f"Saved {len(labelled)} labelled rows to {args.output_dir}")
+    return labelled
+
+
+if __name__ == "__main__":
+    main()
