@@ -43,9 +43,13 @@ def find_classification_head(model: nn.Module, num_labels: int) -> str:
             module = model.get_submodule(name)
         except AttributeError:
             continue
-        if isinstance(module, nn.Linear) and module.out_features == num_labels:
+        if isinstance(module, (nn.Linear, MultiHeadLinear)) and module.out_features == num_labels:
             return name
-    linears = [n for n, m in model.named_modules() if isinstance(m, nn.Linear) and m.out_features == num_labels]
+    linears = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, (nn.Linear, MultiHeadLinear)) and m.out_features == num_labels
+    ]
     if linears:
         return linears[-1]
     raise ValueError(

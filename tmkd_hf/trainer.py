@@ -28,7 +28,7 @@ from .collator import TEACHER_LOGITS, DataCollatorWithTeacherLogits, check_finit
 from .labelling import read_manifest, verify_rows
 from .losses import multi_teacher_distillation_loss
 from .modeling import MultiHeadStudent
-from .teachers import label_names, label_permutation, load_teacher, teacher_forward
+from .teachers import has_named_labels, label_names, label_permutation, load_teacher, teacher_forward
 
 logger = logging.get_logger(__name__)
 
@@ -152,8 +152,10 @@ class MultiTeacherDistillationTrainer(Trainer):
                 f"of {1 - self.args.alpha:g}. For unlabelled data (TMKD stage 1) set alpha=1.0."
             )
         manifest = read_manifest(dataset) if isinstance(dataset, Dataset) else None
-        if manifest is not None and TEACHER_LOGITS in columns and _rows_are_checkable(dataset, manifest):
-            verify_rows(dataset, manifest, "train_dataset")
+        if manifest is not None and TEACHER_LOGITS in columns:
+            if _rows_are_checkable(dataset, manifest):
+                verify_rows(dataset, manifest, "train_dataset")
+            _check_label_order(manifest, student)
         if TEACHER_LOGITS in columns and len(dataset) > 0:
             first = torch.as_tensor(dataset[0][TEACHER_LOGITS], dtype=torch.float32)
             first = first.unsqueeze(0) if first.dim() == 1 else first
@@ -327,6 +329,23 @@ class MultiTeacherDistillationTrainer(Trainer):
         if tokenizer is not None:
             tokenizer.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+
+def _check_label_order(manifest: dict, student) -> None:
+    """Named labels must be in the same order in the cache and in the student, or logits and heads disagree."""
+    config = getattr(student, "config", None)
+    cached = manifest.get("label_names")
+    if config is None or not cached or not has_named_labels(config):
+        return
+    student_names = label_names(config)
+    if [n.lower() for n in student_names] == [str(n).lower() for n in cached]:
+        return
+    if all(n.startswith("LABEL_") for n in cached):
+        return  # the teachers' labels were unnamed: positional, nothing to compare
+    raise ValueError(
+        f"The teacher logits are in label order {cached} but the student's id2label is {student_names}. Build the "
+        f"student with id2label={dict(enumerate(cached))}, or relabel with label_names_order={student_names}."
+    )
 
 
 def _rows_are_checkable(dataset, manifest: dict) -> bool:
