@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 
 import datasets
 import transformers
+from accelerate import PartialState
 from datasets import Dataset, load_dataset, load_from_disk
 from transformers import HfArgumentParser
 
@@ -100,6 +101,9 @@ def main(argv: list[str] | None = None) -> Dataset:
         overwrite=args.overwrite,
     )
     logger.info(f"Saved {len(labelled)} labelled rows to {args.output_dir}")
+    state = PartialState()
+    state.wait_for_everyone()
+    state.destroy_process_group()  # leave a torchrun / accelerate launch group cleanly
     return labelled
 
 
