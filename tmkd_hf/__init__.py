@@ -7,17 +7,23 @@ from .collator import DataCollatorWithTeacherLogits
 from .initialization import student_from_teacher_layers
 from .labelling import label_with_teachers, load_teacher_logits, read_manifest
 from .modeling import MultiHeadStudent
+from .peft_student import LoraStudentArguments, apply_lora, merge_lora, merge_student, save_merged_student
 from .teachers import TeacherSpec
 from .trainer import MultiTeacherDistillationTrainer
 
 __all__ = [
     "DataCollatorWithTeacherLogits",
     "DistillationArguments",
+    "LoraStudentArguments",
     "MultiHeadStudent",
     "MultiTeacherDistillationTrainer",
     "TeacherSpec",
+    "apply_lora",
     "label_with_teachers",
     "load_teacher_logits",
+    "merge_lora",
+    "merge_student",
     "read_manifest",
+    "save_merged_student",
     "student_from_teacher_layers",
 ]

@@ -159,6 +159,7 @@ class MultiHeadStudent(nn.Module):
         self.head_module = head_module
         self.num_heads = num_heads
         self.register_buffer("head_weights", torch.full((num_heads,), 1.0 / num_heads))
+        self.lora_settings: dict | None = None  # set by tmkd_hf.peft_student.apply_lora (saved with the heads)
         if head_weights is not None:
             self.set_head_weights(head_weights)
 
@@ -214,6 +215,10 @@ class MultiHeadStudent(nn.Module):
             raise ValueError(f"{path} has {config.num_labels} labels, but num_labels={num_labels} was requested.")
         model = AutoModelForSequenceClassification.from_config(config)
         student = cls(model, meta["num_heads"], head_module=meta["head_module"])
+        if meta.get("lora"):  # a LoRA student's checkpoint: the same adapters are injected before its weights load
+            from .peft_student import LoraStudentArguments, apply_lora
+
+            apply_lora(student, LoraStudentArguments.from_settings(meta["lora"]))
         state_dict = safetensors.torch.load_file(os.path.join(path, WEIGHTS_NAME))
         missing, unexpected = student.load_state_dict(state_dict, strict=False)
         missing = [k for k in missing if not k.endswith("position_ids")]
@@ -237,6 +242,8 @@ class MultiHeadStudent(nn.Module):
             "head_weights": self.head_weights.tolist(),
             "base_config": self.model.config.to_dict(),
         }
+        if self.lora_settings:
+            meta["lora"] = self.lora_settings
         with open(os.path.join(save_directory, STUDENT_CONFIG_NAME), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
 
@@ -262,9 +269,11 @@ class MultiHeadStudent(nn.Module):
 
     def merge_heads(self) -> PreTrainedModel:
         """A plain transformers model (a copy) whose logits equal this student's combined logits."""
+        from .peft_student import merge_lora_layers
+
         merged = copy.deepcopy(self.model)
         _set_submodule(merged, self.head_module, self.head.merge(self.head_weights))
-        return merged
+        return merge_lora_layers(merged)  # LoRA adapters (if any) folded into the base weights: a plain model
 
     # ----- delegation to the wrapped transformers model -----
 
