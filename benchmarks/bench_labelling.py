@@ -261,6 +261,20 @@ def machine() -> str:
     )
 
 
+def code_version() -> str:
+    """The commit of the checkout, with the files that differ from it (results depend on uncommitted edits too)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True)
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "tmkd_hf"], cwd=root, capture_output=True, text=True
+        )
+    except OSError:
+        return "unknown"
+    changed = [line[3:] for line in dirty.stdout.splitlines()]
+    return head.stdout.strip() + (f" + uncommitted changes in {', '.join(changed)}" if changed else "")
+
+
 def load_average() -> str:
     return "/".join(f"{x:.2f}" for x in os.getloadavg())
 
@@ -323,6 +337,7 @@ def main(argv=None) -> int:
     )
     load_before = load_average()
     report = [f"## {time.strftime('%Y-%m-%d %H:%M %Z')}", "", f"- machine: {machine()}", f"- command: `{command}`"]
+    report.append(f"- code: tmkd_hf at {code_version()}")
     checks = []
 
     with tempfile.TemporaryDirectory(prefix="tmkd-bench-") as tmp:
@@ -380,6 +395,7 @@ def main(argv=None) -> int:
             results = run_memory(args.memory_rows, teacher_dirs[0], args.threads)
             first = results[0]
             lines = [
+                "",
                 "Memory: one teacher, `output_dir=` (streaming), default shard_size, each row count in a fresh "
                 "subprocess; rows cycle all QNLI pairs (disk-backed dataset).",
                 "",

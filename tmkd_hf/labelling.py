@@ -25,8 +25,9 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -196,6 +197,16 @@ def _label_shard(model, tokenizer, rows: dict[str, list], batch_size: int, dtype
             out = np.empty((len(order), logits.shape[-1]), dtype=np.float32)
         out[idx] = logits
         progress.update(len(idx))
+    # Hand the heap's free pages back to the OS (glibc only; elsewhere a no-op). The batches' activations change
+    # shape with every width and every shard, glibc keeps most of them on its heap once it has raised its mmap
+    # threshold, and the holes they leave only grow the heap: without this the peak RSS of a 100k-row pass was
+    # ~270 MB above a 10k-row one. Once per shard, so it costs nothing measurable (benchmarks/RESULTS.md).
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (AttributeError, OSError, TypeError):
+        pass
     return out
 
 
@@ -325,21 +336,19 @@ def label_with_teachers(
         work = Path(tmp_holder.name)
 
     try:
-        num_labels = _run_all_teachers(
-            dataset,
-            resolved,
-            text_columns,
-            batch_size,
-            max_length,
-            _DTYPES[dtype],
-            device,
-            work,
-            shard_size,
-            label_names_order,
-            state,
-            show_progress,
-            plan,
+        job = _LabellingJob(
+            dataset=dataset,
+            resolved=resolved,
+            plan=plan,
+            work=work,
+            batch_size=batch_size,
+            dtype=_DTYPES[dtype],
+            device=device,
+            shard_size=shard_size,
+            state=state,
+            show_progress=show_progress,
         )
+        num_labels = job.run(label_names_order)
         state.wait_for_everyone()
         manifest = {
             **plan,
@@ -364,99 +373,118 @@ def _shard_path(work: Path, teacher: int, shard: int) -> Path:
     return work / f"teacher-{teacher:02d}" / f"shard-{shard:06d}.npy"
 
 
-def _run_all_teachers(
-    dataset,
-    resolved,
-    text_columns,
-    batch_size,
-    max_length,
-    dtype,
-    device,
-    work,
-    shard_size,
-    label_names_order,
-    state,
-    show_progress,
-    plan,
-) -> dict:
-    num_rows = len(dataset)
-    num_shards = max(1, -(-num_rows // shard_size))
-    my_shards = [s for s in range(num_shards) if s % state.num_processes == state.process_index]
+@dataclass
+class _LabellingJob:
+    """One labelling pass of this process: which shards it owns, how to read them, where their logits go."""
 
-    # one encoding per distinct tokenizer, shared by the teachers that use it (only where work is left)
-    tokenizer_of = {i: _tokenizer_key(tokenizer) for i, (_, _, tokenizer) in enumerate(resolved)}
-    pending = {i for i in range(len(resolved)) if any(not _shard_path(work, i, s).exists() for s in my_shards)}
-    encodings: dict[str, Dataset] = {}
-    for i in sorted(pending):
-        key = tokenizer_of[i]
-        if key not in encodings:
-            cache_file = str(work / f"tokenized-{key}-{max_length}.arrow")
-            with state.main_process_first():
-                encodings[key] = _tokenize(resolved[i][2], dataset, text_columns, max_length, cache_file)
+    dataset: Dataset
+    resolved: list[tuple[TeacherSpec | None, nn.Module | None, object]]
+    plan: dict
+    work: Path
+    batch_size: int
+    dtype: torch.dtype
+    device: torch.device
+    shard_size: int
+    state: object
+    show_progress: bool
 
-    specs = [spec for spec, _, _ in resolved]
-    in_memory = {i: model for i, (_, model, _) in enumerate(resolved) if model is not None}
-    loadable = [i for i, spec in enumerate(specs) if spec is not None]
+    @property
+    def num_rows(self) -> int:
+        return len(self.dataset)
 
-    def models():
-        for i, model in in_memory.items():
-            yield [i], model
+    @property
+    def my_shards(self) -> list[int]:
+        num_shards = max(1, -(-self.num_rows // self.shard_size))
+        return [s for s in range(num_shards) if s % self.state.num_processes == self.state.process_index]
+
+    def todo(self, teacher: int) -> list[int]:
+        return [s for s in self.my_shards if not _shard_path(self.work, teacher, s).exists()]
+
+    def encodings(self) -> dict[int, Dataset]:
+        """One encoding per distinct tokenizer, shared by the teachers that use it (only where work is left)."""
+        by_tokenizer: dict[str, Dataset] = {}
+        out = {}
+        for i, (_, _, tokenizer) in enumerate(self.resolved):
+            if not self.todo(i):
+                continue
+            key = _tokenizer_key(tokenizer)
+            if key not in by_tokenizer:
+                cache_file = str(self.work / f"tokenized-{key}-{self.plan['max_length']}.arrow")
+                with self.state.main_process_first():
+                    by_tokenizer[key] = _tokenize(
+                        tokenizer, self.dataset, self.plan["text_columns"], self.plan["max_length"], cache_file
+                    )
+            out[i] = by_tokenizer[key]
+        return out
+
+    def loaded_teachers(self) -> Iterator[tuple[list[int], nn.Module]]:
+        """(teacher indices, model): in-memory teachers, then checkpoints one at a time (adapters share a base)."""
+        specs = [spec for spec, _, _ in self.resolved]
+        for i, (_, model, _) in enumerate(self.resolved):
+            if model is not None:
+                yield [i], model
+        loadable = [i for i, spec in enumerate(specs) if spec is not None]
         if loadable:
             for indices, model in iter_loaded_teachers([specs[i] for i in loadable]):
                 yield [loadable[j] for j in indices], model
 
-    reference = list(label_names_order) if label_names_order else None
-    reference_from = "label_names_order"
-    label_info = {"names": reference, "count": None}
-    perms: dict[int, list | None] = {}
-    for indices, model in models():
-        i = indices[0]
-        config = model.config if not hasattr(model, "get_base_model") else model.get_base_model().config
-        name = plan["teachers"][i]["name_or_path"] + (
-            f"+{plan['teachers'][i]['adapter']}" if plan["teachers"][i].get("adapter") else ""
-        )
-        if label_info["count"] is None:
-            label_info["count"] = config.num_labels
-        if reference is None and has_named_labels(config):
-            reference, reference_from = label_names(config), f"teacher {name!r}"
-            label_info["names"] = reference
-        if config.num_labels != label_info["count"]:
-            raise ValueError(
-                f"Teacher {name!r} predicts {config.num_labels} labels but the teachers before it predict "
-                f"{label_info['count']}; all teachers must share one label set."
-            )
-        perms[i] = label_permutation(config, reference, name, reference_from)
-        todo = [s for s in my_shards if not _shard_path(work, i, s).exists()]
-        if not todo:
-            continue
-        tokenizer = resolved[i][2]
-        encoded = encodings[tokenizer_of[i]]
+    def teacher_name(self, i: int) -> str:
+        record = self.plan["teachers"][i]
+        return record["name_or_path"] + (f"+{record['adapter']}" if record.get("adapter") else "")
+
+    def run(self, label_names_order: Sequence[str] | None) -> dict:
+        """Label this process's unfinished shards with every teacher; return the label names and count."""
+        encodings = self.encodings()
+        reference = list(label_names_order) if label_names_order else None
+        reference_from = "label_names_order"
+        label_info = {"names": reference, "count": None}
+        for indices, model in self.loaded_teachers():
+            i = indices[0]
+            config = model.config if not hasattr(model, "get_base_model") else model.get_base_model().config
+            name = self.teacher_name(i)
+            if label_info["count"] is None:
+                label_info["count"] = config.num_labels
+            if reference is None and has_named_labels(config):
+                reference, reference_from = label_names(config), f"teacher {name!r}"
+                label_info["names"] = reference
+            if config.num_labels != label_info["count"]:
+                raise ValueError(
+                    f"Teacher {name!r} predicts {config.num_labels} labels but the teachers before it predict "
+                    f"{label_info['count']}; all teachers must share one label set."
+                )
+            permutation = label_permutation(config, reference, name, reference_from)
+            if self.todo(i):
+                self.label_teacher(i, model, encodings[i], permutation)
+        if label_info["names"] is None:
+            label_info["names"] = [f"LABEL_{k}" for k in range(label_info["count"])]
+        return label_info
+
+    def label_teacher(self, i: int, model: nn.Module, encoded: Dataset, permutation: list | None) -> None:
+        todo = self.todo(i)
+        tokenizer = self.resolved[i][2]
         original_device = next(model.parameters()).device
-        model.to(device)
-        rows_todo = sum(min(shard_size, num_rows - s * shard_size) for s in todo)
+        model.to(self.device)
+        rows_todo = sum(min(self.shard_size, self.num_rows - s * self.shard_size) for s in todo)
         bar = tqdm(
             total=rows_todo,
             unit="rows",
-            desc=f"teacher {i} ({name})",
-            disable=not show_progress,
-            position=state.process_index,
+            desc=f"teacher {i} ({self.teacher_name(i)})",
+            disable=not self.show_progress,
+            position=self.state.process_index,
             leave=True,
         )
         for s in todo:
-            rows = encoded[s * shard_size : min((s + 1) * shard_size, num_rows)]
-            logits = _label_shard(model, tokenizer, rows, batch_size, dtype, device, bar)
-            if perms[i] is not None:
-                logits = logits[:, perms[i]]
+            rows = encoded[s * self.shard_size : min((s + 1) * self.shard_size, self.num_rows)]
+            logits = _label_shard(model, tokenizer, rows, self.batch_size, self.dtype, self.device, bar)
+            if permutation is not None:
+                logits = logits[:, permutation]
             check_finite_teacher_logits(torch.from_numpy(logits[:, None, :]))
-            path = _shard_path(work, i, s)
+            path = _shard_path(self.work, i, s)
             path.parent.mkdir(parents=True, exist_ok=True)
             _atomic_save(path, logits)
         bar.close()
-        if i in in_memory:
+        if self.resolved[i][1] is not None:  # a model the caller passed in goes back where it was
             model.to(original_device)
-    if label_info["names"] is None:
-        label_info["names"] = [f"LABEL_{k}" for k in range(label_info["count"])]
-    return label_info
 
 
 def _load_shard(work: Path, num_teachers: int, shard: int) -> np.ndarray:
