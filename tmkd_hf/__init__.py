@@ -8,6 +8,7 @@ from .initialization import student_from_teacher_layers
 from .labelling import label_with_teachers, load_teacher_logits, read_manifest
 from .modeling import MultiHeadStudent
 from .peft_student import LoraStudentArguments, apply_lora, merge_lora, merge_student, save_merged_student
+from .tasks import TaskSpec, build_compute_metrics, get_task, load_rows
 from .teachers import TeacherSpec
 from .trainer import MultiTeacherDistillationTrainer
 
@@ -17,9 +18,13 @@ __all__ = [
     "LoraStudentArguments",
     "MultiHeadStudent",
     "MultiTeacherDistillationTrainer",
+    "TaskSpec",
     "TeacherSpec",
     "apply_lora",
+    "build_compute_metrics",
+    "get_task",
     "label_with_teachers",
+    "load_rows",
     "load_teacher_logits",
     "merge_lora",
     "merge_student",
