@@ -91,8 +91,14 @@ class PipelineArguments:
     )
     teacher_epochs: float = field(default=2.0, metadata={"help": "Fine-tuning epochs of each teacher."})
 
+    student_backbone: str | None = field(
+        default=None,
+        metadata={"help": "Model the student's layers are copied from (default: the teachers' backbone). The paper "
+                  "scale run takes a 3-layer student from BERT-base under BERT-large teachers."},
+    )
     student_layers: list[int] = field(
-        default_factory=lambda: [0, 2, 4], metadata={"help": "Backbone layers copied into the student, in order."}
+        default_factory=lambda: [0, 2, 4],
+        metadata={"help": "Layers of the student backbone copied into the student, in order."},
     )
     stage1_epochs: float = field(default=2.0, metadata={"help": "Stage 1 epochs over the unlabelled pool."})
     stage1_learning_rate: float = field(default=1e-4, metadata={"help": "Stage 1 learning rate."})
@@ -202,12 +208,25 @@ def predict_logits(model, tokenizer, features: list[dict], batch_size: int) -> n
 
 
 @torch.inference_mode()
-def examples_per_second(model, batches: list[dict], num_examples: int) -> float:
+def seconds_per_pass(model, batches: list[dict]) -> float:
     model.eval()
     start = time.perf_counter()
     for batch in batches:
         model(**batch)
-    return num_examples / (time.perf_counter() - start)
+    return time.perf_counter() - start
+
+
+def machine_description() -> str:
+    """CPU model and core count (or the GPU), for the speed figures: they mean nothing without the machine."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"{cpu}, {os.cpu_count()} CPU cores"
 
 
 def count_parameters(model) -> int:
@@ -223,6 +242,7 @@ def main(argv: list[str] | None = None) -> dict:
     started = time.perf_counter()
     timings: dict[str, float] = {}
     backbone = args.backbone or default_backbone()
+    student_backbone = args.student_backbone or backbone
     data_dir = resolve_data_dir(args.data_dir)
     out = args.output_dir
     os.makedirs(out, exist_ok=True)
@@ -252,11 +272,13 @@ def main(argv: list[str] | None = None) -> dict:
     labels = {s: np.asarray(list(raw[s]["label"])) for s in ("validation", "test")}
     logger.info(f"rows: { {s: len(d) for s, d in raw.items()} }, labels: {id2label}")
 
-    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    teacher_tokenizer = AutoTokenizer.from_pretrained(backbone)
+    tokenizer = AutoTokenizer.from_pretrained(student_backbone)  # the student's
 
-    def tokenized(dataset: Dataset) -> Dataset:
+    def tokenized(dataset: Dataset, with_tokenizer=None) -> Dataset:
+        encode = with_tokenizer or tokenizer
         return dataset.map(
-            lambda b: tokenizer(*[b[c] for c in text_cols], truncation=True, max_length=args.max_length),
+            lambda b: encode(*[b[c] for c in text_cols], truncation=True, max_length=args.max_length),
             batched=True,
             remove_columns=text_cols,
         )
@@ -282,10 +304,13 @@ def main(argv: list[str] | None = None) -> dict:
             use_cpu=not torch.cuda.is_available(),
         )
 
-    def train(name: str, model, dataset: Dataset, **kwargs) -> MultiTeacherDistillationTrainer:
+    def train(name: str, model, dataset: Dataset, with_tokenizer=None, **kwargs) -> MultiTeacherDistillationTrainer:
         t0 = time.perf_counter()
         trainer = MultiTeacherDistillationTrainer(
-            model=model, args=training_args(name, **kwargs), train_dataset=dataset, processing_class=tokenizer
+            model=model,
+            args=training_args(name, **kwargs),
+            train_dataset=dataset,
+            processing_class=with_tokenizer or tokenizer,
         )
         result = trainer.train()
         timings[name] = round(time.perf_counter() - t0, 1)
@@ -293,6 +318,7 @@ def main(argv: list[str] | None = None) -> dict:
         return trainer
 
     train_plain = tokenized(raw["train"])
+    teacher_train = train_plain if student_backbone == backbone else tokenized(raw["train"], teacher_tokenizer)
     model_kwargs = dict(num_labels=len(label_names), id2label=id2label, label2id=label2id)
 
     # ----- 1. teachers: the backbone fine-tuned with different seeds and learning rates (alpha = 0: labels only) ---
@@ -300,8 +326,8 @@ def main(argv: list[str] | None = None) -> dict:
     for i, (seed, lr) in enumerate(zip(args.teacher_seeds, args.teacher_learning_rates) if not teacher_dirs else ()):
         set_seed(seed)
         teacher = AutoModelForSequenceClassification.from_pretrained(backbone, **model_kwargs)
-        trainer = train(f"teacher_{i}", teacher, train_plain, learning_rate=lr, epochs=args.teacher_epochs,
-                        seed=seed, alpha=0.0)
+        trainer = train(f"teacher_{i}", teacher, teacher_train, with_tokenizer=teacher_tokenizer, learning_rate=lr,
+                        epochs=args.teacher_epochs, seed=seed, alpha=0.0)
         teacher_dirs.append(os.path.join(out, "teachers", f"teacher_{i}"))
         trainer.save_model(teacher_dirs[-1])
     num_teachers = len(teacher_dirs)
@@ -323,7 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     def new_student():
         set_seed(args.seed)  # the same initial student (fresh head included) for TMKD and the baseline
-        return student_from_teacher_layers(backbone, layers=args.student_layers, **model_kwargs)
+        return student_from_teacher_layers(student_backbone, layers=args.student_layers, **model_kwargs)
 
     # ----- 3. stage 1: soft labels of the unlabelled pool only -----
     student = MultiHeadStudent(new_student(), num_heads=num_teachers)
@@ -370,30 +396,36 @@ def main(argv: list[str] | None = None) -> dict:
         accuracies[split]["teacher_ensemble"] = accuracy(ensemble, labels[split])
     timings["evaluation"] = round(time.perf_counter() - t0, 1)
 
-    # ----- 7. inference speed: one teacher against the student, the same test rows, interleaved passes -----
+    # ----- 7. inference speed: each teacher and the student, the same test rows, interleaved passes -----
+    # The ensemble's time for the rows is the sum of its teachers' times (they run one after the other).
+    teacher_names = [f"teacher_{i}" for i in range(num_teachers)]
     batches = {}
-    for name in ("teacher_0", "tmkd_student"):
+    for name in teacher_names + ["tmkd_student"]:
         _, model_tokenizer, features = loaded[name]
         rows = features["test"]
         batches[name] = [
             model_tokenizer.pad(rows[i : i + args.speed_batch_size], return_tensors="pt")
             for i in range(0, len(rows), args.speed_batch_size)
         ]
-        examples_per_second(loaded[name][0], batches[name][:1], 0)  # warm-up
+        seconds_per_pass(loaded[name][0], batches[name][:1])  # warm-up
     num_rows = len(raw["test"])
     measured = {name: [] for name in batches}
     for _ in range(args.speed_repeats):
         for name in batches:
-            measured[name].append(examples_per_second(loaded[name][0], batches[name], num_rows))
+            measured[name].append(seconds_per_pass(loaded[name][0], batches[name]))
+    ensemble_seconds = [sum(measured[t][r] for t in teacher_names) for r in range(args.speed_repeats)]
     speed = {
         "examples": num_rows,
         "batch_size": args.speed_batch_size,
         "repeats": args.speed_repeats,
         "torch_threads": torch.get_num_threads(),
-        "teacher_examples_per_s": round(statistics.median(measured["teacher_0"]), 1),
-        "student_examples_per_s": round(statistics.median(measured["tmkd_student"]), 1),
+        "machine": machine_description(),
+        "teacher_examples_per_s": round(num_rows / statistics.median(measured["teacher_0"]), 1),
+        "ensemble_examples_per_s": round(num_rows / statistics.median(ensemble_seconds), 1),
+        "student_examples_per_s": round(num_rows / statistics.median(measured["tmkd_student"]), 1),
     }
     speed["speedup"] = round(speed["student_examples_per_s"] / speed["teacher_examples_per_s"], 2)
+    speed["speedup_vs_ensemble"] = round(speed["student_examples_per_s"] / speed["ensemble_examples_per_s"], 2)
     logger.info(f"speed: {speed}")
 
     # ----- 8. results -----
@@ -412,7 +444,7 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": timings,
         "paths": {"student": student_dir, "labels_only_student": baseline_dir, "stage1_student": stage1_dir,
                   "teachers": teacher_dirs},
-        "config": {**asdict(args), "backbone": backbone},
+        "config": {**asdict(args), "backbone": backbone, "student_backbone": student_backbone},
         "environment": {
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "device": "cuda" if torch.cuda.is_available() else "cpu", "cpu_count": os.cpu_count(),
@@ -468,11 +500,14 @@ def render_markdown(results: dict) -> str:
         "|---|---|---|---|",
         f"| teacher_0 | {params['teacher']:,} | {params['teacher_layers']} | "
         f"{speed['teacher_examples_per_s']} |",
+        f"| teacher ensemble ({len(teachers)} teachers) | {len(teachers) * params['teacher']:,} | "
+        f"{len(teachers)} x {params['teacher_layers']} | {speed['ensemble_examples_per_s']} |",
         f"| tmkd_student | {params['student']:,} | {params['student_layers']} | "
         f"{speed['student_examples_per_s']} |",
         "",
-        f"Student speed-up: {speed['speedup']}x ({speed['examples']} test rows, batch {speed['batch_size']}, "
-        f"median of {speed['repeats']} passes, {speed['torch_threads']} torch threads).",
+        f"Student speed-up: {speed['speedup']}x over one teacher, {speed['speedup_vs_ensemble']}x over the ensemble "
+        f"({speed['examples']} test rows, batch {speed['batch_size']}, median of {speed['repeats']} passes, "
+        f"{speed['torch_threads']} torch threads, {speed['machine']}).",
         "",
         "Wall time (s): " + ", ".join(f"{k} {v}" for k, v in results["seconds"].items()) + ".",
         "",

@@ -43,10 +43,24 @@ def tiny_backbone(tmp_path, tokenizer):
     return str(path)
 
 
-def test_pipeline_end_to_end_on_a_tiny_backbone(tmp_path, tiny_backbone):
+@pytest.fixture
+def tiny_student_backbone(tmp_path, tokenizer):
+    """Another bare BERT encoder (3 layers, other weights) the student's layers come from, as BERT-base under
+    BERT-large teachers in the paper-scale config."""
+    config = tiny_config("bert")
+    config.num_hidden_layers = 3
+    torch.manual_seed(1)
+    path = tmp_path / "student_backbone"
+    AutoModel.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_pipeline_end_to_end_on_a_tiny_backbone(tmp_path, tiny_backbone, tiny_student_backbone):
     out = tmp_path / "out"
     config = {
         "backbone": tiny_backbone,
+        "student_backbone": tiny_student_backbone,
         "output_dir": str(out),
         "max_train_rows": 48,
         "max_unlabeled_rows": 48,
@@ -77,6 +91,9 @@ def test_pipeline_end_to_end_on_a_tiny_backbone(tmp_path, tiny_backbone):
     speed = results["speed"]
     assert speed["teacher_examples_per_s"] > 0 and speed["student_examples_per_s"] > 0
     assert speed["speedup"] == pytest.approx(speed["student_examples_per_s"] / speed["teacher_examples_per_s"], 0.02)
+    # three teachers one after the other take longer than one
+    assert speed["ensemble_examples_per_s"] < speed["teacher_examples_per_s"]
+    assert speed["speedup_vs_ensemble"] > speed["speedup"]
     params = results["parameters"]
     assert params["teacher_layers"] == 4 and params["student_layers"] == 2 and params["student"] < params["teacher"]
     assert set(results["seconds"]) >= {"teacher_0", "labelling", "stage1", "stage2", "labels_only", "total"}
@@ -86,6 +103,12 @@ def test_pipeline_end_to_end_on_a_tiny_backbone(tmp_path, tiny_backbone):
     # The exported student is a plain transformers checkpoint with the task's labels ...
     student = AutoModelForSequenceClassification.from_pretrained(results["paths"]["student"]).eval()
     assert student.config.num_hidden_layers == 2
+    # ... whose layers came from the student backbone (its layer 2 became the student's layer 1; a few training steps
+    # moved it only a little), not from the teachers' backbone
+    trained = student.bert.encoder.layer[1].output.dense.weight
+    for backbone, expected_close in ((tiny_student_backbone, True), (tiny_backbone, False)):
+        source = AutoModel.from_pretrained(backbone).encoder.layer[2].output.dense.weight
+        assert ((trained - source).abs().max().item() < 0.01) == expected_close
     assert student.config.id2label == {0: "entailment", 1: "not_entailment"}
     # ... and its reported accuracy is what it scores on those validation rows.
     recipe = load_recipe()
