@@ -148,3 +148,12 @@ def test_flags_and_clear_errors():
         recipe.parse_args(["--stage2_alpha", "1.5"])
     with pytest.raises(ValueError, match="but .*'nope'.* are needed"):
         recipe.read_tsv(os.path.join(REPO, "data", "qnli", "unlabeled.tsv"), ["question", "nope"], None)
+
+
+def test_paper_scale_config_parses():
+    """The documented paper-scale run (not run here: BERT-large teachers from the Hub) is a valid config."""
+    recipe = load_recipe()
+    args = recipe.parse_args([os.path.join(REPO, "recipes", "configs", "pipeline_paper_scale.json")])
+    assert args.backbone == "google-bert/bert-large-uncased"
+    assert args.student_backbone == "google-bert/bert-base-uncased"
+    assert len(args.teacher_seeds) == len(args.teacher_learning_rates) == 3
