@@ -364,7 +364,9 @@ def main(argv: list[str] | None = None) -> dict:
         student = MultiHeadStudent.from_pretrained(
             source, num_teachers=num_teachers, num_labels=len(label_list), **hub_kwargs, **label_kwargs
         )
-    if lora_args.use_peft:
+    if student.lora_settings:  # a LoRA training checkpoint given as --model_name_or_path: it keeps its adapters
+        logger.info(f"Continuing with the student's own LoRA adapters ({student.lora_settings}).")
+    elif lora_args.use_peft:
         student = apply_lora(student, lora_args)
     logger.info(
         f"Student: {type(student.model).__name__}, {student.config.num_hidden_layers} layers, {student.num_heads} "

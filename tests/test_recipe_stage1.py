@@ -143,6 +143,21 @@ def test_stage1_recipe_with_lora_from_a_labelled_dir(tmp_path, teacher_dirs, tok
     assert checkpoint["lora"]["lora_r"] == 4  # training checkpoints keep the adapters (resumable)
     assert student.config.num_hidden_layers == 2
 
+    # a LoRA checkpoint as the starting student continues with its own adapters
+    again = tmp_path / "stage1-continued"
+    flags_again = {
+        "teacher_logits_dir": str(labelled_dir),
+        "model_name_or_path": str(out / "checkpoint-6"),
+        "tokenizer_name": teacher_dirs[1],
+        "output_dir": str(again),
+        "use_peft": True,
+        "save_strategy": "no",
+        **TRAIN_FLAGS,
+        "num_train_epochs": 1,
+    }
+    load_recipe().main(flags(flags_again))
+    check_outputs(again, teacher_dirs[1])
+
 
 def test_stage1_recipe_errors(tmp_path, teacher_dirs):
     recipe = load_recipe()

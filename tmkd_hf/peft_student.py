@@ -164,7 +164,8 @@ def has_lora_layers(model: nn.Module) -> bool:
     return any(isinstance(m, BaseTunerLayer) for m in model.modules())
 
 
-def _is_peft_model(model) -> bool:
+def is_peft_student(model) -> bool:
+    """Whether `model` is a `peft.PeftModel` (a plain student after `apply_lora`)."""
     if "peft" not in sys.modules:
         return False
     from peft import PeftModel
@@ -231,7 +232,7 @@ def apply_lora(student: nn.Module, args: LoraStudentArguments | None = None) -> 
     ```
     """
     args = args if args is not None else LoraStudentArguments()
-    if _is_peft_model(student):
+    if is_peft_student(student):
         raise ValueError("The student is already a PeftModel: apply_lora adds adapters once, to a model without them.")
     if isinstance(student, MultiHeadStudent):
         base, head_module = student.model, student.head_module
@@ -327,7 +328,7 @@ def merge_lora(student: nn.Module) -> nn.Module:
         merge_lora_layers(merged.model)
         merged.lora_settings = None
         return merged
-    if _is_peft_model(student):
+    if is_peft_student(student):
         merged = copy.deepcopy(student).merge_and_unload()
         for param in merged.parameters():
             param.requires_grad_(True)
