@@ -1,0 +1,642 @@
+#!/usr/bin/env python
+"""TMKD stage 2 (multi-teacher fine-tuning) on GLUE, WikiQA or your own files, in the shape of transformers'
+`examples/pytorch/text-classification/run_glue.py`.
+
+    # distil from teachers labelled on the fly (their logits are cached under output_dir and reused on a rerun)
+    python recipes/run_glue_distill.py --task_name qnli --model_name_or_path stage1-student \\
+        --teachers teacher-a teacher-b teacher-c --do_train --do_eval --output_dir out/qnli
+    # from a dataset labelled once by recipes/label_teachers.py
+    python recipes/run_glue_distill.py --task_name qnli --train_file qnli/train.tsv --validation_file qnli/dev.tsv \\
+        --teacher_logits_dir labelled/qnli-train --model_name_or_path small-bert --do_train --do_eval --output_dir out
+    # no teachers: plain fine-tuning on the labels (how the teachers themselves are trained)
+    python recipes/run_glue_distill.py --task_name rte --model_name_or_path bert-base-uncased --do_train ...
+    # one JSON file with every field, or accelerate launch for several processes
+    python recipes/run_glue_distill.py recipes/configs/glue_qnli_distill.json
+    accelerate launch --num_processes 2 recipes/run_glue_distill.py recipes/configs/glue_qnli_distill.json
+
+Data: `--task_name` (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli, wikiqa) loads the task from the Hub, unless
+local files are given (`--train_file`, `--validation_file`, `--test_file`: csv, tsv (no quoting, as GLUE ships
+them), json, jsonl, parquet or `save_to_disk` dirs); the task then says which columns to read (the GLUE TSV and
+WikiQA TSV column names are understood), the label order and the metrics. Without a task, name the columns with
+`--text_columns` and `--label_column`.
+
+Student: `--model_name_or_path` (a checkpoint, or a stage-1 student saved with every head by
+`MultiHeadStudent.save_pretrained`, which continues with every head), or `--student_layers 0 2 4` copied from
+`--student_init_from`. With several teachers the student gets one head per teacher (`--per_teacher_heads`, the
+default); `--per_teacher_heads false` trains one head on the averaged teachers (the 1avg-o-1 baseline). The loss is
+`alpha * soft + (1 - alpha) * hard`; the saved model is the merged plain checkpoint with its tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass, field
+
+import datasets
+import numpy as np
+import torch
+import transformers
+from datasets import Dataset
+from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser, set_seed
+
+from tmkd_hf import (
+    DataCollatorWithTeacherLogits,
+    DistillationArguments,
+    MultiHeadStudent,
+    MultiTeacherDistillationTrainer,
+    label_with_teachers,
+    load_teacher_logits,
+    read_manifest,
+    student_from_teacher_layers,
+)
+from tmkd_hf.collator import TEACHER_LOGITS
+from tmkd_hf.modeling import STUDENT_CONFIG_NAME
+from tmkd_hf.tasks import (
+    FILE_EXTENSIONS,
+    TaskSpec,
+    build_compute_metrics,
+    custom_task,
+    encode_labels,
+    get_task,
+    label_values,
+    load_rows,
+    resolve_label_names,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    """The student, and the teachers it learns from."""
+
+    model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "Student checkpoint (local dir or Hub id), or a stage-1 student dir saved with every head "
+            f"(it has {STUDENT_CONFIG_NAME}): it continues with every head."
+        },
+    )
+    student_layers: list[int] | None = field(
+        default=None,
+        metadata={"help": "Build the student from these layers of --student_init_from (e.g. 0 2 4), as DistilBERT."},
+    )
+    student_init_from: str | None = field(
+        default=None, metadata={"help": "Model whose layers --student_layers copies (default: --model_name_or_path)."}
+    )
+    teachers: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Teachers labelled on the fly (checkpoint dirs, Hub ids id@revision, PEFT adapter dirs); their "
+            "logits are cached under output_dir/teacher_logits and reused by a rerun."
+        },
+    )
+    teacher_logits_dir: str | None = field(
+        default=None,
+        metadata={"help": "Training data already labelled by the teachers (recipes/label_teachers.py output)."},
+    )
+    per_teacher_heads: bool | None = field(
+        default=None,
+        metadata={
+            "help": "One student head per teacher (TMKD's m-o-1). Default: true with more than one teacher. False: "
+            "one head learning from the averaged teachers (1avg-o-1)."
+        },
+    )
+    teacher_dtype: str = field(
+        default="float32",
+        metadata={
+            "help": "Teacher compute dtype when labelling on the fly.",
+            "choices": ["float32", "bfloat16", "float16"],
+        },
+    )
+    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the student's."})
+    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub models and datasets are cached."})
+    model_revision: str = field(default="main", metadata={"help": "Revision (branch, tag, commit) of the student."})
+    token: str | None = field(default=None, metadata={"help": "Hub token (default: the one from `hf auth login`)."})
+    trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
+    ignore_mismatched_sizes: bool = field(
+        default=False,
+        metadata={"help": "Start a new classification head when the checkpoint's labels are not the task's."},
+    )
+
+    def __post_init__(self):
+        if self.teachers is not None and len(self.teachers) == 0:
+            self.teachers = None
+        if self.teachers and self.teacher_logits_dir:
+            raise ValueError(
+                "Give the teachers one way: --teachers (labelled on the fly) or --teacher_logits_dir (already "
+                "labelled), not both."
+            )
+        if self.student_init_from and not self.student_layers:
+            raise ValueError("--student_init_from needs --student_layers (the layers to copy, e.g. 0 2 4).")
+        if self.student_init_from and self.model_name_or_path:
+            raise ValueError(
+                "Give the student one way: --model_name_or_path, or --student_layers with --student_init_from "
+                "(or with --model_name_or_path as the layer source), not both sources."
+            )
+        if not self.model_name_or_path and not self.student_init_from:
+            raise ValueError(
+                "No student: pass --model_name_or_path <checkpoint or stage-1 student dir>, or --student_layers 0 2 4 "
+                "--student_init_from <teacher>."
+            )
+        if self.student_layers is not None and len(self.student_layers) == 0:
+            raise ValueError("--student_layers is empty: give the layer indices to copy, e.g. 0 2 4.")
+
+
+@dataclass
+class DataTrainingArguments:
+    """What data to train and evaluate on (as run_glue.py, plus columns for your own files)."""
+
+    task_name: str | None = field(
+        default=None,
+        metadata={
+            "help": "cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli or wikiqa (Hub data unless files are given)."
+        },
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset config (custom Hub data)."})
+    train_file: str | None = field(
+        default=None, metadata={"help": "csv/tsv/json/jsonl/parquet file or save_to_disk dir."}
+    )
+    validation_file: str | None = field(default=None, metadata={"help": "Evaluation data (MNLI: the matched set)."})
+    validation_mismatched_file: str | None = field(
+        default=None, metadata={"help": "MNLI only: the mismatched evaluation set (reported with the _mm suffix)."}
+    )
+    test_file: str | None = field(default=None, metadata={"help": "Prediction data (MNLI: the matched test set)."})
+    test_mismatched_file: str | None = field(default=None, metadata={"help": "MNLI only: the mismatched test set."})
+    text_columns: list[str] | None = field(
+        default=None, metadata={"help": "One or two text columns (default: the task's)."}
+    )
+    label_column: str | None = field(default=None, metadata={"help": "Label column (default: the task's, or 'label')."})
+    group_column: str | None = field(
+        default=None,
+        metadata={"help": "Custom binary data: question id column; adds per-question MAP and MRR to the metrics."},
+    )
+    is_regression: bool | None = field(
+        default=None, metadata={"help": "Custom data: a regression task (default: when the labels are floats)."}
+    )
+    max_seq_length: int = field(default=128, metadata={"help": "Longest tokenized input; longer ones are truncated."})
+    pad_to_max_length: bool = field(
+        default=False, metadata={"help": "Pad every row to max_seq_length (default: pad each batch to its longest)."}
+    )
+    overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the tokenized datasets."})
+    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
+    max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
+    max_predict_samples: int | None = field(default=None, metadata={"help": "Use only the first N prediction rows."})
+
+    def __post_init__(self):
+        if self.task_name is not None:
+            self.task_name = get_task(self.task_name).name  # unknown task: the error lists the known ones
+        if self.text_columns is not None and not 1 <= len(self.text_columns) <= 2:
+            raise ValueError(f"--text_columns must name one or two columns, got {self.text_columns}.")
+        if (self.validation_mismatched_file or self.test_mismatched_file) and self.task_name != "mnli":
+            raise ValueError("--validation_mismatched_file / --test_mismatched_file are for --task_name mnli only.")
+        for name in (
+            "train_file",
+            "validation_file",
+            "validation_mismatched_file",
+            "test_file",
+            "test_mismatched_file",
+        ):
+            path = getattr(self, name)
+            if path is None:
+                continue
+            if not os.path.exists(path):
+                raise ValueError(f"--{name} {path} does not exist.")
+            ext = path.rsplit(".", 1)[-1].lower()
+            if os.path.isfile(path) and ext not in FILE_EXTENSIONS:
+                raise ValueError(f"--{name} {path}: use a {'/'.join(FILE_EXTENSIONS)} file or a save_to_disk dir.")
+
+    @property
+    def files(self) -> dict[str, str]:
+        return {
+            k: v
+            for k, v in (
+                ("train", self.train_file),
+                ("validation", self.validation_file),
+                ("validation_mismatched", self.validation_mismatched_file),
+                ("test", self.test_file),
+                ("test_mismatched", self.test_mismatched_file),
+            )
+            if v is not None
+        }
+
+
+def parse_args(argv: list[str] | None = None):
+    """One JSON config path (like run_glue.py), or command-line flags."""
+    argv = sys.argv[1:] if argv is None else argv
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, DistillationArguments))
+    if len(argv) == 1 and argv[0].endswith(".json"):
+        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+def load_splits(data_args: DataTrainingArguments, model_args: ModelArguments, task: TaskSpec | None) -> dict:
+    """Train / evaluation / test splits by role: from local files when any is given, else from the task's Hub data.
+
+    Returns `{"train": ds, "eval": [(name, ds), ...], "test": [(name, ds), ...]}` (missing splits left out).
+    """
+    splits: dict = {"eval": [], "test": []}
+    files = data_args.files
+    if files or task is None or task.hub_dataset is None:
+        if "train" in files:
+            splits["train"] = load_rows(files["train"], cache_dir=model_args.cache_dir)
+        suffix = ("", "-mm")
+        for role, keys in (("eval", ("validation", "validation_mismatched")), ("test", ("test", "test_mismatched"))):
+            for key, name_suffix in zip(keys, suffix):
+                if key in files:
+                    splits[role].append((name_suffix, load_rows(files[key], cache_dir=model_args.cache_dir)))
+        if task is not None and task.name == "mnli" and "validation" in files and "validation_mismatched" not in files:
+            logger.warning(
+                "MNLI from local files without --validation_mismatched_file: evaluating the matched set only."
+            )
+        return splits
+    path, config = task.hub_dataset
+    try:
+        raw = datasets.load_dataset(path, config, cache_dir=model_args.cache_dir, token=model_args.token)
+    except Exception as err:
+        raise ValueError(
+            f"Cannot load task {task.name!r} from the Hub ({path}, {config}): {type(err).__name__}: {err}. Offline "
+            "(HF_DATASETS_OFFLINE=1), give local files: --train_file / --validation_file / --test_file."
+        ) from err
+    if "train" in raw:
+        splits["train"] = raw["train"]
+    for role, names in (("eval", task.validation_splits), ("test", task.test_splits)):
+        for name, name_suffix in zip(names, ("", "-mm")):
+            if name in raw:
+                splits[role].append((name_suffix, raw[name]))
+    return splits
+
+
+def resolve_task(data_args: DataTrainingArguments, model_args: ModelArguments, sample: Dataset | None) -> TaskSpec:
+    """The task (named, or custom over the given columns); command-line columns override the task's."""
+    if data_args.task_name is not None:
+        task = get_task(data_args.task_name)
+        overrides = {}
+        if data_args.text_columns:
+            overrides["text_columns"] = tuple(data_args.text_columns)
+        if data_args.label_column:
+            overrides["label_column"] = data_args.label_column
+        if data_args.group_column:
+            overrides["group_column"] = data_args.group_column
+        return dataclasses.replace(task, **overrides)
+    text_columns = data_args.text_columns
+    if text_columns is None and model_args.teacher_logits_dir:
+        manifest = read_manifest(model_args.teacher_logits_dir) or {}
+        text_columns = manifest.get("text_columns")
+    if not text_columns:
+        raise ValueError("Without --task_name, name the text columns of your files: --text_columns <first> [<second>].")
+    label_column = data_args.label_column or "label"
+    is_regression = data_args.is_regression
+    if is_regression is None and sample is not None and label_column in sample.column_names:
+        feature = sample.features[label_column]
+        is_regression = getattr(feature, "dtype", None) in ("float32", "float64")
+    return custom_task(text_columns, label_column, bool(is_regression), data_args.group_column)
+
+
+def student_config(model_args: ModelArguments):
+    """The config of the model the student starts from (its label names constrain the label set)."""
+    source = model_args.student_init_from or model_args.model_name_or_path
+    student_meta = os.path.join(str(source), STUDENT_CONFIG_NAME)
+    if os.path.isfile(student_meta):
+        with open(student_meta) as f:
+            return AutoConfig.for_model(**json.load(f)["base_config"]), True
+    config = AutoConfig.from_pretrained(
+        source,
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    return config, False
+
+
+def main(argv: list[str] | None = None) -> dict:
+    model_args, data_args, training_args = parse_args(argv)
+
+    logging.basicConfig(
+        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
+        datefmt="%m/%d/%Y %H:%M:%S",
+        handlers=[logging.StreamHandler(sys.stdout)],
+    )
+    if training_args.should_log:
+        transformers.utils.logging.set_verbosity_info()
+    log_level = training_args.get_process_log_level()
+    logger.setLevel(log_level)
+    datasets.utils.logging.set_verbosity(log_level)
+    transformers.utils.logging.set_verbosity(log_level)
+    logger.warning(
+        f"Process rank: {training_args.local_process_index}, device: {training_args.device}, n_gpu: "
+        f"{training_args.n_gpu}, distributed training: {training_args.parallel_mode.value == 'distributed'}"
+    )
+    logger.info(f"Training/evaluation parameters {training_args}")
+    set_seed(training_args.seed)
+
+    # ----- data -----
+    task = get_task(data_args.task_name) if data_args.task_name else None
+    splits = load_splits(data_args, model_args, task)
+    if model_args.teacher_logits_dir:
+        # the labelled rows are the training rows; with a train split as well, first check they are the same rows
+        splits["train"] = load_teacher_logits(model_args.teacher_logits_dir, splits.get("train"))
+    sample = splits["train"] if "train" in splits else next((ds for _, ds in splits["eval"] + splits["test"]), None)
+    task = resolve_task(data_args, model_args, sample)
+    if training_args.do_train and "train" not in splits:
+        raise ValueError("--do_train needs training data: --train_file, --teacher_logits_dir or a Hub task_name.")
+    if training_args.do_eval and not splits["eval"]:
+        raise ValueError("--do_eval needs evaluation data: --validation_file (or a Hub task_name).")
+    if training_args.do_predict and not splits["test"]:
+        raise ValueError("--do_predict needs prediction data: --test_file (or a Hub task_name).")
+    columns = {}  # role -> (text columns, label column, group column) as named in that split
+    if "train" in splits:
+        columns["train"] = task.resolve_columns(splits["train"].column_names, "the training data")
+    for role, need_label in (("eval", True), ("test", False)):
+        for suffix, ds in splits[role]:
+            what = f"the {'evaluation' if role == 'eval' else 'prediction'} data{suffix and ' (mismatched)'}"
+            columns[role + suffix] = task.resolve_columns(ds.column_names, what, need_label=need_label)
+    if data_args.max_train_samples is not None and "train" in splits:
+        splits["train"] = splits["train"].select(range(min(data_args.max_train_samples, len(splits["train"]))))
+    for role, limit in (("eval", data_args.max_eval_samples), ("test", data_args.max_predict_samples)):
+        if limit is not None:
+            splits[role] = [(s, ds.select(range(min(limit, len(ds))))) for s, ds in splits[role]]
+
+    # ----- label space: the model's label names, else the task's, else the training labels sorted -----
+    config, multi_head_source = student_config(model_args)
+    if task.is_regression:
+        label_list = None
+    else:
+        role, source = ("train", splits["train"]) if "train" in splits else ("eval", splits["eval"][0][1])
+        label_list = resolve_label_names(
+            task,
+            label_values(source, columns[role][1], task),
+            config,
+            use_model_labels=not model_args.ignore_mismatched_sizes,
+        )
+    num_labels = 1 if label_list is None else len(label_list)
+    if multi_head_source and config.num_labels != num_labels:
+        raise ValueError(
+            f"The stage-1 student {model_args.model_name_or_path} predicts {config.num_labels} labels but this task "
+            f"has {num_labels} ({label_list}). A multi-head student keeps its label count: start from a plain one."
+        )
+    with training_args.main_process_first(desc="label encoding"):
+        if "train" in splits:
+            splits["train"] = encode_labels(
+                splits["train"], columns["train"][1], label_list, task, "the training data", allow_missing=True
+            )
+        splits["eval"] = [
+            (
+                s,
+                encode_labels(
+                    ds, columns["eval" + s][1], label_list, task, f"the evaluation data{s}", allow_missing=False
+                ),
+            )
+            for s, ds in splits["eval"]
+        ]
+        predict = []
+        for s, ds in splits["test"]:
+            label_column = columns["test" + s][1]
+            if label_column is not None and _fully_labelled(ds, label_column, task):
+                ds = encode_labels(ds, label_column, label_list, task, f"the prediction data{s}", allow_missing=False)
+            elif label_column is not None:
+                ds = ds.remove_columns(label_column)  # unlabelled test rows (GLUE's are -1): predictions only
+            predict.append((s, ds))
+        splits["test"] = predict
+
+    # ----- teachers: how many (labelled on the fly below, or already in the training data) -----
+    num_teachers = 0
+    if model_args.teachers:
+        num_teachers = len(model_args.teachers)
+    elif "train" in splits and TEACHER_LOGITS in splits["train"].column_names:
+        first = np.asarray(splits["train"][0][TEACHER_LOGITS])
+        num_teachers = first.shape[0] if first.ndim == 2 else 1
+        cached = (read_manifest(model_args.teacher_logits_dir) or {}).get("label_names")
+        if label_list and cached and not all(str(n).startswith("LABEL_") for n in cached):
+            if [str(n).lower() for n in cached] != [n.lower() for n in label_list]:
+                raise ValueError(
+                    f"The teacher logits in {model_args.teacher_logits_dir} are in label order {cached} but this run's "
+                    f"labels are {label_list}. Relabel with label_names_order={label_list} (or train the student "
+                    "with the cache's label order)."
+                )
+    if num_teachers == 0 and training_args.alpha != 0.0:
+        logger.info(f"No teachers: plain fine-tuning on the labels (alpha {training_args.alpha} -> 0).")
+        training_args.alpha = 0.0
+    if task.is_regression and training_args.soft_loss != "mse":
+        logger.info(f"Regression task: soft_loss {training_args.soft_loss!r} -> 'mse'.")
+        training_args.soft_loss = "mse"
+
+    # ----- the student -----
+    per_teacher_heads = model_args.per_teacher_heads
+    if per_teacher_heads is None:
+        per_teacher_heads = num_teachers > 1 or (multi_head_source and num_teachers == 0)
+    label_kwargs = {}
+    if label_list is not None:
+        label_kwargs = {"id2label": dict(enumerate(label_list)), "label2id": {n: i for i, n in enumerate(label_list)}}
+    if multi_head_source:
+        student = MultiHeadStudent.from_pretrained(model_args.model_name_or_path)
+        if num_teachers and per_teacher_heads and student.num_heads != num_teachers:
+            raise ValueError(
+                f"The stage-1 student {model_args.model_name_or_path} has {student.num_heads} heads but "
+                f"{num_teachers} teachers were given: head i learns from teacher i, so give {student.num_heads} "
+                "teachers (in the stage-1 order), or --per_teacher_heads false to merge the heads into one."
+            )
+        if not per_teacher_heads:
+            logger.info(f"--per_teacher_heads false: merging the {student.num_heads} stage-1 heads into one.")
+            student = student.merge_heads()
+        model = student.model if isinstance(student, MultiHeadStudent) else student
+        model.config.update(label_kwargs)
+    elif model_args.student_layers:
+        source = model_args.student_init_from or model_args.model_name_or_path
+        model = student_from_teacher_layers(
+            source,
+            layers=list(model_args.student_layers),
+            num_labels=num_labels,
+            revision=model_args.model_revision,
+            cache_dir=model_args.cache_dir,
+            token=model_args.token,
+            **label_kwargs,
+        )
+        student = model
+    else:
+        config = AutoConfig.from_pretrained(
+            model_args.model_name_or_path,
+            num_labels=num_labels,
+            finetuning_task=task.name,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code,
+            **label_kwargs,
+        )
+        model = AutoModelForSequenceClassification.from_pretrained(
+            model_args.model_name_or_path,
+            config=config,
+            cache_dir=model_args.cache_dir,
+            revision=model_args.model_revision,
+            token=model_args.token,
+            trust_remote_code=model_args.trust_remote_code,
+            ignore_mismatched_sizes=model_args.ignore_mismatched_sizes,
+        )
+        student = model
+    if task.is_regression:
+        model.config.problem_type = "regression"
+    if per_teacher_heads and not isinstance(student, MultiHeadStudent):
+        if num_teachers == 0:
+            raise ValueError(
+                "--per_teacher_heads needs teachers (one head per teacher): give --teachers or "
+                "--teacher_logits_dir, or drop --per_teacher_heads."
+            )
+        student = MultiHeadStudent(model, num_heads=num_teachers)
+    logger.info(
+        f"Student: {type(model).__name__}, {model.config.num_hidden_layers} layers, "
+        f"{student.num_heads if isinstance(student, MultiHeadStudent) else 1} head(s); teachers: {num_teachers}; "
+        f"labels: {label_list}"
+    )
+
+    # ----- soft labels: every teacher once over the training rows, cached under output_dir (a rerun reuses it) -----
+    if model_args.teachers and training_args.do_train:
+        text_columns = columns["train"][0]
+        cache_dir = os.path.join(training_args.output_dir, "teacher_logits", "train")
+        logger.info(
+            f"Labelling {len(splits['train'])} training rows with {len(model_args.teachers)} teachers -> {cache_dir}"
+        )
+        splits["train"] = label_with_teachers(
+            splits["train"],
+            model_args.teachers,
+            text_columns=tuple(text_columns),
+            batch_size=training_args.per_device_eval_batch_size,
+            max_length=data_args.max_seq_length,
+            dtype=model_args.teacher_dtype,
+            output_dir=cache_dir,
+            label_names_order=label_list,
+            overwrite=True,  # this run's own cache: the same rows and teachers are reused, anything else relabelled
+            show_progress=not training_args.disable_tqdm,
+        )
+
+    # ----- tokenize (once, under main_process_first, cached by datasets) -----
+    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path or model_args.student_init_from
+    tokenizer = AutoTokenizer.from_pretrained(
+        tokenizer_source,
+        cache_dir=model_args.cache_dir,
+        revision=model_args.model_revision,
+        token=model_args.token,
+        trust_remote_code=model_args.trust_remote_code,
+    )
+    max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
+    padding = "max_length" if data_args.pad_to_max_length else False
+
+    def tokenized(dataset: Dataset, text_columns: list[str]) -> Dataset:
+        def preprocess(batch):
+            texts = [[("" if t is None else str(t)) for t in batch[c]] for c in text_columns]
+            return tokenizer(*texts, padding=padding, max_length=max_seq_length, truncation=True)
+
+        return dataset.map(
+            preprocess,
+            batched=True,
+            load_from_cache_file=not data_args.overwrite_cache,
+            desc="Running tokenizer on dataset",
+        )
+
+    with training_args.main_process_first(desc="dataset map pre-processing"):
+        train_dataset = tokenized(splits["train"], columns["train"][0]) if "train" in splits else None
+        eval_datasets = [(s, ds, tokenized(ds, columns["eval" + s][0])) for s, ds in splits["eval"]]
+        predict_datasets = [(s, ds, tokenized(ds, columns["test" + s][0])) for s, ds in splits["test"]]
+
+    def compute_metrics_for(raw: Dataset, role: str):
+        group_column = columns[role][2]
+        groups = list(raw[group_column]) if task.is_ranking and group_column else None
+        return build_compute_metrics(task, label_list, groups=groups)
+
+    trainer = MultiTeacherDistillationTrainer(
+        model=student,
+        args=training_args,
+        train_dataset=train_dataset if training_args.do_train else None,
+        eval_dataset=eval_datasets[0][2] if training_args.do_eval else None,
+        processing_class=tokenizer,
+        data_collator=DataCollatorWithTeacherLogits(tokenizer, pad_to_multiple_of=8 if training_args.fp16 else None),
+        compute_metrics=compute_metrics_for(eval_datasets[0][1], "eval") if eval_datasets else None,
+    )
+    task_label = data_args.task_name or "custom"
+    all_metrics: dict = {}
+
+    # ----- train -----
+    if training_args.do_train:
+        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
+        metrics = train_result.metrics
+        metrics["train_samples"] = len(train_dataset)
+        trainer.save_model()  # the merged plain checkpoint, with the tokenizer
+        trainer.log_metrics("train", metrics)
+        trainer.save_metrics("train", metrics)
+        trainer.save_state()
+        all_metrics.update(metrics)
+
+    # ----- evaluate (MNLI: matched, then mismatched with the _mm suffix) -----
+    if training_args.do_eval:
+        logger.info("*** Evaluate ***")
+        combined: dict = {}
+        for suffix, raw, dataset in eval_datasets:
+            trainer.compute_metrics = compute_metrics_for(raw, "eval" + suffix)
+            metrics = trainer.evaluate(eval_dataset=dataset)
+            metrics["eval_samples"] = len(dataset)
+            if suffix == "-mm":
+                metrics = {k + "_mm": v for k, v in metrics.items()}
+            combined.update(metrics)
+            trainer.log_metrics("eval", metrics)
+        trainer.save_metrics("eval", combined)
+        all_metrics.update(combined)
+
+    # ----- predict: predict_results_<task>.txt; metrics too when the rows are labelled -----
+    if training_args.do_predict:
+        logger.info("*** Predict ***")
+        predict_metrics: dict = {}
+        for suffix, raw, dataset in predict_datasets:
+            labelled = "label" in dataset.column_names
+            trainer.compute_metrics = compute_metrics_for(raw, "test" + suffix) if labelled else None
+            output = trainer.predict(dataset, metric_key_prefix="predict")
+            logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+            predictions = logits.reshape(-1) if task.is_regression else np.argmax(logits, axis=1)
+            if labelled:
+                metrics = {**output.metrics, "predict_samples": len(dataset)}
+                metrics = {k + ("_mm" if suffix else ""): v for k, v in metrics.items()}
+                trainer.log_metrics("predict", metrics)
+                predict_metrics.update(metrics)
+            path = os.path.join(training_args.output_dir, f"predict_results_{task_label}{suffix}.txt")
+            if trainer.is_world_process_zero():
+                with open(path, "w") as writer:
+                    logger.info(f"***** Predict results {task_label}{suffix} *****")
+                    writer.write("index\tprediction\n")
+                    for index, item in enumerate(predictions):
+                        value = f"{item:3.3f}" if task.is_regression else label_list[item]
+                        writer.write(f"{index}\t{value}\n")
+        if predict_metrics:
+            trainer.save_metrics("predict", predict_metrics)
+            all_metrics.update(predict_metrics)
+
+    # ----- model card, Hub -----
+    kwargs = {
+        "finetuned_from": model_args.model_name_or_path or model_args.student_init_from,
+        "tasks": "text-classification",
+        **dict(task.card),
+    }
+    if training_args.push_to_hub:
+        trainer.push_to_hub(**kwargs)
+    elif training_args.do_train:
+        trainer.create_model_card(**kwargs)
+
+    # every process waits for the writer, then leaves the process group cleanly (no abort at interpreter exit)
+    trainer.accelerator.wait_for_everyone()
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    return all_metrics
+
+
+def _fully_labelled(dataset: Dataset, label_column: str, task: TaskSpec) -> bool:
+    """Every row has a label (GLUE's test splits have none: -1)."""
+    if task.is_regression:
+        return all(v not in (None, "") and not (isinstance(v, float) and np.isnan(v)) for v in dataset[label_column])
+    return all(v is not None for v in label_values(dataset, label_column, task))
+
+
+if __name__ == "__main__":
+    main()
