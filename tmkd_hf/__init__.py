@@ -4,8 +4,10 @@ __version__ = "0.1.0"
 
 from .arguments import DistillationArguments
 from .collator import DataCollatorWithTeacherLogits
+from .hub import HubPushError, push_teacher_logits_to_hub, upload_student_folder
 from .initialization import student_from_teacher_layers
 from .labelling import label_with_teachers, load_teacher_logits, read_manifest
+from .model_card import BaselineResult, SpeedMeasurement, StudentCardData, TeacherInfo, write_model_card
 from .modeling import MultiHeadStudent
 from .peft_student import LoraStudentArguments, apply_lora, merge_lora, merge_student, save_merged_student
 from .tasks import TaskSpec, build_compute_metrics, get_task, load_rows
@@ -13,12 +15,17 @@ from .teachers import TeacherSpec
 from .trainer import MultiTeacherDistillationTrainer
 
 __all__ = [
+    "BaselineResult",
     "DataCollatorWithTeacherLogits",
     "DistillationArguments",
+    "HubPushError",
     "LoraStudentArguments",
     "MultiHeadStudent",
     "MultiTeacherDistillationTrainer",
+    "SpeedMeasurement",
+    "StudentCardData",
     "TaskSpec",
+    "TeacherInfo",
     "TeacherSpec",
     "apply_lora",
     "build_compute_metrics",
@@ -28,7 +35,10 @@ __all__ = [
     "load_teacher_logits",
     "merge_lora",
     "merge_student",
+    "push_teacher_logits_to_hub",
     "read_manifest",
     "save_merged_student",
     "student_from_teacher_layers",
+    "upload_student_folder",
+    "write_model_card",
 ]

@@ -23,10 +23,12 @@ from transformers import Trainer, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.utils import logging
 
+from . import hub
 from .arguments import DistillationArguments
 from .collator import TEACHER_LOGITS, DataCollatorWithTeacherLogits, check_finite_teacher_logits
 from .labelling import read_manifest, verify_rows
 from .losses import multi_teacher_distillation_loss
+from .model_card import StudentCardCallback, StudentCardData
 from .modeling import MultiHeadStudent
 from .teachers import has_named_labels, label_names, label_permutation, load_teacher, teacher_forward
 
@@ -53,6 +55,8 @@ class MultiTeacherDistillationTrainer(Trainer):
     loss_is_scaled_for_ga = True
     args_class = DistillationArguments
     data_collator_class = DataCollatorWithTeacherLogits
+    model_card_data_class = StudentCardData
+    model_card_template_path: str | None = None  # None: model_cards/tmkd_student_card.md
 
     def __init__(
         self,
@@ -105,6 +109,9 @@ class MultiTeacherDistillationTrainer(Trainer):
             student.add_model_tags(self._tag_names)
         if self.args.do_train or train_dataset is not None:
             self._check_train_dataset(train_dataset, student)
+        # Model-card data gathered during the run (eval results, hyperparameters), rendered by `create_model_card`.
+        self.model_card_data = self.model_card_data_class()
+        self.add_callback(StudentCardCallback(self.model_card_data))
 
     # ----- set-up helpers -----
 
@@ -329,6 +336,40 @@ class MultiTeacherDistillationTrainer(Trainer):
         if tokenizer is not None:
             tokenizer.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
+
+    # ----- the Hub: the merged student, its card, clear errors; the local save always comes first -----
+
+    def create_model_card(self, **kwargs):
+        """Write `output_dir/README.md` from `model_cards/` with this run's data (see `tmkd_hf.model_card`).
+
+        Accepts `Trainer.create_model_card`'s arguments (`language`, `license`, `tags`, `model_name`,
+        `finetuned_from`, `tasks`, `dataset_tags`, `dataset`, `dataset_args`); returns the `ModelCard`.
+        """
+        return hub.trainer_create_model_card(self, **kwargs)
+
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        hub.trainer_init_hf_repo(self, token=token, private=private)
+
+    def push_to_hub(
+        self,
+        commit_message: str | None = "End of training",
+        blocking: bool = True,
+        token=None,
+        revision: str | None = None,
+        private: bool | None = None,
+        **kwargs,
+    ):
+        """Save the merged student, tokenizer and card to `output_dir`, then upload them (see `tmkd_hf.hub`).
+
+        Failures raise `tmkd_hf.hub.HubPushError` naming the cause and the saved folder. A repo that already holds
+        a different model is refused unless `replace_existing_model=True`; other kwargs go to `create_model_card`.
+        """
+        return hub.trainer_push_to_hub(self, commit_message, blocking, token, revision, private, **kwargs)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        if not isinstance(self._student(), MultiHeadStudent):
+            return super()._push_from_checkpoint(checkpoint_folder)
+        hub.trainer_push_multihead_checkpoint(self, checkpoint_folder)
 
 
 def _check_label_order(manifest: dict, student) -> None:
