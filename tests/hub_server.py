@@ -27,7 +27,7 @@ LFS, copies, authentication beyond "some bearer token is present", pagination, `
 CDN, rate limits. Unknown routes answer 404 and are recorded in `server.unhandled`, so a test can assert the
 client asked for nothing this double does not know.
 
-Failure injection: `server.fail_next(method, path_regex, status)` makes matching requests answer `status` (a
+Failure injection: `server.fail(method, path_regex, status)` makes every matching request answer `status` (a
 Hub-like JSON error) until cleared with `server.clear_failures()`.
 
 It is a test double at the network boundary, not part of the library.
@@ -96,7 +96,7 @@ class HubServer:
 
     # ----- test helpers -----
 
-    def fail_next(self, method: str, path_regex: str, status: int = 500) -> None:
+    def fail(self, method: str, path_regex: str, status: int = 500) -> None:
         """Answer `status` to every `method` request whose path matches `path_regex` (until `clear_failures`)."""
         self._failures.append((method.upper(), re.compile(path_regex), status))
 

@@ -55,7 +55,7 @@ def roundtrip(hub, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def failures(hub, tmp_path_factory):
-    hub.fail_next("POST", r"^/api/models/tester/server-error/commit/", 500)
+    hub.fail("POST", r"^/api/models/tester/server-error/commit/", 500)
     try:
         return run_child("failures", hub, tmp_path_factory.mktemp("failures"))
     finally:
