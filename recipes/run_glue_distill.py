@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import sys
 from dataclasses import dataclass, field
@@ -510,6 +511,9 @@ def main(argv: list[str] | None = None) -> dict:
             dtype=model_args.teacher_dtype,
             output_dir=cache_dir,
             label_names_order=label_list,
+            # every process gets at least one shard: label_with_teachers' tokenization barrier is only entered by
+            # processes with shards to label, so a process without any would fall out of step with the others
+            shard_size=max(1, min(4096, math.ceil(len(splits["train"]) / training_args.world_size))),
             overwrite=True,  # this run's own cache: the same rows and teachers are reused, anything else relabelled
             show_progress=not training_args.disable_tqdm,
         )

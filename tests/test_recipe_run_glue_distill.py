@@ -446,7 +446,9 @@ def test_two_processes_match_one(tmp_path, tokenizer, qnli_files, teacher_dirs):
     assert m2["eval_loss"] == pytest.approx(m1["eval_loss"], abs=1e-5)
     assert (two / "predict_results_qnli.txt").read_text() == (one / "predict_results_qnli.txt").read_text()
     assert json.loads((two / "train_results.json").read_text())["train_samples"] == 48
-    np.testing.assert_array_equal(
+    # labelled in one shard per process: other batches, other padding, float32 rounding differences only
+    np.testing.assert_allclose(
         np.asarray(load_rows(two / "teacher_logits" / "train")["teacher_logits"]),
         np.asarray(load_rows(one / "teacher_logits" / "train")["teacher_logits"]),
+        atol=1e-6,
     )
