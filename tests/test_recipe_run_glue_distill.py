@@ -355,6 +355,17 @@ def test_mnli_evaluates_matched_and_mismatched(recipe, tmp_path, tokenizer):
     assert_merged_student(out, labels=names)
 
 
+# ----- the example configs -----
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (RECIPES / "configs").glob("glue_*.json")))
+def test_example_configs_parse(recipe, config, monkeypatch):
+    monkeypatch.chdir(RECIPES.parent)  # their data paths are relative to the repository root
+    model_args, data_args, training_args = recipe.parse_args([str(RECIPES / "configs" / config)])
+    assert data_args.task_name and training_args.do_train
+    assert model_args.model_name_or_path or model_args.student_init_from
+
+
 # ----- bad input: clear errors before anything trains -----
 
 
