@@ -41,7 +41,9 @@ def test_copies_embeddings_chosen_layers_pooler_and_head():
     # The copy is a copy: training the student leaves the teacher alone.
     with torch.no_grad():
         student.bert.encoder.layer[1].output.dense.weight.add_(1.0)
-    assert not torch.equal(student.bert.encoder.layer[1].output.dense.weight, teacher.bert.encoder.layer[2].output.dense.weight)
+    assert not torch.equal(
+        student.bert.encoder.layer[1].output.dense.weight, teacher.bert.encoder.layer[2].output.dense.weight
+    )
 
 
 def test_forward_runs_and_matches_a_teacher_truncated_the_same_way(tokenizer):
@@ -63,8 +65,12 @@ def test_loads_from_a_directory_and_keeps_label_names(tmp_path):
     teacher.save_pretrained(tmp_path / "teacher")
     id2label = {"0": "entailment", "1": "not_entailment"}  # string keys, as a JSON config gives them
     student = student_from_teacher_layers(
-        tmp_path / "teacher", layers=(3, 1), num_labels=2, id2label=id2label,
-        label2id={"entailment": 0, "not_entailment": 1}, hidden_dropout_prob=0.0,
+        tmp_path / "teacher",
+        layers=(3, 1),
+        num_labels=2,
+        id2label=id2label,
+        label2id={"entailment": 0, "not_entailment": 1},
+        hidden_dropout_prob=0.0,
     )
     assert student.config.id2label == {0: "entailment", 1: "not_entailment"}
     assert student.config.label2id == {"entailment": 0, "not_entailment": 1}
@@ -87,7 +93,9 @@ def test_bare_encoder_checkpoint_gets_a_fresh_head(tmp_path):
     student = student_from_teacher_layers(tmp_path / "encoder", layers=[0, 2], num_labels=3)
     assert student.config.num_labels == 3 and student.classifier.out_features == 3
     assert torch.equal(student.bert.embeddings.word_embeddings.weight, encoder.embeddings.word_embeddings.weight)
-    assert torch.equal(student.bert.encoder.layer[1].attention.self.query.weight, encoder.encoder.layer[2].attention.self.query.weight)
+    assert torch.equal(
+        student.bert.encoder.layer[1].attention.self.query.weight, encoder.encoder.layer[2].attention.self.query.weight
+    )
 
 
 def test_different_label_count_keeps_the_fresh_head():

@@ -239,12 +239,11 @@ def test_plain_peft_student_through_trainer_and_export(tmp_path, tokenizer):
     trainer.save_model()
     model.eval()
     expected = model(**batch()).logits
-    # Trainer's usual PeftModel save is the adapter; save_merged_student writes the plain merged model
-    exports = [tmp_path / "merged"]
-    save_merged_student(model, exports[0], tokenizer)
-    if not (tmp_path / "out" / "adapter_config.json").is_file():
-        exports.append(tmp_path / "out")  # a trainer that merges LoRA students on its final save
-    for path in exports:
+    # The trainer's final save merges the LoRA student (Trainer alone would write the adapter only);
+    # save_merged_student does the same outside a trainer.
+    assert not (tmp_path / "out" / "adapter_config.json").is_file()
+    save_merged_student(model, tmp_path / "merged", tokenizer)
+    for path in (tmp_path / "out", tmp_path / "merged"):
         plain = AutoModelForSequenceClassification.from_pretrained(str(path)).eval()
         assert not has_lora_layers(plain)
         assert (plain(**batch()).logits - expected).abs().max().item() <= 1e-5

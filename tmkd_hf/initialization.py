@@ -104,7 +104,9 @@ def student_from_teacher_layers(
     student_config.num_labels = num_labels  # also resets id2label/label2id unless given in kwargs
     for key, value in kwargs.items():
         if key in ("id2label", "label2id"):
-            value = {int(k): v for k, v in value.items()} if key == "id2label" else {k: int(v) for k, v in value.items()}
+            value = (
+                {int(k): v for k, v in value.items()} if key == "id2label" else {k: int(v) for k, v in value.items()}
+            )
         setattr(student_config, key, value)
     if len(student_config.id2label) != num_labels:
         raise ValueError(f"id2label has {len(student_config.id2label)} labels but num_labels={num_labels}.")
@@ -118,9 +120,7 @@ def student_from_teacher_layers(
     copied, fresh = {}, []
     for key, value in student_state.items():
         match = prefix.match(key)
-        source = (
-            f"{teacher_list}.{layers[int(match.group(1))]}.{key[match.end():]}" if match else key
-        )
+        source = f"{teacher_list}.{layers[int(match.group(1))]}.{key[match.end() :]}" if match else key
         if source in teacher_state and source not in not_in_checkpoint and teacher_state[source].shape == value.shape:
             copied[key] = teacher_state[source]
         elif match:  # a layer weight that the teacher cannot provide: the architectures do not line up

@@ -30,6 +30,7 @@ from .labelling import read_manifest, verify_rows
 from .losses import multi_teacher_distillation_loss
 from .model_card import StudentCardCallback, StudentCardData
 from .modeling import MultiHeadStudent
+from .peft_student import is_peft_student, merge_student
 from .teachers import has_named_labels, label_names, label_permutation, load_teacher, teacher_forward
 
 logger = logging.get_logger(__name__)
@@ -321,13 +322,17 @@ class MultiTeacherDistillationTrainer(Trainer):
 
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         student = self._student()
-        if not isinstance(student, MultiHeadStudent):
-            return super()._save(output_dir, state_dict)
+        lora_final = not self._saving_checkpoint and is_peft_student(student)
+        if not isinstance(student, MultiHeadStudent) and not lora_final:
+            return super()._save(output_dir, state_dict)  # checkpoints of a PeftModel student: its adapter
         output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
-        if self._saving_checkpoint:
+        if lora_final and not isinstance(student, MultiHeadStudent):
+            logger.info(f"Saving the merged LoRA student (adapters folded into the base weights) to {output_dir}")
+            merge_student(student).save_pretrained(output_dir)
+        elif self._saving_checkpoint:
             student.save_pretrained(output_dir, state_dict=state_dict)
         else:
             logger.info(f"Saving the merged student ({student.num_heads} heads folded into one) to {output_dir}")
