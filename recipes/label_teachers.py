@@ -16,13 +16,12 @@ import os
 import sys
 from dataclasses import dataclass, field
 
-import datasets
 import transformers
 from accelerate import PartialState
-from datasets import Dataset, load_dataset, load_from_disk
+from datasets import Dataset
 from transformers import HfArgumentParser
 
-from tmkd_hf import label_with_teachers
+from tmkd_hf import label_with_teachers, tasks
 
 logger = logging.getLogger(__name__)
 
@@ -54,27 +53,8 @@ class LabellingArguments:
 
 
 def load_rows(args: LabellingArguments) -> Dataset:
-    path = args.dataset
-    if os.path.isdir(path):
-        loaded = load_from_disk(path)
-        dataset = loaded[args.split] if isinstance(loaded, datasets.DatasetDict) else loaded
-    elif os.path.isfile(path):
-        ext = path.rsplit(".", 1)[-1].lower()
-        if ext in ("tsv", "csv"):
-            # GLUE-style TSV has quotes inside sentences: no quoting, tab separated
-            kwargs = {"delimiter": "\t", "quoting": 3} if ext == "tsv" else {}
-            dataset = load_dataset("csv", data_files=path, split="train", **kwargs)
-        elif ext in ("json", "jsonl"):
-            dataset = load_dataset("json", data_files=path, split="train")
-        elif ext == "parquet":
-            dataset = load_dataset("parquet", data_files=path, split="train")
-        else:
-            raise ValueError(f"Unsupported file type .{ext}: use .json, .jsonl, .csv, .tsv or .parquet.")
-    else:
-        dataset = load_dataset(path, args.dataset_config, split=args.split)
-    if args.max_rows is not None:
-        dataset = dataset.select(range(min(args.max_rows, len(dataset))))
-    return dataset
+    """The rows to label (`tmkd_hf.tasks.load_rows`: GLUE-style TSVs are read without quoting)."""
+    return tasks.load_rows(args.dataset, split=args.split, config_name=args.dataset_config, max_rows=args.max_rows)
 
 
 def main(argv: list[str] | None = None) -> Dataset:
