@@ -31,6 +31,7 @@ import dataclasses
 import enum
 import os
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +40,16 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import TrainerCallback
 
 TEMPLATE_NAME = "tmkd_student_card.md"
-DEFAULT_TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "model_cards" / TEMPLATE_NAME
+
+
+def _default_template_path() -> Path:
+    """`model_cards/` of the checkout (editable installs), else the copy a wheel installs under `share/tmkd_hf/`."""
+    in_checkout = Path(__file__).resolve().parent.parent / "model_cards" / TEMPLATE_NAME
+    installed = Path(sys.prefix) / "share" / "tmkd_hf" / "model_cards" / TEMPLATE_NAME
+    return in_checkout if in_checkout.is_file() or not installed.is_file() else installed
+
+
+DEFAULT_TEMPLATE_PATH = _default_template_path()
 CARD_TAGS = ("knowledge-distillation", "tmkd")
 PAPER_URL = "https://arxiv.org/abs/1910.08381"
 TMKD_CITATION = """@inproceedings{yang2020tmkd,
@@ -391,8 +401,8 @@ def render_model_card(card_data: StudentCardData, template_path: str | os.PathLi
     template_path = Path(template_path) if template_path is not None else DEFAULT_TEMPLATE_PATH
     if not template_path.is_file():
         raise FileNotFoundError(
-            f"Model card template {template_path} not found. tmkd_hf reads it from the repository's model_cards/ "
-            "folder (install with `pip install -e .` from a checkout), or pass template_path= to your own template."
+            f"Model card template {template_path} not found. tmkd_hf reads it from model_cards/ in a checkout, or "
+            "from share/tmkd_hf/model_cards/ where a wheel installs it; pass template_path= to use your own."
         )
     card = ModelCard.from_template(
         card_data.model_card_data(), template_path=str(template_path), **card_data.template_kwargs()
