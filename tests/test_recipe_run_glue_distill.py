@@ -134,8 +134,11 @@ def assert_merged_student(out: Path, labels: list[str] | None = QNLI_NAMES):
 # ----- the command line (subprocess, JSON config) -----
 
 
-def test_plain_fine_tuning_from_a_json_config(tmp_path, student_dir, qnli_files):
-    """No teachers: fine-tuning on the labels (how teachers are trained); train, evaluate, predict, model card."""
+def test_plain_fine_tuning_from_a_json_config_pushed_to_the_hub(tmp_path, student_dir, qnli_files):
+    """No teachers: fine-tuning on the labels (how teachers are trained); train, evaluate, predict, and push the
+    model with its card (run_glue's `push_to_hub(**kwargs)`) to the loopback Hub double of tests/hub_server.py."""
+    from hub_server import HubServer
+
     config = {
         "task_name": "qnli",
         "train_file": qnli_files["train"],
@@ -153,17 +156,30 @@ def test_plain_fine_tuning_from_a_json_config(tmp_path, student_dir, qnli_files)
         "save_strategy": "no",
         "num_train_epochs": 1,
         "per_device_train_batch_size": 8,
+        "push_to_hub": True,
+        "hub_model_id": "tester/qnli-student",
+        "hub_token": "test-token",
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
-    done = subprocess.run(
-        [sys.executable, str(RECIPE), str(tmp_path / "config.json")],
-        capture_output=True,
-        text=True,
-        env=ENV,
-        cwd=tmp_path,
-        timeout=600,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with HubServer() as hub:
+        env = {k: v for k, v in ENV.items() if k not in ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN")}
+        env.update(
+            HF_ENDPOINT=hub.url,
+            HF_HUB_OFFLINE="0",  # models and data stay local (HF_DATASETS_OFFLINE=1); only the push goes out
+            HF_EVALUATE_OFFLINE="1",  # the metric's local twin: no attempt to fetch evaluate's module
+            HF_HUB_DISABLE_XET="1",
+            HF_HOME=str(tmp_path / "hf-home"),
+        )
+        done = subprocess.run(
+            [sys.executable, str(RECIPE), str(tmp_path / "config.json")],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=600,
+        )
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+        pushed = hub.files("tester/qnli-student")
     out = tmp_path / "out"
     results = json.loads((out / "all_results.json").read_text())
     assert {"train_loss", "train_samples", "eval_accuracy", "eval_loss", "eval_samples"} <= set(results)
@@ -173,7 +189,10 @@ def test_plain_fine_tuning_from_a_json_config(tmp_path, student_dir, qnli_files)
     assert lines[0] == "index\tprediction" and len(lines) == 13
     assert {line.split("\t")[1] for line in lines[1:]} <= set(QNLI_NAMES)
     assert_merged_student(out)
-    assert (out / "README.md").exists() and (out / "eval_results.json").exists()
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= set(pushed)
+    assert pushed["model.safetensors"] == (out / "model.safetensors").read_bytes()
+    card = pushed["README.md"].decode()
+    assert "glue" in card and "qnli" in card.lower() and "text-classification" in card
 
 
 # ----- distillation -----
