@@ -13,6 +13,7 @@
     # one JSON file with every field, or accelerate launch for several processes
     python recipes/run_glue_distill.py recipes/configs/glue_qnli_distill.json
     accelerate launch --num_processes 2 recipes/run_glue_distill.py recipes/configs/glue_qnli_distill.json
+    accelerate launch --multi_gpu --num_processes 2 recipes/run_glue_distill.py ... --use_cpu   # 2 CPU processes
 
 Data: `--task_name` (cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli, wikiqa) loads the task from the Hub, unless
 local files are given (`--train_file`, `--validation_file`, `--test_file`: csv, tsv (no quoting, as GLUE ships
@@ -158,7 +159,6 @@ class DataTrainingArguments:
             "help": "cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli or wikiqa (Hub data unless files are given)."
         },
     )
-    dataset_config_name: str | None = field(default=None, metadata={"help": "Hub dataset config (custom Hub data)."})
     train_file: str | None = field(
         default=None, metadata={"help": "csv/tsv/json/jsonl/parquet file or save_to_disk dir."}
     )
