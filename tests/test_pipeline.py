@@ -118,6 +118,18 @@ def test_pipeline_end_to_end_on_a_tiny_backbone(tmp_path, tiny_backbone, tiny_st
     logits = recipe.predict_logits(student, tokenizer, recipe.encode(tokenizer, raw, ["question", "sentence"], 128), 8)
     assert results["accuracy"]["validation"]["tmkd_student"] == pytest.approx(recipe.accuracy(logits, labels), abs=1e-4)
 
+    # The exported student carries a model card whose numbers are this run's.
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(results["paths"]["student"] + "/README.md")
+    assert {"knowledge-distillation", "tmkd"} <= set(card.data.tags)
+    reported = {(r.dataset_split, r.metric_type): r.metric_value for r in card.data.eval_results}
+    for split in ("validation", "test"):
+        assert reported[(split, "accuracy")] == pytest.approx(results["accuracy"][split]["tmkd_student"])
+    assert card.data.datasets == ["nyu-mll/glue"]
+    assert f"{results['speed']['speedup']:.2f}" in card.text or f"{results['speed']['speedup']}" in card.text
+    assert (out / "model_card.md").read_text() == str(card)
+
     # Stage 1 kept every head for stage 2; the labelled pools carry one row of logits per teacher.
     stage1 = MultiHeadStudent.from_pretrained(results["paths"]["stage1_student"])
     assert stage1.num_heads == 3
