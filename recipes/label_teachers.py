@@ -17,11 +17,11 @@ import sys
 from dataclasses import dataclass, field
 
 import transformers
-from accelerate import PartialState
 from datasets import Dataset
 from transformers import HfArgumentParser
 
 from tmkd_hf import label_with_teachers, tasks
+from tmkd_hf.distributed import leave_process_group
 
 logger = logging.getLogger(__name__)
 
@@ -81,9 +81,7 @@ def main(argv: list[str] | None = None) -> Dataset:
         overwrite=args.overwrite,
     )
     logger.info(f"Saved {len(labelled)} labelled rows to {args.output_dir}")
-    state = PartialState()
-    state.wait_for_everyone()
-    state.destroy_process_group()  # leave a torchrun / accelerate launch group cleanly
+    leave_process_group()  # every process waits for the writer, then leaves the group cleanly
     return labelled
 
 

@@ -36,12 +36,10 @@ import logging
 import math
 import os
 import sys
-import time
 from dataclasses import dataclass, field
 
 import datasets
 import numpy as np
-import torch
 import transformers
 from datasets import Dataset
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser, set_seed
@@ -57,6 +55,7 @@ from tmkd_hf import (
     student_from_teacher_layers,
 )
 from tmkd_hf.collator import TEACHER_LOGITS
+from tmkd_hf.distributed import leave_process_group
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME
 from tmkd_hf.tasks import (
     FILE_EXTENSIONS,
@@ -629,14 +628,7 @@ def main(argv: list[str] | None = None) -> dict:
     elif training_args.do_train:
         trainer.create_model_card(**kwargs)
 
-    # every process waits for the writer, then leaves the process group cleanly (no abort at interpreter exit)
-    trainer.accelerator.wait_for_everyone()
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        # Let gloo's worker threads free the finished collectives first: they need the GIL to release the Python
-        # tensors those hold, and ProcessGroupGloo's destructor (run when DDP's reducer drops the group, i.e. when
-        # `trainer` goes) joins them while holding the GIL -- a deadlock seen about 1 run in 5 without this pause.
-        time.sleep(0.2)
-        torch.distributed.destroy_process_group()
+    leave_process_group()  # every process waits for the writer, then leaves the group cleanly
     return all_metrics
 
 

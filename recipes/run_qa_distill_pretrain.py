@@ -44,7 +44,6 @@ from dataclasses import dataclass, field
 import datasets
 import numpy as np
 import transformers
-from accelerate import PartialState
 from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
@@ -61,6 +60,7 @@ from tmkd_hf import (
     student_from_teacher_layers,
 )
 from tmkd_hf.collator import TEACHER_LOGITS
+from tmkd_hf.distributed import leave_process_group
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME
 
 logger = logging.getLogger(__name__)
@@ -434,9 +434,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"copy in {merged_dir}"
         )
 
-    state = PartialState()
-    state.wait_for_everyone()  # every rank waits for the writer, then leaves the process group cleanly
-    state.destroy_process_group()
+    leave_process_group()  # every rank waits for the writer, then leaves the process group cleanly
     return metrics
 
 

@@ -76,7 +76,11 @@ def test_recipe_labels_a_tsv_file(tmp_path, teacher_dirs):
 
 
 @pytest.mark.slow
-def test_recipe_under_accelerate_two_processes(tmp_path, teacher_dirs):
+@pytest.mark.parametrize(
+    "shard_size, port",
+    [("5", "29535"), ("64", "29536")],  # 8 shards split over both; 1 shard, so process 1 has no work at all
+)
+def test_recipe_under_accelerate_two_processes(tmp_path, teacher_dirs, shard_size, port):
     write_tsv(tmp_path / "pairs.tsv", n=37)
     common = [
         "--dataset",
@@ -84,7 +88,7 @@ def test_recipe_under_accelerate_two_processes(tmp_path, teacher_dirs):
         "--teachers",
         *teacher_dirs,
         "--shard_size",
-        "5",
+        shard_size,
         "--batch_size",
         "4",
     ]
@@ -97,7 +101,7 @@ def test_recipe_under_accelerate_two_processes(tmp_path, teacher_dirs):
             "--num_processes",
             "2",
             "--main_process_port",
-            "29535",
+            port,
             str(RECIPE),
             *common,
             "--output_dir",

@@ -401,20 +401,26 @@ class _LabellingJob:
         return [s for s in self.my_shards if not _shard_path(self.work, teacher, s).exists()]
 
     def encodings(self) -> dict[int, Dataset]:
-        """One encoding per distinct tokenizer, shared by the teachers that use it (only where work is left)."""
-        by_tokenizer: dict[str, Dataset] = {}
-        out = {}
+        """One encoding per distinct tokenizer, shared by the teachers that use it (only where work is left).
+
+        Every process passes the `main_process_first` barrier of every tokenizer, work or not: a process that owns
+        no shard (fewer shards than processes, or a resumed run) must not leave the others' barriers unmatched.
+        """
+        needed: dict[str, list[int]] = {}
         for i, (_, _, tokenizer) in enumerate(self.resolved):
-            if not self.todo(i):
-                continue
-            key = _tokenizer_key(tokenizer)
-            if key not in by_tokenizer:
+            needed.setdefault(_tokenizer_key(tokenizer), [])
+            if self.todo(i):
+                needed[_tokenizer_key(tokenizer)].append(i)
+        out = {}
+        for key, teachers in needed.items():
+            with self.state.main_process_first():
+                if not teachers:
+                    continue
                 cache_file = str(self.work / f"tokenized-{key}-{self.plan['max_length']}.arrow")
-                with self.state.main_process_first():
-                    by_tokenizer[key] = _tokenize(
-                        tokenizer, self.dataset, self.plan["text_columns"], self.plan["max_length"], cache_file
-                    )
-            out[i] = by_tokenizer[key]
+                tokenizer = self.resolved[teachers[0]][2]
+                columns, max_length = self.plan["text_columns"], self.plan["max_length"]
+                encoded = _tokenize(tokenizer, self.dataset, columns, max_length, cache_file)
+            out.update({i: encoded for i in teachers})
         return out
 
     def loaded_teachers(self) -> Iterator[tuple[list[int], nn.Module]]:

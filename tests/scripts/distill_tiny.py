@@ -15,6 +15,7 @@ from conftest import pair_dataset, tiny_model, tokenize  # noqa: E402
 from transformers import BertTokenizerFast  # noqa: E402
 
 from tmkd_hf import DistillationArguments, MultiHeadStudent, MultiTeacherDistillationTrainer  # noqa: E402
+from tmkd_hf.distributed import leave_process_group  # noqa: E402
 
 
 def main(output_dir: str, batch_size: int) -> None:
@@ -48,10 +49,7 @@ def main(output_dir: str, batch_size: int) -> None:
         torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, f"{output_dir}/params.pt")
         Path(f"{output_dir}/world_size.txt").write_text(str(args.world_size))
     trainer.save_model()
-    # every rank waits for the writer, then leaves the gloo group cleanly (no abort at interpreter exit)
-    trainer.accelerator.wait_for_everyone()
-    if torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
+    leave_process_group()  # every rank waits for the writer, then leaves the gloo group cleanly
 
 
 if __name__ == "__main__":
