@@ -94,7 +94,7 @@ class PipelineArguments:
         default_factory=lambda: [1, 2, 3], metadata={"help": "One seed per teacher (the number of teachers)."}
     )
     teacher_learning_rates: list[float] = field(
-        default_factory=lambda: [1e-4, 1.25e-4, 1.5e-4], metadata={"help": "One learning rate per teacher."}
+        default_factory=lambda: [1e-4, 8e-5, 1.5e-4], metadata={"help": "One learning rate per teacher."}
     )
     teacher_epochs: float = field(default=2.0, metadata={"help": "Fine-tuning epochs of each teacher."})
 
@@ -107,17 +107,17 @@ class PipelineArguments:
         default_factory=lambda: [0, 2, 4],
         metadata={"help": "Layers of the student backbone copied into the student, in order."},
     )
-    stage1_epochs: float = field(default=2.0, metadata={"help": "Stage 1 epochs over the unlabelled pool."})
-    stage1_learning_rate: float = field(default=1e-4, metadata={"help": "Stage 1 learning rate."})
+    stage1_epochs: float = field(default=1.0, metadata={"help": "Stage 1 epochs over the unlabelled pool."})
+    stage1_learning_rate: float = field(default=2e-4, metadata={"help": "Stage 1 learning rate."})
     stage2_epochs: float = field(default=2.0, metadata={"help": "Stage 2 (and labels-only baseline) epochs."})
-    stage2_learning_rate: float = field(default=1e-4, metadata={"help": "Stage 2 (and baseline) learning rate."})
+    stage2_learning_rate: float = field(default=2e-4, metadata={"help": "Stage 2 (and baseline) learning rate."})
     stage2_alpha: float = field(default=0.5, metadata={"help": "Stage 2 weight of the soft loss (1 - alpha: labels)."})
     temperature: float = field(default=2.0, metadata={"help": "Distillation temperature."})
     soft_loss: str = field(default="kl", metadata={"help": "'kl', 'soft_ce' or 'mse'."})
 
     batch_size: int = field(default=16, metadata={"help": "Training batch size."})
     eval_batch_size: int = field(default=64, metadata={"help": "Batch size for labelling and evaluation."})
-    warmup_steps: int = field(default=10, metadata={"help": "Linear warm-up steps of every training run."})
+    warmup_steps: int = field(default=30, metadata={"help": "Linear warm-up steps of every training run."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay of every training run."})
     group_by_length: bool = field(
         default=True, metadata={"help": "Batch rows of similar length together (less padding, same examples)."}
