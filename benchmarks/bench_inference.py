@@ -1,0 +1,200 @@
+"""Inference latency and throughput of the merged TMKD student against one teacher, the ensemble and a plain model.
+
+Models (all from all-MiniLM-L6-v2, `num_labels=2`; speed does not depend on what they learnt, so nothing is trained):
+
+- merged     -- a `MultiHeadStudent` with 3 heads on layers 0, 2, 4 (`student_from_teacher_layers`), heads made
+                different, then `merge_heads()`: the plain checkpoint TMKD publishes;
+- plain      -- the same architecture with its one ordinary head (what fine-tuning the small model gives);
+- teacher    -- one full 6-layer teacher;
+- ensemble   -- the 3 teachers run one after the other on each batch, probabilities averaged.
+
+The same inputs for every model (the first `--rows` pairs of qnli/test.tsv, file order, batches of `--batch-size`,
+each padded to its own longest row), `torch.inference_mode()`, one warm-up pass, then `--repeats` passes per model,
+interleaved (order rotated every repeat), in ONE process. Reported per model: median latency per batch with its
+spread (25th-75th percentile, min-max, over all batches of all passes), throughput (rows / median pass time), and
+the ratios merged/plain (target <= 1.02), teacher/merged and ensemble/merged. The merged student's logits are checked
+against the multi-head student's combined logits.
+
+Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_inference.py [--batch-size 32] [--threads 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
+
+from bench_labelling import RESULTS, code_version, load_average, machine, minilm_dir  # noqa: E402
+from bench_training import LABELS, TEXT_COLUMNS, data_dir  # noqa: E402
+
+MODELS = ("merged", "plain", "teacher", "ensemble")
+
+
+def build_models(backbone: str, layers: list[int], teachers: int, seed: int):
+    """{name: callable(batch) -> logits}, the multi-head student, its merged copy, parameter and layer counts."""
+    from transformers import AutoModelForSequenceClassification
+
+    from tmkd_hf import MultiHeadStudent, student_from_teacher_layers
+
+    torch.manual_seed(seed)
+    base = student_from_teacher_layers(backbone, layers=layers, **LABELS)
+    plain = student_from_teacher_layers(backbone, layers=layers, **LABELS).eval()
+    plain.load_state_dict(base.state_dict())
+    multi = MultiHeadStudent(base, num_heads=teachers)
+    with torch.no_grad():  # heads that differ, as after training (merging equal heads would prove little)
+        for p in multi.head.parameters():
+            p.add_(0.1 * torch.randn_like(p))
+    multi.eval()
+    merged = multi.merge_heads().eval()
+    teacher_models = []
+    for s in range(1, teachers + 1):
+        torch.manual_seed(s)
+        teacher_models.append(AutoModelForSequenceClassification.from_pretrained(backbone, **LABELS).eval())
+
+    def ensemble(batch):
+        return torch.stack([m(**batch).logits.softmax(-1) for m in teacher_models]).mean(0)
+
+    models = {
+        "merged": lambda batch: merged(**batch).logits,
+        "plain": lambda batch: plain(**batch).logits,
+        "teacher": lambda batch: teacher_models[0](**batch).logits,
+        "ensemble": ensemble,
+    }
+    params = {
+        "merged": sum(p.numel() for p in merged.parameters()),
+        "plain": sum(p.numel() for p in plain.parameters()),
+        "teacher": sum(p.numel() for p in teacher_models[0].parameters()),
+    }
+    params["ensemble"] = teachers * params["teacher"]
+    layers_of = {"merged": len(layers), "plain": len(layers), "teacher": teacher_models[0].config.num_hidden_layers}
+    layers_of["ensemble"] = f"{teachers} x {layers_of['teacher']}"
+    return models, multi, merged, params, layers_of
+
+
+@torch.inference_mode()
+def timed_pass(model, batches: list[dict]) -> list[float]:
+    """Seconds per batch of one pass over `batches`."""
+    out = []
+    for batch in batches:
+        start = time.perf_counter()
+        model(batch)
+        out.append(time.perf_counter() - start)
+    return out
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rows", type=int, default=824, help="first N pairs of qnli/test.tsv (824: all of it)")
+    parser.add_argument("--batch-size", type=int, default=32, help="inference batch size")
+    parser.add_argument("--repeats", type=int, default=5, help="timed passes per model, interleaved")
+    parser.add_argument("--threads", type=int, default=1, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument("--teachers", type=int, default=3, help="teachers in the ensemble (= student heads)")
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--backbone", help="model dir for teachers and student (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--student-layers", type=int, nargs="+", default=[0, 2, 4])
+    parser.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.name}")
+    args = parser.parse_args(argv)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import run_tmkd_pipeline as pipeline
+    import transformers
+    from transformers import AutoTokenizer
+
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    command = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python " + shlex.join(
+        [os.path.relpath(__file__, os.getcwd()), *(argv if argv is not None else sys.argv[1:])]
+    )
+    load_before = load_average()
+    backbone = args.backbone or minilm_dir()
+    raw = pipeline.read_tsv(str(data_dir() / "test.tsv"), list(TEXT_COLUMNS), args.rows)
+    tokenizer = AutoTokenizer.from_pretrained(backbone)
+    features = pipeline.encode(tokenizer, raw, list(TEXT_COLUMNS), args.max_length)
+    batches = [tokenizer.pad(features[i : i + args.batch_size], return_tensors="pt")
+               for i in range(0, len(features), args.batch_size)]
+    mean_tokens = sum(len(f["input_ids"]) for f in features) / len(features)
+    models, multi, merged, params, layers_of = build_models(backbone, args.student_layers, args.teachers, args.seed)
+    with torch.inference_mode():
+        merge_diff = max(float((multi(**b).logits - merged(**b).logits).abs().max()) for b in batches[:2])
+    print(f"{len(raw)} rows, {len(batches)} batches of {args.batch_size}, mean {mean_tokens:.1f} tokens, "
+          f"{torch.get_num_threads()} torch threads; load {load_before}", flush=True)
+
+    for name in MODELS:  # warm-up pass (first-call allocations), not timed
+        timed_pass(models[name], batches)
+    per_batch: dict[str, list[float]] = {m: [] for m in MODELS}
+    passes: dict[str, list[float]] = {m: [] for m in MODELS}
+    for r in range(args.repeats):
+        k = r % len(MODELS)
+        for m in MODELS[k:] + MODELS[:k]:
+            seconds = timed_pass(models[m], batches)
+            per_batch[m] += seconds
+            passes[m].append(sum(seconds))
+            print(f"  repeat {r + 1}: {m:8s} pass {passes[m][-1]:7.2f} s (load {load_average()})", flush=True)
+
+    median_pass = {m: statistics.median(passes[m]) for m in MODELS}
+    lines = [
+        "| model | parameters | layers | median ms/batch | ms/batch p25-p75 | ms/batch min-max | median pass s "
+        "| all passes s | examples/s |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m in MODELS:
+        ms = 1000 * np.asarray(per_batch[m])
+        p25, p50, p75 = np.percentile(ms, [25, 50, 75])
+        lines.append(
+            f"| {m} | {params[m]:,} | {layers_of[m]} | {p50:.1f} | {p25:.1f}-{p75:.1f} | {ms.min():.1f}-{ms.max():.1f} "
+            f"| {median_pass[m]:.3f} | {', '.join(f'{s:.3f}' for s in passes[m])} "
+            f"| {len(raw) / median_pass[m]:.1f} |"
+        )
+    ratio = median_pass["merged"] / median_pass["plain"]
+    # the same ratio from each batch's fastest time over the passes (least disturbed by other jobs)
+    best = {m: np.asarray(per_batch[m]).reshape(args.repeats, -1).min(0).sum() for m in MODELS}
+    checks = [
+        ("merged / plain time per pass (median) <= 1.02", f"{ratio:.3f}", ratio <= 1.02),
+        ("merged / plain, sum of per-batch best times (info)", f"{best['merged'] / best['plain']:.3f}", None),
+        ("speed-up of merged over one teacher", f"{median_pass['teacher'] / median_pass['merged']:.2f}x", None),
+        ("speed-up of merged over the ensemble", f"{median_pass['ensemble'] / median_pass['merged']:.2f}x", None),
+        ("max abs diff of logits, merged vs multi-head <= 1e-5", f"{merge_diff:.1e}", merge_diff <= 1e-5),
+    ]
+    report = [
+        f"## {time.strftime('%Y-%m-%d %H:%M %Z')} — inference speed (bench_inference.py)",
+        "",
+        f"- machine: {machine()}",
+        f"- load average (1/5/15 min) before: {load_before}, after: {load_average()}",
+        f"- command: `{command}`",
+        f"- code: tmkd_hf at {code_version()}",
+        f"- data: first {len(raw)} pairs of qnli/test.tsv in file order (mean {mean_tokens:.1f} tokens), "
+        f"{len(batches)} batches of {args.batch_size} padded per batch, max_length {args.max_length}; 1 warm-up "
+        f"pass, then {args.repeats} interleaved passes per model; student: layers {args.student_layers} of "
+        f"{'MiniLM-L6' if not args.backbone else args.backbone}, {args.teachers} heads merged",
+        "",
+        *lines,
+        "",
+        "| target | value | met |",
+        "|---|---|---|",
+        *[f"| {n} | {v} | {'-' if ok is None else ('yes' if ok else 'NO')} |" for n, v, ok in checks],
+        "",
+    ]
+    text = "\n".join(report)
+    print("\n" + text)
+    if not args.no_record:
+        with RESULTS.open("a") as f:
+            f.write(text + "\n")
+    return 0 if merge_diff <= 1e-5 else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
