@@ -82,6 +82,26 @@ def build_teachers(root: Path, seeds: list[int]) -> list[str]:
     return dirs
 
 
+def build_tiny_teacher(root: Path) -> str:
+    """A 1-layer, 32-wide BERT classifier with MiniLM's tokenizer: the data path without real-size activations."""
+    from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+    tokenizer = AutoTokenizer.from_pretrained(minilm_dir())
+    config = BertConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=32,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        intermediate_size=64,
+        num_labels=2,
+    )
+    torch.manual_seed(0)
+    path = root / "tiny-teacher"
+    BertForSequenceClassification(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
 # ----- the three methods -----
 
 
@@ -311,6 +331,11 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-speed", action="store_true", help="only the memory benchmark")
     parser.add_argument("--memory", action="store_true", help="also run the (slow) peak-RSS benchmark")
     parser.add_argument("--memory-rows", type=int, nargs="+", default=[10_000, 100_000])
+    parser.add_argument(
+        "--memory-tiny-teacher",
+        action="store_true",
+        help="diagnostic: the memory benchmark with a 1-layer, 32-wide teacher (the data path alone)",
+    )
     parser.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.name}")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--teacher", help=argparse.SUPPRESS)
@@ -392,11 +417,13 @@ def main(argv=None) -> int:
             ]
 
         if args.memory:
-            results = run_memory(args.memory_rows, teacher_dirs[0], args.threads)
+            teacher = build_tiny_teacher(work) if args.memory_tiny_teacher else teacher_dirs[0]
+            results = run_memory(args.memory_rows, teacher, args.threads)
             first = results[0]
+            which = "a 1-layer, 32-wide BERT (diagnostic)" if args.memory_tiny_teacher else "one MiniLM-L6 teacher"
             lines = [
                 "",
-                "Memory: one teacher, `output_dir=` (streaming), default shard_size, each row count in a fresh "
+                f"Memory: {which}, `output_dir=` (streaming), default shard_size, each row count in a fresh "
                 "subprocess; rows cycle all QNLI pairs (disk-backed dataset).",
                 "",
                 "| rows | seconds | RSS before labelling MB | peak RSS (ru_maxrss) MB | peak RssAnon MB | growth vs "

@@ -130,6 +130,10 @@ class PipelineArguments:
         default="nyu-mll/glue", metadata={"help": "Hub id of the dataset the data comes from, for the model card."}
     )
     card_dataset_config: str | None = field(default="qnli", metadata={"help": "Its configuration, for the card."})
+    card_dataset_name: str | None = field(
+        default="QNLI slices (question-disjoint re-split of the GLUE QNLI dev split, data/qnli in tmkd_hf)",
+        metadata={"help": "What the card calls the evaluation data (its splits are this data's, not GLUE's)."},
+    )
     card_license: str | None = field(default=None, metadata={"help": "Licence metadata of the card (e.g. mit)."})
 
     def __post_init__(self):
@@ -239,6 +243,16 @@ def machine_description() -> str:
     except (OSError, StopIteration):
         pass
     return f"{cpu}, {os.cpu_count()} CPU cores"
+
+
+def mcnemar_p_value(correct_a: np.ndarray, correct_b: np.ndarray) -> float:
+    """Exact two-sided McNemar test on the same rows: is the difference between two classifiers more than chance?"""
+    a_only = int(np.sum(correct_a & ~correct_b))
+    b_only = int(np.sum(~correct_a & correct_b))
+    n, k = a_only + b_only, min(a_only, b_only)
+    if n == 0:
+        return 1.0
+    return min(1.0, 2 * sum(math.comb(n, i) for i in range(k + 1)) / 2**n)
 
 
 def count_parameters(model) -> int:
@@ -446,6 +460,11 @@ def main(argv: list[str] | None = None) -> dict:
         "task": {"data_dir": data_dir, "text_columns": text_cols, "label_names": label_names,
                  "rows": {s: len(d) for s, d in raw.items()}},
         "accuracy": {s: {k: round(v, 4) for k, v in accs.items()} for s, accs in accuracies.items()},
+        "tmkd_vs_labels_only_mcnemar_p": {
+            split: round(mcnemar_p_value(probs[split]["tmkd_student"].argmax(-1) == labels[split],
+                                         probs[split]["labels_only_student"].argmax(-1) == labels[split]), 4)
+            for split in accuracies
+        },
         "parameters": {
             "teacher": count_parameters(loaded["teacher_0"][0]),
             "student": count_parameters(loaded["tmkd_student"][0]),
@@ -510,6 +529,7 @@ def write_student_card(results: dict, stage2_trainer, labelled_train: Dataset, s
         dataset_args=cfg["card_dataset_config"], finetuned_from=base_model,
     )
     card.eval_results = scores("tmkd_student")
+    card.dataset_name = cfg["card_dataset_name"] or card.dataset_name
     card.teachers = TeacherInfo.from_manifest(read_manifest(labelled_train))
     for i, teacher in enumerate(card.teachers):
         teacher.metrics = scores(f"teacher_{i}")
@@ -539,9 +559,12 @@ def write_student_card(results: dict, stage2_trainer, labelled_train: Dataset, s
         notes=f"the {len(card.teachers)}-teacher ensemble ran {speed['ensemble_examples_per_s']} examples/s "
         f"(student speed-up over it: {speed['speedup_vs_ensemble']}x)",
     )
+    p_values = results["tmkd_vs_labels_only_mcnemar_p"]
     card.notes = (
         f"Accuracies are on {rows['validation']} validation and {rows['test']} test rows (standard error up to "
-        f"±{100 * math.sqrt(0.25 / rows['test']):.1f} points on test); one run, one seed."
+        f"±{100 * math.sqrt(0.25 / rows['test']):.1f} points on test); one run, one seed. This student against the "
+        f"labels-only student, exact McNemar test on the same rows: p = {p_values['validation']:.3g} (validation), "
+        f"{p_values['test']:.3g} (test)."
     )
     return write_model_card(student_dir, card)
 
@@ -569,7 +592,11 @@ def render_markdown(results: dict) -> str:
         if name in acc["validation"]:
             lines.append(f"| {name} | {described[name]} | {100 * acc['validation'][name]:.1f} | "
                          f"{100 * acc['test'][name]:.1f} |")
+    p_values = results["tmkd_vs_labels_only_mcnemar_p"]
     lines += [
+        "",
+        f"TMKD student vs labels-only student on the same rows (exact McNemar test): p = {p_values['validation']:.3g} "
+        f"on validation, {p_values['test']:.3g} on test.",
         "",
         "| inference (CPU, same inputs, same run) | parameters | layers | examples/s |",
         "|---|---|---|---|",

@@ -97,6 +97,7 @@ def test_pipeline_end_to_end_on_a_tiny_backbone(tmp_path, tiny_backbone, tiny_st
     params = results["parameters"]
     assert params["teacher_layers"] == 4 and params["student_layers"] == 2 and params["student"] < params["teacher"]
     assert set(results["seconds"]) >= {"teacher_0", "labelling", "stage1", "stage2", "labels_only", "total"}
+    assert all(0.0 <= p <= 1.0 for p in results["tmkd_vs_labels_only_mcnemar_p"].values())
     markdown = (out / "results.md").read_text()
     assert "| tmkd_student |" in markdown and "| labels_only_student |" in markdown
 
@@ -169,3 +170,15 @@ def test_paper_scale_config_parses():
     assert args.backbone == "google-bert/bert-large-uncased"
     assert args.student_backbone == "google-bert/bert-base-uncased"
     assert len(args.teacher_seeds) == len(args.teacher_learning_rates) == 3
+
+
+def test_mcnemar_p_value_matches_an_exact_binomial_test():
+    from scipy.stats import binomtest
+
+    recipe = load_recipe()
+    rng = np.random.default_rng(0)
+    for _ in range(20):
+        a, b = rng.random(60) < rng.random(), rng.random(60) < rng.random()
+        discordant = int(np.sum(a != b))
+        expected = binomtest(int(np.sum(a & ~b)), discordant, 0.5).pvalue if discordant else 1.0
+        assert recipe.mcnemar_p_value(a, b) == pytest.approx(expected)
