@@ -89,7 +89,6 @@ def mtimes(out_dir: Path) -> dict[str, int]:
     return {p.name: p.stat().st_mtime_ns for p in (out_dir / "runs").glob("*.json")}
 
 
-@pytest.mark.slow
 def test_bench_ablation_resumes_and_builds_the_table(tmp_path, tiny_backbone):
     out_dir = tmp_path / "ablation"
     # 1. a "crash" after the first finished (row, seed): teachers, caches and that run are on disk
