@@ -357,7 +357,8 @@ def main(argv=None) -> int:
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    command = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python " + shlex.join(
+    allocator_env = "".join(f"{k}={v} " for k, v in sorted(os.environ.items()) if k.startswith("MALLOC_"))
+    command = allocator_env + "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python " + shlex.join(
         [os.path.relpath(__file__, os.getcwd()), *(argv if argv is not None else sys.argv[1:])]
     )
     load_before = load_average()
