@@ -24,8 +24,9 @@ import sys
 HERE = os.path.dirname(os.path.abspath(__file__))
 DEFAULT_SOURCE = os.path.normpath(os.path.join(HERE, "..", "..", "..", "shared", "data", "qnli"))
 SEED = 2020
-# split -> (target rows, seed offset). A slice ends with the first question that reaches the target.
-TARGETS = {"train": (1200, 0), "validation": (300, 1), "test": (400, 2), "unlabeled": (10**9, 3)}  # unlabeled: every pair whose question is in no labelled slice
+# split -> (target rows, seed offset). A slice ends with the first question that reaches the target;
+# unlabeled has no real target: it is every pair whose question is in no labelled slice.
+TARGETS = {"train": (1200, 0), "validation": (300, 1), "test": (400, 2), "unlabeled": (10**9, 3)}
 
 
 def read_tsv_lines(path: str) -> tuple[str, list[str], list[list[str]]]:
