@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 import datasets
 import numpy as np
 import transformers
-from datasets import Dataset, DatasetDict, load_dataset, load_from_disk
+from datasets import Dataset
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from tmkd_hf import (
@@ -58,6 +58,7 @@ from tmkd_hf import (
     merge_lora,
     read_manifest,
     student_from_teacher_layers,
+    tasks,
 )
 from tmkd_hf.collator import TEACHER_LOGITS
 from tmkd_hf.distributed import leave_process_group
@@ -65,7 +66,6 @@ from tmkd_hf.modeling import STUDENT_CONFIG_NAME
 
 logger = logging.getLogger(__name__)
 
-FILE_EXTENSIONS = ("csv", "tsv", "json", "jsonl", "parquet")
 LABEL_COLUMNS = ("label", "labels", "label_ids")
 MERGED_SUBDIR = "merged"
 TEACHER_LOGITS_SUBDIR = "teacher_logits"
@@ -222,36 +222,9 @@ def parse_args(argv: list[str] | None = None):
 
 def load_pool(data_args: DataArguments, cache_dir: str | None) -> Dataset:
     """The pool as one `Dataset`: a local file, a `save_to_disk` dir or a Hub dataset (clear errors otherwise)."""
-    path = data_args.dataset
-    if os.path.isdir(path):
-        loaded = load_from_disk(path)
-        if isinstance(loaded, DatasetDict):
-            if data_args.split not in loaded:
-                raise ValueError(f"{path} holds the splits {list(loaded)}, not {data_args.split!r}: pass --split.")
-            loaded = loaded[data_args.split]
-        return loaded
-    ext = path.rsplit(".", 1)[-1].lower() if "." in os.path.basename(path) else ""
-    if os.path.isfile(path):
-        if ext not in FILE_EXTENSIONS:
-            raise ValueError(f"Unsupported file {path}: use a {'/'.join(FILE_EXTENSIONS)} file or a save_to_disk dir.")
-        if ext in ("csv", "tsv"):
-            # GLUE-style TSV: tab separated, quote characters inside sentences (csv.QUOTE_NONE); empty cells stay ""
-            kwargs = {"delimiter": "\t", "quoting": 3} if ext == "tsv" else {}
-            return load_dataset(
-                "csv", data_files=path, split="train", keep_default_na=False, cache_dir=cache_dir, **kwargs
-            )
-        builder = "json" if ext in ("json", "jsonl") else "parquet"
-        return load_dataset(builder, data_files=path, split="train", cache_dir=cache_dir)
-    if ext in FILE_EXTENSIONS or os.sep in path.rstrip(os.sep).lstrip("."):
-        raise FileNotFoundError(f"--dataset {path} does not exist (expected a data file or a save_to_disk dir).")
-    try:
-        return load_dataset(path, data_args.dataset_config_name, split=data_args.split, cache_dir=cache_dir)
-    except Exception as err:  # offline, unknown name, no such split: say what to do instead
-        raise ValueError(
-            f"Cannot load --dataset {path!r} (config {data_args.dataset_config_name!r}, split {data_args.split!r}): "
-            f"it is not a local file or directory and loading it from the Hub failed ({type(err).__name__}: {err}). "
-            "Offline (HF_DATASETS_OFFLINE=1), give a local file."
-        ) from err
+    return tasks.load_rows(
+        data_args.dataset, split=data_args.split, config_name=data_args.dataset_config_name, cache_dir=cache_dir
+    )
 
 
 def check_text_columns(dataset: Dataset, text_columns: list[str], what: str) -> None:
