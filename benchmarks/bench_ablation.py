@@ -83,7 +83,7 @@ class StopRequested(Exception):
 
 
 def task_files(args) -> dict:
-    root = Path(os.environ.get("TMKD_DATA_DIR", "/work/shared/data"))
+    root = Path(os.environ.get("TMKD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
     if args.rte:
         return {"name": "rte", "text_columns": ["sentence1", "sentence2"], "train": root / "rte" / "train.tsv",
                 "validation": None, "test": root / "rte" / "dev.tsv", "pool": root / "qnli" / "unlabeled.tsv",

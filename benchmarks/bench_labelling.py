@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATA_DIR = Path(os.environ.get("TMKD_DATA_DIR", "/work/shared/data")) / "qnli"
+DATA_DIR = Path(os.environ.get("TMKD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")) / "qnli"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 TEXT_COLUMNS = ("question", "sentence")
 METHODS = ("ours", "baseline", "limit")

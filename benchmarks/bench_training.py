@@ -45,7 +45,7 @@ TEXT_COLUMNS = ("question", "sentence")
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("TMKD_DATA_DIR", "/work/shared/data")) / "qnli"
+    return Path(os.environ.get("TMKD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")) / "qnli"
 
 
 class RecordingCollator:

@@ -15,7 +15,7 @@ from transformers import BertConfig, BertModel
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
-DATA = Path(os.environ.get("TMKD_DATA_DIR", "/work/shared/data"))
+DATA = Path(os.environ.get("TMKD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 pytestmark = pytest.mark.skipif(
     not (DATA / "qnli" / "train.tsv").is_file(), reason=f"QNLI TSVs not found under {DATA} (set TMKD_DATA_DIR)"
