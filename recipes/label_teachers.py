@@ -20,7 +20,7 @@ import transformers
 from datasets import Dataset
 from transformers import HfArgumentParser
 
-from tmkd_hf import label_with_teachers, tasks
+from tmkd_hf import label_with_teachers, tasks, use_fixed_mmap_threshold
 from tmkd_hf.distributed import leave_process_group
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,13 @@ class LabellingArguments:
     )
     shard_size: int = field(default=4096, metadata={"help": "Rows per shard: the unit of resumption and work split."})
     overwrite: bool = field(default=False, metadata={"help": "Replace a cache in output_dir built from other data."})
+    fixed_mmap_threshold: bool = field(
+        default=True,
+        metadata={
+            "help": "Fix glibc's mmap threshold at 128 KiB for this process (tmkd_hf.use_fixed_mmap_threshold): keeps "
+            "peak memory flat on large corpora (benchmarks/RESULTS.md). No effect outside glibc."
+        },
+    )
 
 
 def load_rows(args: LabellingArguments) -> Dataset:
@@ -67,6 +74,9 @@ def main(argv: list[str] | None = None) -> Dataset:
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
 
+    if args.fixed_mmap_threshold:
+        fixed = use_fixed_mmap_threshold()
+        logger.info("malloc mmap threshold " + ("fixed at 128 KiB" if fixed else "left dynamic (not glibc)"))
     dataset = load_rows(args)
     logger.info(f"Labelling {len(dataset)} rows of {args.dataset} with {len(args.teachers)} teachers")
     labelled = label_with_teachers(

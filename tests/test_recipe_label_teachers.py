@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -44,7 +45,9 @@ def test_recipe_labels_a_tsv_file(tmp_path, teacher_dirs):
         "batch_size": 4,
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
-    run([sys.executable, str(RECIPE), str(tmp_path / "config.json")], tmp_path)
+    done = run([sys.executable, str(RECIPE), str(tmp_path / "config.json")], tmp_path)
+    if platform.libc_ver()[0] == "glibc":
+        assert "malloc mmap threshold fixed at 128 KiB" in done.stderr
     labelled = load_from_disk(str(tmp_path / "out"))
     assert len(labelled) == 30 and labelled[0]["sentence"].endswith('"quoted"')  # TSV read without quoting
     from datasets import Dataset
@@ -56,7 +59,7 @@ def test_recipe_labels_a_tsv_file(tmp_path, teacher_dirs):
     )
     assert read_manifest(tmp_path / "out")["num_rows"] == 30
     # the same command line form works, and a second run finds the finished cache
-    run(
+    second = run(
         [
             sys.executable,
             str(RECIPE),
@@ -70,9 +73,12 @@ def test_recipe_labels_a_tsv_file(tmp_path, teacher_dirs):
             "8",
             "--batch_size",
             "4",
+            "--fixed_mmap_threshold",
+            "false",
         ],
         tmp_path,
     )
+    assert "malloc mmap threshold" not in second.stderr
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ from .arguments import DistillationArguments
 from .collator import DataCollatorWithTeacherLogits
 from .hub import HubPushError, push_teacher_logits_to_hub, upload_student_folder
 from .initialization import student_from_teacher_layers
-from .labelling import label_with_teachers, load_teacher_logits, read_manifest
+from .labelling import label_with_teachers, load_teacher_logits, read_manifest, use_fixed_mmap_threshold
 from .model_card import BaselineResult, SpeedMeasurement, StudentCardData, TeacherInfo, write_model_card
 from .modeling import MultiHeadStudent
 from .peft_student import LoraStudentArguments, apply_lora, merge_lora, merge_student, save_merged_student
@@ -40,5 +40,6 @@ __all__ = [
     "save_merged_student",
     "student_from_teacher_layers",
     "upload_student_folder",
+    "use_fixed_mmap_threshold",
     "write_model_card",
 ]
