@@ -43,6 +43,7 @@ def test_recipe_labels_a_tsv_file(tmp_path, teacher_dirs):
         "text_columns": ["question", "sentence"],
         "shard_size": 8,
         "batch_size": 4,
+        "fixed_mmap_threshold": True,
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
     done = run([sys.executable, str(RECIPE), str(tmp_path / "config.json")], tmp_path)
@@ -73,8 +74,6 @@ def test_recipe_labels_a_tsv_file(tmp_path, teacher_dirs):
             "8",
             "--batch_size",
             "4",
-            "--fixed_mmap_threshold",
-            "false",
         ],
         tmp_path,
     )

@@ -218,12 +218,13 @@ def use_fixed_mmap_threshold(threshold: int = 128 * 1024) -> bool:
 
     Why: glibc raises its threshold to the size of every mmapped block it frees (up to 32 MiB). From then on the
     teachers' activations, a different size for every batch width, are carved from the heap and fragment it: the peak
-    RSS of labelling 100k rows grew +224 MB over 10k rows with the dynamic threshold, +62 MB with a fixed 128 KiB one
-    (`benchmarks/RESULTS.md`, which also measures the speed cost). Same effect as `MALLOC_MMAP_THRESHOLD_=131072` in
-    the environment, but callable once the process runs.
+    RSS of labelling 100k rows grew +224 MB over 10k rows with the dynamic threshold, +62 MB with a fixed 128 KiB one.
+    The price is speed: every large activation is then a fresh mmap, and labelling took 1.32x as long
+    (`benchmarks/RESULTS.md`). Same effect as `MALLOC_MMAP_THRESHOLD_=131072` in the environment, but callable once
+    the process runs.
 
-    Process-wide and irreversible (glibc has no way back to the dynamic threshold), so `label_with_teachers` does not
-    call it for you: `recipes/label_teachers.py` does (a process of its own), and a script labelling a large corpus
+    Process-wide and irreversible (glibc has no way back to the dynamic threshold), so nothing calls it by default:
+    `recipes/label_teachers.py --fixed_mmap_threshold` does, and a script labelling a corpus too large for its memory
     can call it first. Returns False where the C library has no `mallopt` (not glibc) or refuses the value.
     """
     if not isinstance(threshold, int) or threshold <= 0:
