@@ -573,3 +573,15 @@ def test_rows_without_label_in_a_labelled_batch_learn_from_teachers_alone():
     hard = -torch.log_softmax(student[0], -1)[1]
     torch.testing.assert_close(total[0], 0.3 * soft[0] + 0.7 * hard)
     torch.testing.assert_close(total[1], soft[1])  # not 0.3 * soft: the row has nothing else to learn from
+
+
+def test_hard_loss_label_smoothing_matches_hand():
+    from tmkd_hf.losses import hard_loss
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 1.0, 3.0], [1.0, 1.0, 1.0]])
+    labels = torch.tensor([0, 2, -100])
+    loss, mask = hard_loss(logits, labels, label_smoothing=0.3)
+    log_p = torch.log_softmax(logits, dim=-1)
+    by_hand = [-(0.7 * log_p[i, labels[i]] + 0.3 * log_p[i].mean()) for i in range(2)]
+    torch.testing.assert_close(loss[:2], torch.stack(by_hand))
+    assert mask.tolist() == [True, True, False] and loss[2] == 0

@@ -8,6 +8,7 @@ import os
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from conftest import keyword_dataset, pair_dataset, tiny_model, tokenize
 from datasets import Dataset
 from transformers import AutoModelForSequenceClassification, TrainingArguments
@@ -300,6 +301,40 @@ def test_regression_uses_mse(tmp_path, tokenizer):
     hard = ((out.head_logits.squeeze(-1) - batch["labels"][:, None]) ** 2).mean()
     torch.testing.assert_close(loss, 0.5 * soft + 0.5 * hard, atol=1e-5, rtol=1e-5)
     trainer.train()
+
+
+def test_label_smoothing_factor_smooths_the_golden_label_loss(tmp_path, tokenizer):
+    """`label_smoothing_factor` acts as in a plain Trainer: on the hard loss of every head, not on the soft targets."""
+    ds = tokenize(with_logits(pair_dataset(16)), tokenizer)
+    student = no_dropout_student()
+    with torch.no_grad():  # confident heads, so smoothing changes the loss
+        student.model.classifier.weight.mul_(200.0)
+    batch = DataCollatorWithTeacherLogits(tokenizer)([ds[i] for i in range(6)])
+    batch["labels"] = torch.zeros_like(batch["labels"])  # one class: smoothing's effect cannot cancel across rows
+    with torch.no_grad():
+        out = student(**{k: v for k, v in batch.items() if k not in ("labels", "teacher_logits")})
+    losses = {}
+    for eps in (0.0, 0.2):
+        trainer = MultiTeacherDistillationTrainer(
+            model=student, args=make_args(tmp_path, alpha=0.0, label_smoothing_factor=eps), processing_class=tokenizer
+        )
+        with torch.no_grad():
+            losses[eps] = trainer.compute_loss(student, batch)
+    # equal head weights: the mean over heads of each head's smoothed cross-entropy
+    smoothed = [F.cross_entropy(out.head_logits[:, h], batch["labels"], label_smoothing=0.2) for h in range(3)]
+    expected = torch.stack(smoothed).mean()
+    torch.testing.assert_close(losses[0.2], expected, atol=1e-5, rtol=1e-5)
+    assert abs(losses[0.2] - losses[0.0]) > 1e-2
+
+
+def test_compute_loss_func_is_refused(tmp_path, tokenizer):
+    with pytest.raises(ValueError, match="computes the TMKD loss itself"):
+        MultiTeacherDistillationTrainer(
+            model=no_dropout_student(),
+            args=make_args(tmp_path),
+            processing_class=tokenizer,
+            compute_loss_func=lambda outputs, labels, num_items_in_batch=None: outputs.logits.sum(),
+        )
 
 
 def test_stage_one_without_labels(tmp_path, tokenizer):

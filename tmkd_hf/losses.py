@@ -57,11 +57,14 @@ def soft_loss(
     raise ValueError(f"Unknown soft loss {kind!r}; expected 'kl', 'soft_ce' or 'mse'.")
 
 
-def hard_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def hard_loss(
+    logits: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Golden-label loss per example and the mask of rows that have a label.
 
-    Classification (`C > 1`): cross-entropy, rows labelled `-100` are ignored. Regression (`C == 1`): squared error,
-    rows with a NaN label are ignored. Returns `(loss [B], mask [B])` with `loss == 0` where `mask` is False.
+    Classification (`C > 1`): cross-entropy (with `label_smoothing`, as `TrainingArguments.label_smoothing_factor`
+    gives a plain Trainer), rows labelled `-100` are ignored. Regression (`C == 1`): squared error, rows with a NaN
+    label are ignored. Returns `(loss [B], mask [B])` with `loss == 0` where `mask` is False.
     """
     if logits.shape[-1] == 1:
         target = labels.to(logits.dtype).view(-1)
@@ -70,7 +73,7 @@ def hard_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor,
         return torch.where(mask, diff.pow(2), torch.zeros_like(diff)), mask
     labels = labels.long().view(-1)
     mask = labels != IGNORE_INDEX
-    loss = F.cross_entropy(logits.float(), labels.clamp(min=0), reduction="none")
+    loss = F.cross_entropy(logits.float(), labels.clamp(min=0), reduction="none", label_smoothing=label_smoothing)
     return torch.where(mask, loss, torch.zeros_like(loss)), mask
 
 
@@ -104,6 +107,7 @@ def multi_teacher_distillation_loss(
     t2_scaling: bool = True,
     teacher_weights: torch.Tensor | None = None,
     teacher_aggregation: str = "mean_logits",
+    label_smoothing: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The TMKD objective per example, and its parts for logging.
 
@@ -112,6 +116,7 @@ def multi_teacher_distillation_loss(
             `[B, C]` from a single-head student (taught by the `teacher_aggregation` of all teachers).
         teacher_logits: `[B, N, C]`, or None (golden labels only).
         labels: `[B]` class ids (`-100` = no label) or regression targets (`NaN` = no label), or None.
+        label_smoothing: smoothing of the golden-label cross-entropy (the soft targets are left as they are).
 
     Returns `(per_example [B], parts)`: `alpha * soft + (1 - alpha) * hard` for rows that have both a label and
     teacher logits, else whichever of the two the row has (so unlabelled rows mixed into a labelled batch learn
@@ -187,11 +192,11 @@ def multi_teacher_distillation_loss(
             head_weights = (weights if teacher_logits is not None else torch.full((num_heads,), 1.0 / num_heads)).to(
                 student_logits.device
             )
-            per_head = [hard_loss(student_logits[:, h], labels) for h in range(num_heads)]
+            per_head = [hard_loss(student_logits[:, h], labels, label_smoothing) for h in range(num_heads)]
             label_mask = per_head[0][1]
             hard = sum(w * loss for w, (loss, _) in zip(head_weights, per_head))
         else:
-            hard, label_mask = hard_loss(student_logits, labels)
+            hard, label_mask = hard_loss(student_logits, labels, label_smoothing)
         parts["loss_hard"] = hard.detach().sum() / label_mask.sum().clamp_min(1)
 
     if soft is None:

@@ -86,6 +86,12 @@ class MultiTeacherDistillationTrainer(Trainer):
             processing_class=processing_class,
             **kwargs,
         )
+        if self.compute_loss_func is not None:
+            raise ValueError(
+                "MultiTeacherDistillationTrainer computes the TMKD loss itself and would ignore compute_loss_func. "
+                "Drop it, or subclass the trainer and override compute_loss (multi_teacher_distillation_loss in "
+                "tmkd_hf.losses gives the per-example objective)."
+            )
         # The loss is computed here, not by the model: never hand `num_items_in_batch` to `forward`.
         self.model_accepts_loss_kwargs = False
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
@@ -258,6 +264,7 @@ class MultiTeacherDistillationTrainer(Trainer):
             t2_scaling=self.args.t2_scaling,
             teacher_weights=weights,
             teacher_aggregation=self.args.teacher_aggregation,
+            label_smoothing=self.args.label_smoothing_factor,
         )
         if num_items_in_batch is not None:
             loss = per_example.sum() / num_items_in_batch
