@@ -16,10 +16,9 @@ Rows (every student: layers 0, 2, 4 of the backbone via `student_from_teacher_la
 Also the pool-size curve: TMKD test accuracy with stage 1 on 0 / 25 / 50 / 100 % of the unlabelled pool (0 % is the
 MKD row and 100 % the TMKD row: the same runs, reused).
 
-Hyper-parameters are those of `recipes/configs/pipeline_default.json` (teachers: seeds 1/2/3, lr 1e-4/8e-5/1.5e-4,
-2 epochs; stage 1: 1 epoch, lr 2e-4; stage 2: 2 epochs, lr 2e-4, alpha 0.5, T 2, KL; batch 16, 30 warm-up steps,
-weight decay 0.01, length-grouped batches) on the FULL files: qnli/train.tsv (teachers, stage 2), qnli/unlabeled.tsv
-(stage 1, labels unused), metrics on validation.tsv and test.tsv (accuracy; MAP / MRR over the candidates of each
+Hyper-parameters (teacher seeds and learning rates, epochs of every stage, alpha, T, soft loss, batch, warm-up, weight
+decay, length-grouped batches) are those of `recipes/configs/pipeline_default.json`; the table's header lists them as
+run. Data: the FULL files, qnli/train.tsv (teachers, stage 2), qnli/unlabeled.tsv (stage 1, labels unused), metrics on validation.tsv and test.tsv (accuracy; MAP / MRR over the candidates of each
 question, `tmkd_hf.tasks.ranking_metrics`). No model selection: fixed budgets, the last step's weights.
 `--rte`: teachers and stage 2 on rte/train.tsv, stage 1 still on the QNLI pool, numbers on rte/dev.tsv reported as
 "test" (RTE has no labelled test split; there is no validation split then).
