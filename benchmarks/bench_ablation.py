@@ -18,8 +18,9 @@ MKD row and 100 % the TMKD row: the same runs, reused).
 
 Hyper-parameters (teacher seeds and learning rates, epochs of every stage, alpha, T, soft loss, batch, warm-up, weight
 decay, length-grouped batches) are those of `recipes/configs/pipeline_default.json`; the table's header lists them as
-run. Data: the FULL files, qnli/train.tsv (teachers, stage 2), qnli/unlabeled.tsv (stage 1, labels unused), metrics on validation.tsv and test.tsv (accuracy; MAP / MRR over the candidates of each
-question, `tmkd_hf.tasks.ranking_metrics`). No model selection: fixed budgets, the last step's weights.
+run. Data: the FULL files, qnli/train.tsv (teachers, stage 2), qnli/unlabeled.tsv (stage 1, labels unused), metrics
+on validation.tsv and test.tsv (accuracy; MAP / MRR over the candidates of each question,
+`tmkd_hf.tasks.ranking_metrics`). No model selection: fixed budgets, the last step's weights.
 `--rte`: teachers and stage 2 on rte/train.tsv, stage 1 still on the QNLI pool, numbers on rte/dev.tsv reported as
 "test" (RTE has no labelled test split; there is no validation split then).
 
