@@ -11,12 +11,12 @@ repeated in ONE process:
                 loaded: only the `torch.inference_mode()` forwards are timed.
 
 Memory (`--memory`): peak RSS of labelling N rows with ONE teacher through the streaming path (`output_dir=`),
-each N in a fresh subprocess (`--fixed-mmap-threshold`: each after `tmkd_hf.use_fixed_mmap_threshold()`, as
-`recipes/label_teachers.py` runs).
+each N in a fresh subprocess, in one `--memory-allocator` mode (`fixed`: after `tmkd_hf.use_fixed_mmap_threshold()`,
+as `recipes/label_teachers.py --fixed_mmap_threshold` runs).
 
-Allocator cost (`--allocator-speed`): `label_with_teachers` on the same rows and teachers in fresh subprocesses,
-alternating glibc's dynamic mmap threshold and the fixed one (`use_fixed_mmap_threshold()` is irreversible, hence a
-process per run); the ratio of best wall times is the speed cost of the memory fix.
+Allocator cost (`--allocator-speed`): `label_with_teachers` on the same rows and teachers in fresh subprocesses, in
+each of `ALLOCATOR_MODES` in rotating order (`use_fixed_mmap_threshold()` is irreversible, hence a process per run);
+the ratios of best wall times are the speed costs of the memory remedies.
 
 Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_labelling.py [--rows 2000] [--memory]
 """
@@ -198,15 +198,14 @@ class Limit:
 # ----- memory: one fresh subprocess per row count -----
 
 
-def memory_child(rows: int, teacher: str, work: Path, fixed_mmap_threshold: bool) -> None:
+def memory_child(rows: int, teacher: str, work: Path, mode: str) -> None:
     """Label `rows` cycled QNLI pairs with one teacher through the streaming path; print peak RSS as JSON."""
     import transformers
     from datasets import Dataset, disable_progress_bars
 
-    from tmkd_hf import label_with_teachers, use_fixed_mmap_threshold
+    from tmkd_hf import label_with_teachers
 
-    if fixed_mmap_threshold and not use_fixed_mmap_threshold():
-        raise SystemExit("--fixed-mmap-threshold needs glibc's mallopt")
+    set_allocator_mode(mode)
     disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
@@ -256,12 +255,12 @@ def memory_child(rows: int, teacher: str, work: Path, fixed_mmap_threshold: bool
     print("MEMORY_RESULT " + json.dumps(result), flush=True)
 
 
-def run_memory(rows_list: list[int], teacher: str, threads: int, fixed_mmap_threshold: bool) -> list[dict]:
+def run_memory(rows_list: list[int], teacher: str, threads: int, mode: str) -> list[dict]:
     results = []
     for rows in rows_list:
         with tempfile.TemporaryDirectory(prefix="tmkd-bench-mem-") as work:
             cmd = [sys.executable, __file__, "--memory-child", str(rows), "--teacher", teacher, "--work", work]
-            cmd += ["--threads", str(threads)] + (["--fixed-mmap-threshold"] if fixed_mmap_threshold else [])
+            cmd += ["--threads", str(threads), "--memory-allocator", mode]
             print(f"[memory] {rows} rows in a fresh subprocess ...", flush=True)
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -275,17 +274,31 @@ def run_memory(rows_list: list[int], teacher: str, threads: int, fixed_mmap_thre
 # ----- allocator cost: one fresh subprocess per run -----
 
 
-def speed_child(rows: int, teacher_dirs: list[str], batch_size: int, max_length: int, fixed: bool) -> None:
+ALLOCATOR_MODES = {
+    "dynamic": "glibc's dynamic mmap threshold, heap trimmed after each shard (the default)",
+    "fixed": "`use_fixed_mmap_threshold()` (128 KiB)",
+    "trim-batch": "dynamic threshold, heap trimmed after every batch",
+}
+
+
+def set_allocator_mode(mode: str) -> None:
+    """Put this (fresh) process in one of `ALLOCATOR_MODES`."""
+    import tmkd_hf.labelling as labelling
+    from tmkd_hf import use_fixed_mmap_threshold
+
+    if mode == "fixed" and not use_fixed_mmap_threshold():
+        raise SystemExit("the fixed mmap threshold needs glibc's mallopt")
+    labelling._TRIM_EVERY = "batch" if mode == "trim-batch" else "shard"  # internal switch, measured here
+
+
+def speed_child(rows: int, teacher_dirs: list[str], batch_size: int, max_length: int, mode: str) -> None:
     """One `label_with_teachers` run (after a short warm-up) in this fresh process; print its times as JSON."""
     import transformers
     from datasets import Dataset, disable_progress_bars
 
-    from tmkd_hf import use_fixed_mmap_threshold
-
     disable_progress_bars()
     transformers.logging.set_verbosity_error()
-    if fixed and not use_fixed_mmap_threshold():
-        raise SystemExit("the fixed mmap threshold needs glibc's mallopt")
+    set_allocator_mode(mode)
     pairs = read_pairs(["unlabeled.tsv", "train.tsv"])[:rows]
     dataset = Dataset.from_dict({"question": [q for q, _ in pairs], "sentence": [s for _, s in pairs]})
     run_ours(dataset.select(range(min(64, len(dataset)))), teacher_dirs, batch_size, max_length)  # warm-up
@@ -295,9 +308,10 @@ def speed_child(rows: int, teacher_dirs: list[str], batch_size: int, max_length:
 
 
 def run_allocator_speed(args, teacher_dirs: list[str]) -> dict[str, list[dict]]:
-    results: dict[str, list[dict]] = {"dynamic": [], "fixed": []}
+    modes = args.allocator_modes
+    results: dict[str, list[dict]] = {m: [] for m in modes}
     for r in range(args.repeats):
-        for mode in ("dynamic", "fixed") if r % 2 == 0 else ("fixed", "dynamic"):
+        for mode in modes[r % len(modes) :] + modes[: r % len(modes)]:  # rotate the order
             cmd = [sys.executable, __file__, "--speed-child", mode, "--teacher-dirs", *teacher_dirs, "--rows",
                    str(args.rows), "--batch-size", str(args.batch_size), "--max-length", str(args.max_length),
                    "--threads", str(args.threads)]
@@ -316,10 +330,11 @@ def allocator_report(results: dict[str, list[dict]], rows: int, teachers: int) -
     lines = [
         "",
         f"Allocator cost: `label_with_teachers`, {rows} rows x {teachers} teachers, each run in a fresh subprocess "
-        "(after a 64-row warm-up), glibc's dynamic mmap threshold vs `use_fixed_mmap_threshold()` (128 KiB), "
-        "alternating.",
+        "(after a 64-row warm-up), rotating the order: "
+        + "; ".join(f"`{m}` = {ALLOCATOR_MODES[m]}" for m in results)
+        + ".",
         "",
-        "| mmap threshold | best wall s | all wall s | best CPU s | wall / dynamic |",
+        "| allocator mode | best wall s | all wall s | best CPU s | wall / dynamic |",
         "|---|---|---|---|---|",
     ]
     for m, runs in results.items():
@@ -329,11 +344,10 @@ def allocator_report(results: dict[str, list[dict]], rows: int, teachers: int) -
             f"| {best[m] / best['dynamic']:.3f} |"
         )
     sums = {round(x["logits_abs_sum"], 3) for runs in results.values() for x in runs}
-    checks = [
-        ("fixed mmap threshold: wall time / dynamic (info: the memory fix's speed cost)",
-         f"{best['fixed'] / best['dynamic']:.3f}", None),
-        ("same logits with both allocators (sum of |logits|)", ", ".join(map(str, sorted(sums))), len(sums) == 1),
-    ]
+    checks = [(f"{m}: wall time / dynamic (info: its speed cost)", f"{best[m] / best['dynamic']:.3f}", None)
+              for m in results if m != "dynamic"]
+    checks.append(("same logits in every allocator mode (sum of |logits|)", ", ".join(map(str, sorted(sums))),
+                   len(sums) == 1))
     return lines, checks
 
 
@@ -409,18 +423,20 @@ def main(argv=None) -> int:
         help="diagnostic: the memory benchmark with a 1-layer, 32-wide teacher (the data path alone)",
     )
     parser.add_argument(
-        "--fixed-mmap-threshold",
-        action="store_true",
-        help="memory benchmark after tmkd_hf.use_fixed_mmap_threshold() (what recipes/label_teachers.py does)",
+        "--memory-allocator",
+        choices=list(ALLOCATOR_MODES),
+        default="dynamic",
+        help="allocator mode of the memory runs ('fixed': what label_teachers.py --fixed_mmap_threshold does)",
     )
     parser.add_argument(
         "--allocator-speed",
         action="store_true",
-        help="speed of label_with_teachers with glibc's dynamic vs fixed mmap threshold (fresh subprocesses)",
+        help="speed of label_with_teachers in each --allocator-modes, fresh subprocesses",
     )
+    parser.add_argument("--allocator-modes", nargs="+", choices=list(ALLOCATOR_MODES), default=list(ALLOCATOR_MODES))
     parser.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.name}")
     parser.add_argument("--memory-child", type=int, help=argparse.SUPPRESS)
-    parser.add_argument("--speed-child", choices=["dynamic", "fixed"], help=argparse.SUPPRESS)
+    parser.add_argument("--speed-child", choices=list(ALLOCATOR_MODES), help=argparse.SUPPRESS)
     parser.add_argument("--teacher-dirs", nargs="+", help=argparse.SUPPRESS)
     parser.add_argument("--teacher", help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
@@ -431,10 +447,10 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.memory_child is not None:
-        memory_child(args.memory_child, args.teacher, Path(args.work), args.fixed_mmap_threshold)
+        memory_child(args.memory_child, args.teacher, Path(args.work), args.memory_allocator)
         return 0
     if args.speed_child is not None:
-        speed_child(args.rows, args.teacher_dirs, args.batch_size, args.max_length, args.speed_child == "fixed")
+        speed_child(args.rows, args.teacher_dirs, args.batch_size, args.max_length, args.speed_child)
         return 0
 
     import datasets
@@ -512,11 +528,10 @@ def main(argv=None) -> int:
 
         if args.memory:
             teacher = build_tiny_teacher(work) if args.memory_tiny_teacher else teacher_dirs[0]
-            results = run_memory(args.memory_rows, teacher, args.threads, args.fixed_mmap_threshold)
+            results = run_memory(args.memory_rows, teacher, args.threads, args.memory_allocator)
             first = results[0]
             which = "a 1-layer, 32-wide BERT (diagnostic)" if args.memory_tiny_teacher else "one MiniLM-L6 teacher"
-            if args.fixed_mmap_threshold:
-                which += ", after `use_fixed_mmap_threshold()`"
+            which += f", allocator mode `{args.memory_allocator}` ({ALLOCATOR_MODES[args.memory_allocator]})"
             lines = [
                 "",
                 f"Memory: {which}, `output_dir=` (streaming), default shard_size, each row count in a fresh "

