@@ -53,9 +53,9 @@ class LabellingArguments:
     fixed_mmap_threshold: bool = field(
         default=False,
         metadata={
-            "help": "Fix glibc's mmap threshold at 128 KiB for this process (tmkd_hf.use_fixed_mmap_threshold): peak "
-            "memory grows +62 MB instead of +224 MB from 10k to 100k rows, but labelling takes 1.32x as long "
-            "(benchmarks/RESULTS.md). For corpora where memory, not time, is short. No effect outside glibc."
+            "help": "Fix glibc's mmap threshold at 128 KiB for this process (tmkd_hf.use_fixed_mmap_threshold): a "
+            "little less memory (+62 MB instead of +81 MB of peak RSS from 10k to 100k rows) for 1.32x the labelling "
+            "time (benchmarks/RESULTS.md). Only when memory, not time, is short. No effect outside glibc."
         },
     )
 

@@ -84,10 +84,10 @@ def test_bench_labelling_speed_and_allocator_cost():
     proc = run("bench_labelling.py", "--rows", "24", "--teachers", "2", "--repeats", "1", "--batch-size", "8",
                "--threads", "1", "--allocator-speed", "--no-record")
     out = proc.stdout
-    for method in ("ours", "baseline", "limit", "dynamic", "fixed", "trim-batch"):
+    for method in ("ours", "baseline", "limit", "trim-batch", "trim-shard", "fixed"):
         assert f"| {method} |" in out
     assert "| max abs diff of logits, ours vs baseline <= 1e-4 |" in out and "| yes |" in out
-    assert "| fixed: wall time / dynamic" in out and "| trim-batch: wall time / dynamic" in out
+    assert "| fixed: wall time / trim-batch" in out and "| trim-shard: wall time / trim-batch" in out
     same_logits = next(line for line in out.splitlines() if line.startswith("| same logits in every allocator mode"))
     assert same_logits.endswith("| yes |"), same_logits
 

@@ -192,17 +192,18 @@ def _libc_malloc_trim():
 
 
 _MALLOC_TRIM = _libc_malloc_trim()
-# When to hand the heap's free pages back to the OS: "batch" or "shard" (an internal switch, for
-# benchmarks/bench_labelling.py --allocator-speed to measure what each costs).
-_TRIM_EVERY = "shard"
+# When to hand the heap's free pages back to the OS: "batch" (the default) or "shard". An internal switch, for
+# benchmarks/bench_labelling.py to measure both.
+_TRIM_EVERY = "batch"
 
 
 def _trim_heap() -> None:
     """Give the heap's free pages back to the OS (glibc's `malloc_trim`; elsewhere a no-op).
 
     Why: the teachers' activations change shape with every batch width; once glibc has raised its dynamic mmap
-    threshold they are carved from the heap, and the holes they leave stay resident. Trimming once per shard took the
-    growth of peak RSS from 10k to 100k rows from +267 MB to +224 MB (`benchmarks/RESULTS.md`).
+    threshold they are carved from the heap, and the holes they leave stay resident. Peak RSS growth from 10k to 100k
+    rows, one MiniLM teacher (`benchmarks/RESULTS.md`): +267 MB untrimmed, +224 MB trimmed after each shard, +81 MB
+    trimmed after each batch (the default), which costs 1.043x the labelling time of trimming per shard.
     """
     if _MALLOC_TRIM is not None:
         _MALLOC_TRIM(0)
@@ -237,15 +238,15 @@ def use_fixed_mmap_threshold(threshold: int = 128 * 1024) -> bool:
     """Keep glibc's mmap threshold fixed at `threshold` bytes for the rest of this process.
 
     Why: glibc raises its threshold to the size of every mmapped block it frees (up to 32 MiB). From then on the
-    teachers' activations, a different size for every batch width, are carved from the heap and fragment it: the peak
-    RSS of labelling 100k rows grew +224 MB over 10k rows with the dynamic threshold, +62 MB with a fixed 128 KiB one.
-    The price is speed: every large activation is then a fresh mmap, and labelling took 1.32x as long
-    (`benchmarks/RESULTS.md`). Same effect as `MALLOC_MMAP_THRESHOLD_=131072` in the environment, but callable once
-    the process runs.
+    teachers' activations, a different size for every batch width, are carved from the heap and fragment it. The
+    default per-batch `malloc_trim` of `label_with_teachers` already keeps the growth of peak RSS from 10k to 100k rows
+    at +81 MB; a fixed 128 KiB threshold gave +62 MB (with per-shard trimming), but labelling took 1.32x as long, as
+    every large activation becomes a fresh mmap (`benchmarks/RESULTS.md`). For when memory, not time, is short. Same
+    effect as `MALLOC_MMAP_THRESHOLD_=131072` in the environment, but callable once the process runs.
 
     Process-wide and irreversible (glibc has no way back to the dynamic threshold), so nothing calls it by default:
-    `recipes/label_teachers.py --fixed_mmap_threshold` does, and a script labelling a corpus too large for its memory
-    can call it first. Returns False where the C library has no `mallopt` (not glibc) or refuses the value.
+    `recipes/label_teachers.py --fixed_mmap_threshold` does. Returns False where the C library has no `mallopt` (not
+    glibc) or refuses the value.
     """
     if not isinstance(threshold, int) or threshold <= 0:
         raise ValueError(f"threshold must be a positive number of bytes, got {threshold!r}.")
