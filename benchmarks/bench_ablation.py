@@ -49,7 +49,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
 
-from bench_labelling import RESULTS, code_version, load_average, machine, minilm_dir  # noqa: E402
+from bench_labelling import DATA_ROOT, RESULTS, code_version, load_average, machine, minilm_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE_CONFIG = REPO / "recipes" / "configs" / "pipeline_default.json"
@@ -83,7 +83,7 @@ class StopRequested(Exception):
 
 
 def task_files(args) -> dict:
-    root = Path(os.environ.get("TMKD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+    root = DATA_ROOT
     if args.rte:
         return {"name": "rte", "text_columns": ["sentence1", "sentence2"], "train": root / "rte" / "train.tsv",
                 "validation": None, "test": root / "rte" / "dev.tsv", "pool": root / "qnli" / "unlabeled.tsv",

@@ -42,7 +42,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-DATA_DIR = Path(os.environ.get("TMKD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")) / "qnli"
+# ../shared/data beside the repository (TMKD_DATA_DIR overrides); every benchmark reads its data from here
+DATA_ROOT = Path(os.environ.get("TMKD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data"))
+DATA_DIR = DATA_ROOT / "qnli"
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
 TEXT_COLUMNS = ("question", "sentence")
 METHODS = ("ours", "baseline", "limit")

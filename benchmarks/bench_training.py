@@ -38,14 +38,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
 
-from bench_labelling import RESULTS, Clock, code_version, load_average, machine, minilm_dir  # noqa: E402
+from bench_labelling import DATA_DIR, RESULTS, Clock, code_version, load_average, machine, minilm_dir  # noqa: E402
 
 METHODS = ("plain", "cached", "online", "student", "teachers")
 TEXT_COLUMNS = ("question", "sentence")
 
 
 def data_dir() -> Path:
-    return Path(os.environ.get("TMKD_DATA_DIR", Path(__file__).resolve().parents[2] / "shared" / "data")) / "qnli"
+    return DATA_DIR
 
 
 class RecordingCollator:

@@ -182,16 +182,17 @@ def _pad(rows: dict[str, list], order: np.ndarray, tokenizer) -> dict[str, torch
     return batch
 
 
-def _libc_malloc_trim():
+def _libc_function(name: str):
+    """A function of the process's C library by name, or None where it has none (glibc extensions elsewhere)."""
     try:
         import ctypes
 
-        return ctypes.CDLL(None).malloc_trim
+        return getattr(ctypes.CDLL(None), name)
     except (AttributeError, OSError, TypeError):
-        return None  # not glibc: nothing to trim
+        return None
 
 
-_MALLOC_TRIM = _libc_malloc_trim()
+_MALLOC_TRIM = _libc_function("malloc_trim")
 # When to hand the heap's free pages back to the OS: "batch" (the default) or "shard". An internal switch, for
 # benchmarks/bench_labelling.py to measure both.
 _TRIM_EVERY = "batch"
@@ -227,7 +228,8 @@ def _label_shard(model, tokenizer, rows: dict[str, list], batch_size: int, dtype
         if _TRIM_EVERY == "batch":
             del batch
             _trim_heap()
-    _trim_heap()
+    if _TRIM_EVERY == "shard":
+        _trim_heap()
     return out
 
 
@@ -250,12 +252,11 @@ def use_fixed_mmap_threshold(threshold: int = 128 * 1024) -> bool:
     """
     if not isinstance(threshold, int) or threshold <= 0:
         raise ValueError(f"threshold must be a positive number of bytes, got {threshold!r}.")
-    try:
-        import ctypes
-
-        mallopt = ctypes.CDLL(None).mallopt
-    except (AttributeError, OSError, TypeError):
+    mallopt = _libc_function("mallopt")
+    if mallopt is None:
         return False
+    import ctypes
+
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     return mallopt(_M_MMAP_THRESHOLD, threshold) == 1
 
