@@ -54,6 +54,21 @@ def test_logits_equal_direct_forward_in_original_order(teacher_dirs, tokenizer):
     assert manifest["num_rows"] == 50 and manifest["text_columns"] == ["question", "sentence"]
 
 
+def test_heap_is_trimmed_after_every_batch(teacher_dirs, monkeypatch):
+    """The memory fix: free heap pages go back to the OS after each batch (20 rows, batch 8, 1 shard: 3 batches),
+    and the logits do not change with when that happens."""
+    ds = pair_dataset(20, seed=5)
+    calls = []
+    monkeypatch.setattr(labelling, "_trim_heap", lambda: calls.append(1))
+    per_batch = label_with_teachers(ds, teacher_dirs[:1], batch_size=8, show_progress=False)
+    assert len(calls) == 3
+    monkeypatch.setattr(labelling, "_TRIM_EVERY", "shard")
+    calls.clear()
+    per_shard = label_with_teachers(ds, teacher_dirs[:1], batch_size=8, show_progress=False)
+    assert len(calls) == 1
+    np.testing.assert_array_equal(np.asarray(per_batch["teacher_logits"]), np.asarray(per_shard["teacher_logits"]))
+
+
 def test_single_text_column_and_truncation(teacher_dirs, tokenizer):
     ds = pair_dataset(12, seed=4)
     labelled = label_with_teachers(ds, teacher_dirs[:1], text_columns="sentence", max_length=6, show_progress=False)
