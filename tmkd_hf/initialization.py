@@ -18,6 +18,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.utils import logging
 
+from .modeling import MultiHeadStudent
+from .readout import CONFIG_KEY, detect_readout
+
 logger = logging.get_logger(__name__)
 
 # Keyword arguments that concern where/how the teacher is loaded; all others override the student's config.
@@ -61,7 +64,10 @@ def student_from_teacher_layers(
     Returns:
         An `AutoModelForSequenceClassification` model whose config has `num_hidden_layers == len(layers)`. The
         classification head is copied from the teacher when the teacher has one with `num_labels` outputs, otherwise
-        it is newly initialised (seed with `transformers.set_seed` for a reproducible head).
+        it is newly initialised (seed with `transformers.set_seed` for a reproducible head). Its config records the
+        readout the teacher was trained with (`tmkd_readout`: 'mean' for a mean-pooled sentence-transformers
+        backbone, else 'cls'), which `MultiHeadStudent(student, ...)` then uses: wrap a mean-readout student
+        (`MultiHeadStudent(student, num_heads=1)` for one head) rather than training it as a plain [CLS] model.
 
     Example:
     ```python
@@ -73,10 +79,14 @@ def student_from_teacher_layers(
     ```
     """
     load_kwargs = {k: kwargs.pop(k) for k in _LOADING_KWARGS if k in kwargs}
+    if isinstance(teacher_name_or_path, MultiHeadStudent):
+        teacher_name_or_path = teacher_name_or_path.model  # its encoder and (multi-)head: the layers are read
     if isinstance(teacher_name_or_path, PreTrainedModel):
         teacher_config = teacher_name_or_path.config
+        readout = getattr(teacher_config, CONFIG_KEY, None) or "cls"
     else:
         teacher_config = AutoConfig.from_pretrained(str(teacher_name_or_path), **load_kwargs)
+        readout = detect_readout(str(teacher_name_or_path), revision=load_kwargs.get("revision"))
     num_teacher_layers = getattr(teacher_config, "num_hidden_layers", None)
     if num_teacher_layers is None or isinstance(num_teacher_layers, bool) or num_teacher_layers < 1:
         raise ValueError(
@@ -132,6 +142,7 @@ def student_from_teacher_layers(
     if fresh:
         logger.info(f"Student weights not in the teacher (newly initialised): {fresh}")
     student.config.name_or_path = ""
+    setattr(student.config, CONFIG_KEY, readout)
     return student
 
 

@@ -5,6 +5,11 @@ classification head is replicated; everything before it is shared. Head *i* lear
 the heads are combined by a weighted mean of their logits. Because every head is linear in the same features,
 `sum_i w_i (W_i x + b_i) = (sum_i w_i W_i) x + sum_i w_i b_i`: the combination folds into one ordinary linear
 layer, and the published student is a plain `AutoModelForSequenceClassification` checkpoint.
+
+The student reads out the way its backbone was trained (`tmkd_hf.readout`): `readout="cls"` runs the model's own
+head ([CLS] -> pooler -> final linear layer, for BERT); `readout="mean"` feeds the final linear layer(s) the mean of
+the last hidden states over the non-padding tokens (sentence-transformers backbones) and exports as a
+sentence-transformers `CrossEncoder` (`tmkd_hf.cross_encoder`), since no transformers class reads out a mean.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.utils import ModelOutput
 
+from .cross_encoder import is_cross_encoder_dir, mark_readout, read_cross_encoder, write_cross_encoder
 from .losses import hard_loss
+from .readout import CONFIG_KEY, check_readout, detect_readout, masked_mean
 
 STUDENT_CONFIG_NAME = "tmkd_student.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -95,6 +102,12 @@ class MultiHeadLinear(nn.Module):
                 linear.bias.copy_(torch.einsum("h,ho->o", w, self.bias.detach().to(torch.float64)))
         return linear.to(device=self.weight.device, dtype=self.weight.dtype)
 
+    def as_linear(self) -> nn.Linear:
+        """The single head of a one-head layer as an `nn.Linear` (the merged heads of an export)."""
+        if self.num_heads != 1:
+            raise ValueError(f"as_linear() needs one head; merge the {self.num_heads} heads first (merge()).")
+        return self.merge(torch.ones(1))
+
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, num_heads={self.num_heads}"
 
@@ -141,6 +154,7 @@ class MultiHeadStudent(nn.Module):
         num_heads: int,
         head_weights: list[float] | torch.Tensor | None = None,
         head_module: str | None = None,
+        readout: str | None = None,
     ):
         super().__init__()
         if num_heads < 1:
@@ -155,8 +169,18 @@ class MultiHeadStudent(nn.Module):
             _set_submodule(model, head_module, MultiHeadLinear.from_linear(head, num_heads))
         else:
             raise ValueError(f"{head_module} is a {type(head).__name__}, expected the final nn.Linear of the head.")
+        readout = check_readout(readout or getattr(model.config, CONFIG_KEY, None) or "cls")
+        hidden_size = getattr(model.config, "hidden_size", None)
+        in_features = model.get_submodule(head_module).in_features
+        if readout == "mean" and hidden_size is not None and in_features != hidden_size:
+            raise ValueError(
+                f"readout='mean' feeds the mean of the last hidden states (size {hidden_size}) to {head_module}, "
+                f"but it takes {in_features} features. Use readout='cls' for this model."
+            )
+        mark_readout(model.config, readout)
         self.model = model
         self.head_module = head_module
+        self.readout = readout
         self.num_heads = num_heads
         self.register_buffer("head_weights", torch.full((num_heads,), 1.0 / num_heads))
         self.lora_settings: dict | None = None  # set by tmkd_hf.peft_student.apply_lora (saved with the heads)
@@ -173,6 +197,7 @@ class MultiHeadStudent(nn.Module):
         num_labels: int | None = None,
         head_weights: list[float] | None = None,
         head_module: str | None = None,
+        readout: str | None = None,
         **model_kwargs,
     ) -> MultiHeadStudent:
         """Build a student from a plain checkpoint (its head is replicated) or reload a multi-head checkpoint.
@@ -185,24 +210,62 @@ class MultiHeadStudent(nn.Module):
             num_labels: label count of the task (passed to `AutoModelForSequenceClassification`).
             head_weights: how heads are combined at inference (default: the saved weights, or equal weights).
             head_module: dotted name of the final linear layer, when the model family is not recognised.
+            readout: 'cls' or 'mean' (see `tmkd_hf.readout`); default: what the checkpoint was trained with (its
+                `tmkd_readout`, else its sentence-transformers pooling, else 'cls'). A CrossEncoder export of a
+                mean-readout student (`modules.json`) is reloaded as a one-head mean-readout student.
             model_kwargs: forwarded to `from_pretrained` (`revision`, `id2label`, `torch_dtype`, ...).
         """
-        student_config = os.path.join(str(pretrained_model_name_or_path), STUDENT_CONFIG_NAME)
-        if os.path.isfile(student_config):
-            return cls._from_multihead_checkpoint(
-                str(pretrained_model_name_or_path), num_teachers, num_labels, head_weights
-            )
+        path = str(pretrained_model_name_or_path)
+        if readout is not None:
+            check_readout(readout)
+        if os.path.isfile(os.path.join(path, STUDENT_CONFIG_NAME)):
+            return cls._from_multihead_checkpoint(path, num_teachers, num_labels, head_weights, readout)
+        if is_cross_encoder_dir(path):
+            return cls._from_cross_encoder(path, num_teachers, num_labels, head_weights, readout, **model_kwargs)
         if num_teachers is None:
             raise ValueError(
                 f"{pretrained_model_name_or_path} is a plain checkpoint: pass num_teachers= (one head per teacher)."
             )
         if num_labels is not None:
             model_kwargs["num_labels"] = num_labels
+        readout = readout or detect_readout(path, revision=model_kwargs.get("revision"))
         model = AutoModelForSequenceClassification.from_pretrained(pretrained_model_name_or_path, **model_kwargs)
-        return cls(model, num_teachers, head_weights=head_weights, head_module=head_module)
+        return cls(model, num_teachers, head_weights=head_weights, head_module=head_module, readout=readout)
 
     @classmethod
-    def _from_multihead_checkpoint(cls, path, num_teachers, num_labels, head_weights) -> MultiHeadStudent:
+    def _from_cross_encoder(cls, path, num_teachers, num_labels, head_weights, readout, **model_kwargs):
+        """A CrossEncoder (Transformer, mean Pooling, Dense) as a mean-readout student: the Dense is every head."""
+        if readout == "cls":
+            raise ValueError(f"{path} is a mean-pooled CrossEncoder; it cannot be read out through [CLS].")
+        encoder_dir, dense = read_cross_encoder(path)
+        if num_labels is not None and num_labels != dense.out_features:
+            raise ValueError(f"{path} scores {dense.out_features} labels, but num_labels={num_labels} was requested.")
+        unsupported = sorted(set(model_kwargs) - {"id2label", "label2id", "num_labels"})
+        if unsupported:
+            raise ValueError(f"{path} is a CrossEncoder export; {unsupported} cannot be applied when loading it "
+                             "(only id2label / label2id).")
+        config = AutoConfig.from_pretrained(encoder_dir)
+        config.num_labels = dense.out_features
+        for key in ("id2label", "label2id"):
+            if key in model_kwargs:
+                setattr(config, key, model_kwargs[key])
+        model = AutoModelForSequenceClassification.from_config(config)
+        encoder_state = safetensors.torch.load_file(os.path.join(encoder_dir, WEIGHTS_NAME))
+        missing, unexpected = model.base_model.load_state_dict(encoder_state, strict=False)
+        missing = [k for k in missing if not k.endswith("position_ids")]
+        if missing or unexpected:
+            raise ValueError(f"{encoder_dir}/{WEIGHTS_NAME} does not match its config: missing {missing}, "
+                             f"unexpected {unexpected}.")
+        head_module = find_classification_head(model, dense.out_features)
+        with torch.no_grad():
+            head = model.get_submodule(head_module)
+            head.weight.copy_(dense.weight)
+            if head.bias is not None and dense.bias is not None:
+                head.bias.copy_(dense.bias)
+        return cls(model, num_teachers or 1, head_weights=head_weights, head_module=head_module, readout="mean")
+
+    @classmethod
+    def _from_multihead_checkpoint(cls, path, num_teachers, num_labels, head_weights, readout) -> MultiHeadStudent:
         with open(os.path.join(path, STUDENT_CONFIG_NAME)) as f:
             meta = json.load(f)
         if num_teachers is not None and num_teachers != meta["num_heads"]:
@@ -213,8 +276,12 @@ class MultiHeadStudent(nn.Module):
         config = AutoConfig.for_model(**meta["base_config"])
         if num_labels is not None and num_labels != config.num_labels:
             raise ValueError(f"{path} has {config.num_labels} labels, but num_labels={num_labels} was requested.")
+        saved_readout = meta.get("readout", "cls")  # checkpoints from before readouts existed read [CLS]
+        if readout is not None and readout != saved_readout:
+            raise ValueError(f"{path} was trained with readout={saved_readout!r}; it cannot be reloaded with "
+                             f"readout={readout!r}.")
         model = AutoModelForSequenceClassification.from_config(config)
-        student = cls(model, meta["num_heads"], head_module=meta["head_module"])
+        student = cls(model, meta["num_heads"], head_module=meta["head_module"], readout=saved_readout)
         if meta.get("lora"):  # a LoRA student's checkpoint: the same adapters are injected before its weights load
             from .peft_student import LoraStudentArguments, apply_lora
 
@@ -228,10 +295,25 @@ class MultiHeadStudent(nn.Module):
             student.set_head_weights(head_weights)
         return student
 
-    def save_pretrained(self, save_directory: str | os.PathLike, merged: bool = False, state_dict=None, **kwargs):
-        """Save every head (reload with `MultiHeadStudent.from_pretrained`), or with `merged=True` the plain model."""
+    def save_pretrained(self, save_directory: str | os.PathLike, merged: bool = False, state_dict=None,
+                        tokenizer=None, **kwargs):
+        """Save every head (reload with `MultiHeadStudent.from_pretrained`), or with `merged=True` the export.
+
+        The export of a [CLS] student is a plain `AutoModelForSequenceClassification` checkpoint; that of a mean
+        student a sentence-transformers `CrossEncoder` directory (`tmkd_hf.cross_encoder`). Both load without
+        tmkd_hf; `tokenizer` (if given) is saved beside them.
+        """
         if merged:
-            return self.merge_heads().save_pretrained(save_directory, **kwargs)
+            merged_model = self.merge_heads()
+            if self.readout == "mean":
+                write_cross_encoder(save_directory, merged_model.model.base_model,
+                                    merged_model.model.get_submodule(merged_model.head_module).as_linear(),
+                                    tokenizer=tokenizer)
+                return None
+            merged_model.save_pretrained(save_directory, **kwargs)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(save_directory)
+            return None
         os.makedirs(save_directory, exist_ok=True)
         state_dict = self.state_dict() if state_dict is None else state_dict
         state_dict = {k: v.detach().contiguous() for k, v in state_dict.items()}
@@ -240,12 +322,15 @@ class MultiHeadStudent(nn.Module):
             "num_heads": self.num_heads,
             "head_module": self.head_module,
             "head_weights": self.head_weights.tolist(),
+            "readout": self.readout,
             "base_config": self.model.config.to_dict(),
         }
         if self.lora_settings:
             meta["lora"] = self.lora_settings
         with open(os.path.join(save_directory, STUDENT_CONFIG_NAME), "w") as f:
             json.dump(meta, f, indent=2, sort_keys=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(save_directory)
 
     # ----- heads -----
 
@@ -267,13 +352,20 @@ class MultiHeadStudent(nn.Module):
         w = self.head_weights.to(head_logits.dtype)
         return torch.einsum("...hc,h->...c", head_logits, w)
 
-    def merge_heads(self) -> PreTrainedModel:
-        """A plain transformers model (a copy) whose logits equal this student's combined logits."""
+    def merge_heads(self) -> PreTrainedModel | MultiHeadStudent:
+        """A copy whose logits equal this student's combined logits, with the heads folded into one layer.
+
+        [CLS] readout: a plain transformers model. Mean readout: a one-head mean-readout `MultiHeadStudent` (no
+        transformers class reads out a mean); `save_pretrained(dir, merged=True)` writes it as a CrossEncoder.
+        """
         from .peft_student import merge_lora_layers
 
         merged = copy.deepcopy(self.model)
         _set_submodule(merged, self.head_module, self.head.merge(self.head_weights))
-        return merge_lora_layers(merged)  # LoRA adapters (if any) folded into the base weights: a plain model
+        merged = merge_lora_layers(merged)  # LoRA adapters (if any) folded into the base weights: a plain model
+        if self.readout == "cls":
+            return merged
+        return MultiHeadStudent(merged, num_heads=1, head_module=self.head_module, readout="mean")
 
     # ----- delegation to the wrapped transformers model -----
 
@@ -311,8 +403,16 @@ class MultiHeadStudent(nn.Module):
             inputs_embeds=inputs_embeds,
             **kwargs,
         )
-        outputs = self.model(**{k: v for k, v in inputs.items() if v is not None}, return_dict=True)
-        head_logits = outputs.logits  # [batch, num_heads, num_labels]
+        inputs = {k: v for k, v in inputs.items() if v is not None}
+        if self.readout == "mean":
+            outputs = self.model.base_model(**inputs, return_dict=True)
+            features = masked_mean(outputs.last_hidden_state, attention_mask)
+            dropout = getattr(self.model, "dropout", None)
+            features = dropout(features) if isinstance(dropout, nn.Dropout) else features
+            head_logits = self.head(features)
+        else:
+            outputs = self.model(**inputs, return_dict=True)
+            head_logits = outputs.logits  # [batch, num_heads, num_labels]
         logits = self.combine_heads(head_logits)
         loss = None
         if labels is not None:

@@ -15,6 +15,8 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
+from .cross_encoder import DENSE_DIR, is_cross_encoder_dir
+
 _DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
 ADAPTER_CONFIG = "adapter_config.json"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
@@ -82,9 +84,14 @@ class TeacherSpec:
 
 
 def _weights_hash(directory: str) -> str:
+    """sha256 of the weight files (a CrossEncoder's scoring layer in `2_Dense/` included)."""
     digest = hashlib.sha256()
-    for name in sorted(os.listdir(directory)):
-        if name in _WEIGHT_FILES or name.endswith(".safetensors"):
+    names = sorted(os.listdir(directory))
+    if os.path.isdir(os.path.join(directory, DENSE_DIR)):
+        names += [f"{DENSE_DIR}/{n}" for n in sorted(os.listdir(os.path.join(directory, DENSE_DIR)))]
+    for name in names:
+        base = os.path.basename(name)
+        if base in _WEIGHT_FILES or base.endswith(".safetensors"):
             digest.update(name.encode())
             with open(os.path.join(directory, name), "rb") as f:
                 for block in iter(lambda: f.read(1 << 22), b""):
@@ -113,11 +120,30 @@ def _load_base(spec: TeacherSpec, **kwargs) -> PreTrainedModel:
             f"Cannot load teacher {spec.name!r}: {spec.name_or_path!r} is not a local model directory and is not "
             f"reachable on the Hub ({err})."
         ) from err
+    if spec.adapter is None and is_tmkd_classifier_dir(spec.name_or_path):
+        from .modeling import MultiHeadStudent
+
+        return MultiHeadStudent.from_pretrained(spec.name_or_path, **kwargs)  # a CrossEncoder export or checkpoint
     if spec.adapter is not None and os.path.isdir(spec.adapter):
         num_labels = _adapter_num_labels(spec.adapter)
         if num_labels is not None:
             kwargs.setdefault("num_labels", num_labels)
     return AutoModelForSequenceClassification.from_pretrained(spec.name_or_path, revision=spec.revision, **kwargs)
+
+
+def is_tmkd_classifier_dir(path: str) -> bool:
+    """A directory only tmkd_hf (or sentence-transformers) reads as a classifier: a mean-pooled CrossEncoder export
+    or a multi-head training checkpoint."""
+    from .modeling import STUDENT_CONFIG_NAME
+
+    return os.path.isdir(path) and (is_cross_encoder_dir(path) or os.path.isfile(os.path.join(path, STUDENT_CONFIG_NAME)))
+
+
+def load_classifier(name_or_path: str | os.PathLike, **kwargs) -> nn.Module:
+    """Any classifier tmkd_hf exports or trains, for inference: a plain `AutoModelForSequenceClassification`
+    checkpoint (local or Hub), a CrossEncoder export of a mean-readout student, or a multi-head checkpoint. The
+    result's `forward` returns `.logits` and it has a `.config` with the label names."""
+    return load_teacher(str(name_or_path), **kwargs)
 
 
 def _adapter_num_labels(adapter_dir: str) -> int | None:

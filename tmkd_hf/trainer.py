@@ -29,13 +29,15 @@ from .collator import TEACHER_LOGITS, DataCollatorWithTeacherLogits, check_finit
 from .labelling import read_manifest, verify_rows
 from .losses import multi_teacher_distillation_loss
 from .model_card import StudentCardCallback, StudentCardData
-from .modeling import MultiHeadStudent
+from .modeling import MultiHeadStudent, find_classification_head
 from .peft_student import is_peft_student, merge_student
+from .readout import CONFIG_KEY, warn_if_nearly_constant
 from .teachers import has_named_labels, label_names, label_permutation, load_teacher, teacher_forward
 
 logger = logging.get_logger(__name__)
 
 LABEL_COLUMNS = ("label", "labels", "label_ids")
+READOUT_CHECK_ROWS = 64  # training rows the readout check runs the student on (once, at construction)
 
 
 class MultiTeacherDistillationTrainer(Trainer):
@@ -104,11 +106,11 @@ class MultiTeacherDistillationTrainer(Trainer):
         student = self._student()
         self.teachers, self._teacher_perms = self._prepare_teachers(teachers or [], student)
         if isinstance(student, MultiHeadStudent):
-            if self.teachers and len(self.teachers) != student.num_heads:
+            if self.teachers and student.num_heads > 1 and len(self.teachers) != student.num_heads:
                 raise ValueError(
                     f"{len(self.teachers)} online teachers were given but the student has {student.num_heads} heads."
                 )
-            if self.args.teacher_weights is not None:
+            if self.args.teacher_weights is not None and student.num_heads > 1:
                 student.set_head_weights(self.args.normalized_teacher_weights(student.num_heads))
         elif self.teachers and self.args.teacher_weights is not None:
             self.args.normalized_teacher_weights(len(self.teachers))  # length check, clear error
@@ -116,6 +118,7 @@ class MultiTeacherDistillationTrainer(Trainer):
             student.add_model_tags(self._tag_names)
         if self.args.do_train or train_dataset is not None:
             self._check_train_dataset(train_dataset, student)
+            self._check_readout(train_dataset, student)
         # Model-card data gathered during the run (eval results, hyperparameters), rendered by `create_model_card`.
         self.model_card_data = self.model_card_data_class()
         self.add_callback(StudentCardCallback(self.model_card_data))
@@ -181,7 +184,7 @@ class MultiTeacherDistillationTrainer(Trainer):
             # Reuse the loss's own shape checks on a dummy batch so the messages are identical.
             dummy_student = (
                 torch.zeros(1, student.num_heads, student.config.num_labels)
-                if isinstance(student, MultiHeadStudent)
+                if isinstance(student, MultiHeadStudent) and student.num_heads > 1
                 else torch.zeros(1, getattr(student.config, "num_labels", num_labels))
             )
             weights = torch.tensor(self.args.normalized_teacher_weights(num_teachers))
@@ -193,6 +196,34 @@ class MultiTeacherDistillationTrainer(Trainer):
                 soft_loss_kind=self.args.soft_loss,
                 teacher_aggregation=self.args.teacher_aggregation,
             )
+
+    def _check_readout(self, dataset, student) -> None:
+        """Warn when the student reads out a state that is nearly constant across the first training rows (it would
+        sit at chance first), or is a plain [CLS] model built from a backbone trained with mean pooling."""
+        if getattr(getattr(student, "config", None), CONFIG_KEY, None) == "mean" and not isinstance(
+            student, MultiHeadStudent
+        ):
+            logger.warning(
+                "This plain student's backbone was trained with mean pooling (config.tmkd_readout='mean') but a plain "
+                "transformers classifier reads out [CLS]. Wrap it to read out the mean: "
+                "MultiHeadStudent(student, num_heads=<teachers, or 1>, readout='mean')."
+            )
+        tokenizer = self.processing_class
+        if not isinstance(dataset, Dataset) or "input_ids" not in dataset.column_names or len(dataset) < 8:
+            return
+        if not hasattr(tokenizer, "pad") or not hasattr(student, "config"):
+            return
+        head = student.head if isinstance(student, MultiHeadStudent) else None
+        if head is None:
+            try:
+                head = student.get_submodule(find_classification_head(student, student.config.num_labels))
+            except (ValueError, AttributeError):
+                return
+        keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in dataset.column_names]
+        rows = dataset.select(range(min(READOUT_CHECK_ROWS, len(dataset))))
+        batch = tokenizer.pad([{k: row[k] for k in keys} for row in rows], return_tensors="pt")
+        device = next(student.parameters()).device
+        warn_if_nearly_constant(student, head, {k: v.to(device) for k, v in batch.items()}, "student")
 
     def _set_signature_columns_if_needed(self) -> None:
         """Keep `teacher_logits` (and the wrapped model's inputs) under the default `remove_unused_columns=True`."""
@@ -247,7 +278,9 @@ class MultiTeacherDistillationTrainer(Trainer):
 
         outputs = model(**inputs)
         head_logits = getattr(outputs, "head_logits", None)
-        student_logits = head_logits if head_logits is not None else outputs.logits
+        # A one-head student learns like a plain one: from the `teacher_aggregation` of however many teachers.
+        multi_head = head_logits is not None and head_logits.shape[1] > 1
+        student_logits = head_logits if multi_head else outputs.logits
         if student_logits.shape[-1] == 1 and self.args.soft_loss != "mse" and not self._warned_regression_soft_loss:
             logger.warning(f"Regression task: soft_loss={self.args.soft_loss!r} is replaced by MSE on the outputs.")
             self._warned_regression_soft_loss = True
