@@ -12,6 +12,11 @@ Rows (every student: layers 0, 2, 4 of the backbone via `student_from_teacher_la
 | MKD | student, one head per teacher, stage 2 only |
 | TKD | stage 1 (soft labels of teacher 0 on the unlabelled pool) + stage 2 with teacher 0, one head |
 | TMKD | stage 1 (all teachers, one head per teacher) + stage 2 with per-teacher heads |
+| labels_only_long, MKD_long | controls: stage 2 only, for as many training examples as stage 1 + stage 2 together |
+
+Every model (teachers and students) reads out the way the backbone was trained (`tmkd_hf.readout`; `--readout`
+overrides): the mean of the last hidden states for all-MiniLM-L6-v2. The table also gives the majority-class
+baseline (the most frequent train label, predicted for every row) and warns when the teachers do not beat it.
 
 Also the pool-size curve: TMKD test accuracy with stage 1 on 0 / 25 / 50 / 100 % of the unlabelled pool (0 % is the
 MKD row and 100 % the TMKD row: the same runs, reused).
@@ -54,6 +59,7 @@ from bench_labelling import DATA_ROOT, RESULTS, code_version, load_average, mach
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE_CONFIG = REPO / "recipes" / "configs" / "pipeline_default.json"
 STUDENT_ROWS = ("labels_only", "1-o-1", "1avg-o-1", "MKD", "TKD", "TMKD")
+CONTROL_ROWS = ("labels_only_long", "MKD_long")
 ROW_DESCRIPTIONS = {
     "ensemble": "mean of the teachers' probabilities",
     "labels_only": "student, golden labels only (alpha 0), stage 2 only",
@@ -62,6 +68,9 @@ ROW_DESCRIPTIONS = {
     "MKD": "student, one head per teacher, stage 2 only",
     "TKD": "stage 1 (teacher 0) + stage 2 (teacher 0), one head",
     "TMKD": "stage 1 + stage 2, one head per teacher",
+    "labels_only_long": "labels only, stage 2 only, as many examples as stage 1 + stage 2",
+    "MKD_long": "one head per teacher, stage 2 only, as many examples as stage 1 + stage 2",
+    "majority": "majority class of train, predicted for every row",
 }
 # (teachers used: None = none, "first" = teacher 0, "all"), heads, stage 1
 ROW_RECIPES = {
@@ -71,6 +80,8 @@ ROW_RECIPES = {
     "MKD": ("all", "all", False),
     "TKD": ("first", 1, True),
     "TMKD": ("all", "all", True),
+    "labels_only_long": (None, 1, False),
+    "MKD_long": ("all", "all", False),
 }
 POSITIVE = "entailment"  # the relevant label of a QNLI pair (the sentence answers the question)
 
@@ -123,7 +134,14 @@ def settings_of(args) -> dict:
         "warmup_steps": config["warmup_steps"],
         "weight_decay": config["weight_decay"],
         "group_by_length": config["group_by_length"],
+        "readout": args.readout or _detected_readout(args),
     }
+
+
+def _detected_readout(args) -> str:
+    from tmkd_hf.readout import detect_readout
+
+    return detect_readout(args.backbone or minilm_dir())
 
 
 def read_split(path: Path, columns: list[str], rename: dict | None, limit: int | None):
@@ -248,7 +266,9 @@ class Ablation:
     # ----- teachers and soft labels (saved, reused) -----
 
     def teachers(self) -> list[str]:
-        from transformers import AutoModelForSequenceClassification, set_seed
+        from transformers import set_seed
+
+        from tmkd_hf import MultiHeadStudent
 
         s, dirs = self.settings, []
         train = None
@@ -260,13 +280,13 @@ class Ablation:
                 continue
             train = train if train is not None else self.tokenized(self.raw["train"])
             set_seed(seed)
-            model = AutoModelForSequenceClassification.from_pretrained(self.backbone, **self.model_kwargs)
+            model = MultiHeadStudent.from_pretrained(self.backbone, num_teachers=1, readout=s["readout"],
+                                                     **self.model_kwargs)
             seconds = self.train(f"teacher_{i}", model, train, learning_rate=lr, epochs=s["teacher_epochs"],
                                  seed=seed, alpha=0.0)
             tmp = path.with_name(f".{path.name}.tmp")
             shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp)
-            self.tokenizer.save_pretrained(tmp)
+            model.save_pretrained(tmp, merged=True, tokenizer=self.tokenizer)  # CrossEncoder or plain checkpoint
             (tmp / "train_seconds.txt").write_text(f"{seconds}\n")
             os.replace(tmp, path)
             self.log(f"teacher_{i}: trained in {seconds} s (seed {seed}, lr {lr:g})")
@@ -295,11 +315,20 @@ class Ablation:
         if not run_file(self.out, "ensemble", None).is_file():  # log of the mean probabilities, as logits
             ensemble = {s: self.metrics(s, np.log(self.pipeline.softmax(logits[s]).mean(1))) for s in self.eval_splits}
             self.save_run("ensemble", None, ensemble, {})
+        if not run_file(self.out, "majority", None).is_file():
+            self.save_run("majority", None, self.majority_metrics(), {})
         # training sets for the students: tokenized once, teacher subsets sliced from the same logits
         train = self.tokenized(self.labelled["train"])
         pool = self.tokenized(self.labelled["pool"])
         self.train_sets = {"all": train, "first": _first_teacher(train), None: train.remove_columns("teacher_logits")}
         self.pool_sets = {"all": pool, "first": _first_teacher(pool)}
+
+    def majority_metrics(self) -> dict:
+        """Accuracy of predicting the most frequent train label for every row: what "nothing learnt" scores."""
+        counts = np.bincount(np.asarray(list(self.raw["train"]["label"])), minlength=len(self.label_names))
+        majority = int(counts.argmax())
+        return {s: {"accuracy": float((self.labels[s] == majority).mean()), "label": self.label_names[majority]}
+                for s in self.eval_splits}
 
     # ----- one (row, seed) -----
 
@@ -314,15 +343,19 @@ class Ablation:
 
         from tmkd_hf import MultiHeadStudent, student_from_teacher_layers
 
-        base_row = "TMKD" if row.startswith("TMKD") else row
+        base_row = "TMKD" if row.startswith("TMKD_pool") else row
         teachers, heads, stage1 = ROW_RECIPES[base_row]
         stage1 = stage1 and pool_percent > 0
         s, seconds = self.settings, {}
         start = time.perf_counter()
         set_seed(seed)  # the same initial student (fresh head included) for every row of this seed
         student = student_from_teacher_layers(self.backbone, layers=s["student_layers"], **self.model_kwargs)
-        if heads == "all":
-            student = MultiHeadStudent(student, num_heads=len(s["teacher_seeds"]))
+        student = MultiHeadStudent(student, num_heads=len(s["teacher_seeds"]) if heads == "all" else 1,
+                                   readout=s["readout"])
+        stage2_epochs = s["stage2_epochs"]
+        if row.endswith("_long"):  # as many examples as stage 1 (the whole pool) + stage 2
+            pool_examples = s["stage1_epochs"] * len(self.pool_sets["all"])
+            stage2_epochs += pool_examples / len(self.train_sets[teachers])
         pool_rows = 0
         if stage1:
             pool = self.pool_sets[teachers]
@@ -332,8 +365,8 @@ class Ablation:
                                            learning_rate=s["stage1_learning_rate"], epochs=s["stage1_epochs"])
         seconds["stage2"] = self.train(f"{row}-seed{seed}-stage2", student, self.train_sets[teachers], seed=seed,
                                        alpha=0.0 if teachers is None else s["alpha"],
-                                       learning_rate=s["stage2_learning_rate"], epochs=s["stage2_epochs"])
-        model = student.merge_heads() if heads == "all" else student
+                                       learning_rate=s["stage2_learning_rate"], epochs=stage2_epochs)
+        model = student.merge_heads()
         t0 = time.perf_counter()
         predict = self.pipeline.predict_logits
         metrics = {sp: self.metrics(sp, predict(model, self.tokenizer, self.features[sp], s["eval_batch_size"]))
@@ -341,12 +374,13 @@ class Ablation:
         seconds["evaluation"] = round(time.perf_counter() - t0, 1)
         seconds["total"] = round(time.perf_counter() - start, 1)
         self.save_run(row, seed, metrics, seconds, pool_percent=pool_percent if stage1 else 0,
-                      stage1_rows=pool_rows, stage2_rows=len(self.train_sets[teachers]))
+                      stage1_rows=pool_rows, stage2_rows=len(self.train_sets[teachers]),
+                      stage2_epochs=round(stage2_epochs, 4))
         self.log(f"{row} seed {seed}: " + ", ".join(f"{sp} acc {m['accuracy']:.4f}" for sp, m in metrics.items())
                  + f" ({seconds['total']} s)")
 
     def run(self, rows: list[str], pool_percents: list[int]) -> None:
-        plan = [(row, 100 if row in ("TKD", "TMKD") else 0) for row in rows if row in STUDENT_ROWS]
+        plan = [(row, 100 if row in ("TKD", "TMKD") else 0) for row in rows if row in STUDENT_ROWS + CONTROL_ROWS]
         plan += [(pool_row(p), p) for p in pool_percents if pool_row(p) not in [r for r, _ in plan]]
         for row, percent in plan:
             for seed in self.args.seeds:
@@ -396,20 +430,26 @@ def build_table(out: Path, pool_percents: list[int]) -> str:
         return _mean_std([r["metrics"][split].get(key) for r in row_runs if split in r["metrics"]])
 
     teacher_rows = sorted(r for r in runs if r.startswith("teacher_"))
-    order = teacher_rows + ["ensemble", *STUDENT_ROWS]
+    order = ["majority", *teacher_rows, "ensemble", *STUDENT_ROWS, *CONTROL_ROWS]
     header = ["row", "what", "runs"] + [f"{'dev (as test)' if rte and s == 'test' else s} acc" for s in splits]
     if ranking:
         header += ["test MAP", "test MRR"]
+    header += [f"{'dev' if rte else 'test'} acc by seed"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in order:
         row_runs = runs.get(row, [])
+        if not row_runs and row in ("majority", *CONTROL_ROWS):
+            continue
         what = ROW_DESCRIPTIONS.get(row) or (f"teacher, seed {settings['teacher_seeds'][int(row[8:])]}, lr "
                                              f"{settings['teacher_learning_rates'][int(row[8:])]:g}")
         seeds = sorted(r["seed"] for r in row_runs if r["seed"] is not None)
         n = f"{len(row_runs)} (seeds {', '.join(map(str, seeds))})" if seeds else str(len(row_runs))
         cells = [row, what, n] + [cell(row_runs, s, "accuracy") for s in splits]
         if ranking:
-            cells += [cell(row_runs, "test", "map"), cell(row_runs, "test", "mrr")]
+            cells += ([cell(row_runs, "test", "map"), cell(row_runs, "test", "mrr")] if row != "majority"
+                      else ["–", "–"])
+        by_seed = sorted((r["seed"], r["metrics"]["test"]["accuracy"]) for r in row_runs if r["seed"] is not None)
+        cells.append(", ".join(f"{100 * acc:.1f}" for _, acc in by_seed) or "–")
         lines.append("| " + " | ".join(cells) + " |")
     curve = ["", "Pool-size curve (TMKD; 0 % = the MKD runs, 100 % = the TMKD runs):", "",
              "| pool % | stage-1 rows | runs | " + " | ".join(h for h in header[3 : 3 + len(splits)]) + " |",
@@ -420,6 +460,7 @@ def build_table(out: Path, pool_percents: list[int]) -> str:
         curve.append(f"| {p} | {', '.join(map(str, pool_rows)) or '–'} | {len(row_runs)} | "
                      + " | ".join(cell(row_runs, sp, "accuracy") for sp in splits) + " |")
     compute = sum(r["seconds"].get("total") or r["seconds"].get("train") or 0 for rr in runs.values() for r in rr)
+    curve += comparisons(runs, rte) + nothing_to_distil(runs, teacher_rows)
     s = settings
     intro = [
         f"Task {s['task']}" + (" (RTE: teachers and stage 2 on rte/train.tsv; the numbers are on rte/dev.tsv, "
@@ -432,7 +473,8 @@ def build_table(out: Path, pool_percents: list[int]) -> str:
         f"{', '.join(f'{x:g}' for x in s['teacher_learning_rates'])}); stage 1 {s['stage1_epochs']:g} epoch(s), "
         f"lr {s['stage1_learning_rate']:g}; stage 2 {s['stage2_epochs']:g} "
         f"epochs, lr {s['stage2_learning_rate']:g}, alpha {s['alpha']:g}, T {s['temperature']:g}, {s['soft_loss']}; "
-        f"1avg-o-1 aggregates by {s['teacher_aggregation']}; batch {s['batch_size']}, {s['warmup_steps']} warm-up "
+        f"1avg-o-1 aggregates by {s['teacher_aggregation']}; readout {s.get('readout', 'cls')}; "
+        f"batch {s['batch_size']}, {s['warmup_steps']} warm-up "
         "steps; no model selection (last weights). Students: mean ± sample std over seeds; teachers and the ensemble: "
         f"one run. Total compute of the saved runs: {compute / 60:.1f} min.",
         "",
@@ -446,13 +488,52 @@ def build_table(out: Path, pool_percents: list[int]) -> str:
     return "\n".join(intro + lines + curve) + "\n"
 
 
+def _test_accuracies(row_runs: list[dict]) -> list[float]:
+    return [100 * r["metrics"]["test"]["accuracy"] for r in row_runs]
+
+
+def comparisons(runs: dict[str, list[dict]], rte: bool) -> list[str]:
+    """The paper's ordering, each difference of means with its standard error (independent seeds)."""
+    pairs = [("TMKD", "MKD"), ("TKD", "1-o-1"), ("1-o-1", "labels_only"), ("TMKD", "TKD"), ("MKD", "MKD_long"),
+             ("labels_only_long", "labels_only"), ("TMKD", "ensemble")]
+    split = "dev" if rte else "test"
+    lines = ["", f"Differences of mean {split} accuracy (points), ± their standard error "
+             "(sqrt(s_a^2/n_a + s_b^2/n_b); one run: no spread):", "", "| a − b | difference | a runs | b runs |",
+             "|---|---|---|---|"]
+    for a, b in pairs:
+        xa, xb = _test_accuracies(runs.get(a, [])), _test_accuracies(runs.get(b, []))
+        if not xa or not xb:
+            continue
+        var = sum(statistics.variance(x) / len(x) for x in (xa, xb) if len(x) > 1)
+        lines.append(f"| {a} − {b} | {statistics.mean(xa) - statistics.mean(xb):+.1f} ± {math.sqrt(var):.1f} | "
+                     f"{len(xa)} | {len(xb)} |")
+    return lines if len(lines) > 5 else []
+
+
+def nothing_to_distil(runs: dict[str, list[dict]], teacher_rows: list[str]) -> list[str]:
+    """A plain warning when no teacher beats the majority class: the students can only learn noise."""
+    if "majority" not in runs or not teacher_rows:
+        return []
+    majority = runs["majority"][0]["metrics"]["test"]["accuracy"]
+    best = max(runs[t][0]["metrics"]["test"]["accuracy"] for t in teacher_rows)
+    if best > majority + 0.02:
+        return ["", f"The best teacher beats the majority class by {100 * (best - majority):.1f} points on test."]
+    return ["", f"**Warning: nothing to distil.** The best teacher reaches {100 * best:.1f} on test against "
+            f"{100 * majority:.1f} for the majority class: the teachers have not learnt the task, and no student row "
+            "can say anything about distillation."]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", "--output-dir", help="default: outputs/ablation-qnli (or -rte)")
     parser.add_argument("--rte", action="store_true", help="RTE instead of QNLI for teachers and stage 2")
-    parser.add_argument("--rows", nargs="+", default=[*STUDENT_ROWS, "pool"],
-                        choices=[*STUDENT_ROWS, "pool"], help="student rows to run ('pool': the pool-size curve)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="student seeds (>= 3 for the table)")
+    parser.add_argument("--rows", nargs="+", default=[*STUDENT_ROWS, "pool", *CONTROL_ROWS],
+                        choices=[*STUDENT_ROWS, "pool", *CONTROL_ROWS],
+                        help="student rows to run ('pool': the pool-size curve)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5],
+                        help="student seeds (>= 3 for the table)")
+    parser.add_argument("--readout", choices=["cls", "mean"],
+                        help="how every model reads out (default: what the backbone was trained with)")
     parser.add_argument("--pool-percents", type=int, nargs="+", default=[0, 25, 50, 100])
     parser.add_argument("--table-only", action="store_true", help="only build the table from the saved runs")
     parser.add_argument("--max-train-rows", type=int, help="quick check: first N train rows")

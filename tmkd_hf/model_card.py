@@ -197,6 +197,8 @@ class StudentCardData:
         hyperparameters: non-default training arguments. train_summary: steps, epochs, final training loss, runtime.
     Size and speed:
         num_parameters, num_layers, model_type, architecture: of the published (merged) student.
+        readout: 'cls' (a plain transformers checkpoint) or 'mean' (a sentence-transformers `CrossEncoder`): what
+            the export is and how the usage snippet loads it.
         speed: a [`SpeedMeasurement`].
     Free text: `summary` (one paragraph at the top) and `notes` (caveats, shown under the results).
     """
@@ -229,6 +231,7 @@ class StudentCardData:
     num_layers: int | None = None
     model_type: str | None = None
     architecture: str | None = None
+    readout: str = "cls"
     speed: SpeedMeasurement | None = None
 
     summary: str | None = None
@@ -275,7 +278,7 @@ class StudentCardData:
         return ModelCardData(
             language=self.language,
             license=self.license,
-            library_name="transformers",
+            library_name="sentence-transformers" if self.readout == "mean" else "transformers",
             pipeline_tag=self.pipeline_tag,
             tags=list(dict.fromkeys([*CARD_TAGS, *self.tags])),
             datasets=[self.dataset_id] if self.dataset_id else None,

@@ -136,7 +136,9 @@ def is_tmkd_classifier_dir(path: str) -> bool:
     or a multi-head training checkpoint."""
     from .modeling import STUDENT_CONFIG_NAME
 
-    return os.path.isdir(path) and (is_cross_encoder_dir(path) or os.path.isfile(os.path.join(path, STUDENT_CONFIG_NAME)))
+    path = str(path)
+    multi_head = os.path.isfile(os.path.join(path, STUDENT_CONFIG_NAME))
+    return os.path.isdir(path) and (is_cross_encoder_dir(path) or multi_head)
 
 
 def load_classifier(name_or_path: str | os.PathLike, **kwargs) -> nn.Module:
