@@ -236,7 +236,8 @@ def check_cross_encoder_exports(results: dict, env: dict) -> None:
         reloaded = MultiHeadStudent.from_pretrained(path).eval()
         assert reloaded.readout == "mean" and reloaded.num_heads == 1
         tokenizer = AutoTokenizer.from_pretrained(path)
-        ours = recipe.predict_logits(reloaded, tokenizer, recipe.encode(tokenizer, raw, ["question", "sentence"], 128), 8)
+        features = recipe.encode(tokenizer, raw, ["question", "sentence"], 128)
+        ours = recipe.predict_logits(reloaded, tokenizer, features, 8)
         np.testing.assert_allclose(logits, ours, atol=1e-5)
         assert results["accuracy"]["validation"][name] == pytest.approx(recipe.accuracy(logits, labels), abs=1e-4)
     from huggingface_hub import ModelCard

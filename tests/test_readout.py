@@ -9,9 +9,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
-import numpy as np
 from conftest import pair_dataset, tiny_config, tiny_model, tokenize
 from datasets import Dataset
 from transformers import AutoModel, AutoModelForSequenceClassification
