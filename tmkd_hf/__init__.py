@@ -10,8 +10,9 @@ from .labelling import label_with_teachers, load_teacher_logits, read_manifest, 
 from .model_card import BaselineResult, SpeedMeasurement, StudentCardData, TeacherInfo, write_model_card
 from .modeling import MultiHeadStudent
 from .peft_student import LoraStudentArguments, apply_lora, merge_lora, merge_student, save_merged_student
+from .readout import detect_readout
 from .tasks import TaskSpec, build_compute_metrics, get_task, load_rows
-from .teachers import TeacherSpec
+from .teachers import TeacherSpec, load_classifier
 from .trainer import MultiTeacherDistillationTrainer
 
 __all__ = [
@@ -29,8 +30,10 @@ __all__ = [
     "TeacherSpec",
     "apply_lora",
     "build_compute_metrics",
+    "detect_readout",
     "get_task",
     "label_with_teachers",
+    "load_classifier",
     "load_rows",
     "load_teacher_logits",
     "merge_lora",
