@@ -55,8 +55,10 @@ from tmkd_hf import (
     student_from_teacher_layers,
 )
 from tmkd_hf.collator import TEACHER_LOGITS
+from tmkd_hf.cross_encoder import is_cross_encoder_dir
 from tmkd_hf.distributed import leave_process_group
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME
+from tmkd_hf.readout import detect_readout
 from tmkd_hf.tasks import (
     FILE_EXTENSIONS,
     TaskSpec,
@@ -100,6 +102,15 @@ class ModelArguments:
     teacher_logits_dir: str | None = field(
         default=None,
         metadata={"help": "Training data already labelled by the teachers (recipes/label_teachers.py output)."},
+    )
+    readout: str | None = field(
+        default=None,
+        metadata={
+            "help": "How the student reads out: 'cls' (the model's own head) or 'mean' (the mean of the last hidden "
+            "states; exported as a sentence-transformers CrossEncoder). Default: what the checkpoint was trained "
+            "with (a sentence-transformers backbone with mean pooling: 'mean'; otherwise 'cls').",
+            "choices": ["cls", "mean"],
+        },
     )
     per_teacher_heads: bool | None = field(
         default=None,
@@ -305,6 +316,8 @@ def student_config(model_args: ModelArguments):
     if os.path.isfile(student_meta):
         with open(student_meta) as f:
             return AutoConfig.for_model(**json.load(f)["base_config"]), True
+    if is_cross_encoder_dir(str(source)):  # a mean-readout export (e.g. a teacher): reloaded with its Dense head
+        return AutoConfig.from_pretrained(source), True
     config = AutoConfig.from_pretrained(
         source,
         cache_dir=model_args.cache_dir,
@@ -435,7 +448,9 @@ def main(argv: list[str] | None = None) -> dict:
     if label_list is not None:
         label_kwargs = {"id2label": dict(enumerate(label_list)), "label2id": {n: i for i, n in enumerate(label_list)}}
     if multi_head_source:
-        student = MultiHeadStudent.from_pretrained(model_args.model_name_or_path)
+        student = MultiHeadStudent.from_pretrained(model_args.model_name_or_path, readout=model_args.readout)
+        if num_teachers > 1 and per_teacher_heads and student.num_heads == 1:
+            student = student.with_heads(num_teachers)  # every head continues from the one it was saved with
         if num_teachers and per_teacher_heads and student.num_heads != num_teachers:
             raise ValueError(
                 f"The stage-1 student {model_args.model_name_or_path} has {student.num_heads} heads but "
@@ -482,16 +497,23 @@ def main(argv: list[str] | None = None) -> dict:
         student = model
     if task.is_regression:
         model.config.problem_type = "regression"
+    readout = student.readout if isinstance(student, MultiHeadStudent) else model_args.readout
+    if readout is None and not model_args.student_layers:
+        readout = detect_readout(model_args.model_name_or_path, revision=model_args.model_revision)
+    readout = readout or getattr(model.config, "tmkd_readout", None) or "cls"
     if per_teacher_heads and not isinstance(student, MultiHeadStudent):
         if num_teachers == 0:
             raise ValueError(
                 "--per_teacher_heads needs teachers (one head per teacher): give --teachers or "
                 "--teacher_logits_dir, or drop --per_teacher_heads."
             )
-        student = MultiHeadStudent(model, num_heads=num_teachers)
+        student = MultiHeadStudent(model, num_heads=num_teachers, readout=readout)
+    elif not isinstance(student, MultiHeadStudent) and readout == "mean":
+        student = MultiHeadStudent(model, num_heads=1, readout="mean")  # one head on the mean of the states
     logger.info(
         f"Student: {type(model).__name__}, {model.config.num_hidden_layers} layers, "
-        f"{student.num_heads if isinstance(student, MultiHeadStudent) else 1} head(s); teachers: {num_teachers}; "
+        f"{student.num_heads if isinstance(student, MultiHeadStudent) else 1} head(s), readout {readout}; "
+        f"teachers: {num_teachers}; "
         f"labels: {label_list}"
     )
 

@@ -23,7 +23,8 @@ What it writes to `--output_dir`:
 
 - the multi-head student (`tmkd_student.json` + `model.safetensors`, every head; LoRA, if used, already merged into
   the encoder's weights) and its tokenizer: reload with `MultiHeadStudent.from_pretrained(output_dir)`;
-- `merged/`: the same student as one plain `AutoModelForSequenceClassification` checkpoint (heads folded into one);
+- `merged/`: the same student with its heads folded into one: a plain `AutoModelForSequenceClassification` checkpoint
+  ([CLS] readout) or a sentence-transformers `CrossEncoder` (mean readout);
 - `teacher_logits/` (with `--teachers`): the soft-label cache and its manifest;
 - `checkpoint-*/` (per `--save_strategy`): full training checkpoints (every head, LoRA matrices unmerged), for
   `--resume_from_checkpoint`;
@@ -61,6 +62,7 @@ from tmkd_hf import (
     tasks,
 )
 from tmkd_hf.collator import TEACHER_LOGITS
+from tmkd_hf.cross_encoder import is_cross_encoder_dir
 from tmkd_hf.distributed import leave_process_group
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME
 
@@ -106,6 +108,14 @@ class ModelArguments:
         metadata={
             "help": "Teacher compute dtype when labelling on the fly.",
             "choices": ["float32", "bfloat16", "float16"],
+        },
+    )
+    readout: str | None = field(
+        default=None,
+        metadata={
+            "help": "'cls' or 'mean' (the mean of the last hidden states, exported as a CrossEncoder). Default: what "
+            "the student's checkpoint was trained with.",
+            "choices": ["cls", "mean"],
         },
     )
     tokenizer_name: str | None = field(default=None, metadata={"help": "The student's tokenizer, if not its model's."})
@@ -330,12 +340,17 @@ def main(argv: list[str] | None = None) -> dict:
         model = student_from_teacher_layers(
             source, layers=list(model_args.student_layers), num_labels=len(label_list), **hub_kwargs, **label_kwargs
         )
-        student = MultiHeadStudent(model, num_heads=num_teachers)
+        student = MultiHeadStudent(model, num_heads=num_teachers, readout=model_args.readout)
     elif os.path.isfile(os.path.join(source, STUDENT_CONFIG_NAME)):
-        student = MultiHeadStudent.from_pretrained(source, num_teachers=num_teachers, num_labels=len(label_list))
+        student = MultiHeadStudent.from_pretrained(source, num_teachers=num_teachers, num_labels=len(label_list),
+                                                   readout=model_args.readout)
+    elif is_cross_encoder_dir(source):  # a one-head mean-readout export: every head starts from its Dense layer
+        student = MultiHeadStudent.from_pretrained(source, num_labels=len(label_list), readout=model_args.readout)
+        student = student.with_heads(num_teachers) if student.num_heads != num_teachers else student
     else:
         student = MultiHeadStudent.from_pretrained(
-            source, num_teachers=num_teachers, num_labels=len(label_list), **hub_kwargs, **label_kwargs
+            source, num_teachers=num_teachers, num_labels=len(label_list), readout=model_args.readout, **hub_kwargs,
+            **label_kwargs
         )
     if student.lora_settings:  # a LoRA training checkpoint given as --model_name_or_path: it keeps its adapters
         logger.info(f"Continuing with the student's own LoRA adapters ({student.lora_settings}).")
@@ -397,7 +412,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ----- save: every head (stage 2 starts here), and the merged plain model -----
     merged_dir = os.path.join(training_args.output_dir, MERGED_SUBDIR)
-    trainer.save_model(merged_dir)  # LoRA and heads merged: a plain AutoModelForSequenceClassification checkpoint
+    trainer.save_model(merged_dir)  # LoRA and heads merged: a plain checkpoint or a CrossEncoder
     if training_args.should_save:
         merge_lora(student).save_pretrained(training_args.output_dir)  # every head; LoRA folded into the encoder
         tokenizer.save_pretrained(training_args.output_dir)

@@ -482,3 +482,39 @@ def test_two_processes_match_one(tmp_path, tokenizer, qnli_files, teacher_dirs):
         np.asarray(load_rows(one / "teacher_logits" / "train")["teacher_logits"]),
         atol=1e-6,
     )
+
+
+# ----- readouts: a mean-pooled backbone gives mean-readout teachers and students, exported as CrossEncoders -----
+
+
+def test_mean_pooled_backbone_trains_and_continues_through_the_mean(recipe, tmp_path, tokenizer, qnli_files,
+                                                                     teacher_dirs):
+    from conftest import tiny_config
+    from transformers import AutoModel
+
+    backbone = tmp_path / "mean-backbone"
+    torch.manual_seed(0)
+    AutoModel.from_config(tiny_config("bert")).save_pretrained(backbone)
+    tokenizer.save_pretrained(backbone)
+    (backbone / "1_Pooling").mkdir()
+    (backbone / "1_Pooling" / "config.json").write_text(json.dumps({"pooling_mode_mean_tokens": True}))
+    # 1. plain fine-tuning (how the recipes train a teacher) reads the mean and saves a CrossEncoder
+    recipe.main([*qnli_args(qnli_files, "--model_name_or_path", str(backbone)), *common(tmp_path, "teacher")])
+    teacher = tmp_path / "teacher"
+    assert (teacher / "modules.json").is_file() and not (teacher / "tmkd_student.json").exists()
+    reloaded = MultiHeadStudent.from_pretrained(teacher)
+    assert reloaded.readout == "mean" and reloaded.config.id2label == dict(enumerate(QNLI_NAMES))
+    dense = reloaded.head.weight.detach()[0]
+    # 2. stage 2 from that one-head export with 3 teachers: every head starts from its Dense layer and trains
+    recipe.main([*qnli_args(qnli_files, "--model_name_or_path", str(teacher), "--teachers", *teacher_dirs),
+                 *common(tmp_path, "stage2"), "--save_strategy", "epoch"])
+    (checkpoint,) = (tmp_path / "stage2").glob("checkpoint-*")
+    continued = MultiHeadStudent.from_pretrained(checkpoint)
+    assert continued.num_heads == 3 and continued.readout == "mean"
+    for i in range(3):
+        assert not torch.allclose(continued.head.weight[i].detach(), dense)
+    assert (tmp_path / "stage2" / "modules.json").is_file()
+    # 3. --readout cls overrides: a plain [CLS] checkpoint
+    recipe.main([*qnli_args(qnli_files, "--model_name_or_path", str(backbone), "--readout", "cls"),
+                 *common(tmp_path, "cls")])
+    assert_merged_student(tmp_path / "cls")

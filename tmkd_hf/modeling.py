@@ -240,6 +240,11 @@ class MultiHeadStudent(nn.Module):
         encoder_dir, dense = read_cross_encoder(path)
         if num_labels is not None and num_labels != dense.out_features:
             raise ValueError(f"{path} scores {dense.out_features} labels, but num_labels={num_labels} was requested.")
+        # where a Hub download would come from means nothing for a local directory; anything else is refused
+        for key in ("cache_dir", "token", "local_files_only"):
+            model_kwargs.pop(key, None)
+        if model_kwargs.get("revision") in (None, "main"):
+            model_kwargs.pop("revision", None)
         unsupported = sorted(set(model_kwargs) - {"id2label", "label2id", "num_labels"})
         if unsupported:
             raise ValueError(f"{path} is a CrossEncoder export; {unsupported} cannot be applied when loading it "
@@ -366,6 +371,13 @@ class MultiHeadStudent(nn.Module):
         if self.readout == "cls":
             return merged
         return MultiHeadStudent(merged, num_heads=1, head_module=self.head_module, readout="mean")
+
+    def with_heads(self, num_heads: int) -> MultiHeadStudent:
+        """A copy with `num_heads` heads, each starting from this student's combined head (e.g. a one-head teacher
+        or export that a multi-teacher stage continues from)."""
+        merged = copy.deepcopy(self.model)
+        _set_submodule(merged, self.head_module, self.head.merge(self.head_weights))
+        return MultiHeadStudent(merged, num_heads, head_module=self.head_module, readout=self.readout)
 
     # ----- delegation to the wrapped transformers model -----
 
