@@ -165,3 +165,15 @@ def test_bench_ablation_rte_every_row(tmp_path, tiny_backbone):
         assert (out_dir / "runs" / f"{row}__seed1.json").is_file()
     tkd = json.loads((out_dir / "runs" / "TKD__seed1.json").read_text())
     assert tkd["stage1_rows"] == 32 and set(tkd["metrics"]) == {"test"}
+
+
+def test_bench_readout_measures_the_spread_and_trains_both_readouts():
+    """Real MiniLM: the [CLS] state of layers 0, 1, 2 is nearly constant, the mean is not; a short training pass
+    of each readout runs and reports its accuracy."""
+    out = run("bench_readout.py", "--no-record", "--rows", "16", "--train", "--epochs", "0.05", "--seeds", "1",
+              "--threads", "1").stdout
+    row = next(line for line in out.splitlines() if line.startswith("| 0, 1, 2 |"))
+    cls_spread, mean_spread = (float(v) for v in row.strip("|").split("|")[1:3])
+    assert cls_spread < 0.1 < mean_spread, row
+    for readout in ("cls", "mean"):
+        assert any(line.startswith(f"| {readout} | 1 | ") for line in out.splitlines()), out[-2000:]
