@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from collections import Counter
 from dataclasses import dataclass, field
 
 import datasets
@@ -184,8 +185,25 @@ class DataArguments:
         default=4096, metadata={"help": "Rows per labelling shard (the unit of resumption and of the work split)."}
     )
     overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the tokenized datasets."})
+    augment_copies: int = field(
+        default=0,
+        metadata={
+            "help": "Add N augmented copies of the pool before labelling (tmkd_hf.augmentation: words replaced by "
+            "their embedding neighbours, passages re-paired); the teachers label them like the rest."
+        },
+    )
+    augment_replace_prob: float = field(default=0.3, metadata={"help": "Per-word replacement probability."})
+    augment_repair_prob: float = field(
+        default=0.0, metadata={"help": "Probability that a copy's passage is swapped for another question's."}
+    )
+    augment_neighbours_from: str | None = field(
+        default=None,
+        metadata={"help": "Model whose input embeddings give the word neighbours (default: the student's backbone)."},
+    )
 
     def __post_init__(self):
+        if self.augment_copies < 0:
+            raise ValueError(f"--augment_copies must be >= 0, got {self.augment_copies}.")
         if self.text_columns is not None and not 1 <= len(self.text_columns) <= 2:
             raise ValueError(f"--text_columns must name one or two columns, got {self.text_columns}.")
         if not 0.0 <= self.validation_split_percentage < 100.0:
@@ -246,6 +264,22 @@ def check_text_columns(dataset: Dataset, text_columns: list[str], what: str) -> 
         )
 
 
+def with_augmented_copies(pool: Dataset, text_columns: list[str], data_args, model_args) -> Dataset:
+    """The pool's text columns followed by `--augment_copies` augmented copies (deterministic, seed 0)."""
+    from tmkd_hf.augmentation import augment_pairs, word_neighbours
+
+    source = (data_args.augment_neighbours_from or model_args.student_init_from or model_args.model_name_or_path
+              or model_args.teachers[0])
+    neighbours = word_neighbours(source, cache_dir=model_args.cache_dir) if data_args.augment_replace_prob else None
+    extra = augment_pairs(pool, text_columns=tuple(text_columns), copies=data_args.augment_copies,
+                          neighbours=neighbours, replace_prob=data_args.augment_replace_prob,
+                          repair_prob=data_args.augment_repair_prob)
+    logger.info(f"Pool: {len(pool)} rows + {len(extra)} augmented ({data_args.augment_copies} copies, words from "
+                f"{source}: {dict(Counter(extra['augmentation']))})")
+    pool = pool.select_columns(text_columns)
+    return datasets.concatenate_datasets([pool, extra.select_columns(text_columns).cast(pool.features)])
+
+
 def teacher_agreement(student_logits: np.ndarray, teacher_logits: np.ndarray, weights: list[float]) -> dict:
     """How often the student's prediction is the teachers' weighted-ensemble prediction, and each teacher's."""
     predicted = student_logits.argmax(-1)
@@ -279,6 +313,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ----- the pool, with the teachers' soft labels (from a labelled dir, or labelled now and cached) -----
     pool = load_pool(data_args, model_args.cache_dir) if data_args.dataset else None
+    if model_args.teacher_logits_dir and data_args.augment_copies:
+        raise ValueError(
+            "--augment_copies augments the pool before the teachers label it; --teacher_logits_dir is already "
+            "labelled. Label the augmented pool with the teachers (--teachers ...), or drop --augment_copies."
+        )
     if model_args.teacher_logits_dir:
         labelled = load_teacher_logits(model_args.teacher_logits_dir, pool)  # with --dataset: the same rows?
         manifest = read_manifest(model_args.teacher_logits_dir)
@@ -291,6 +330,8 @@ def main(argv: list[str] | None = None) -> dict:
         check_text_columns(pool, text_columns, f"--dataset {data_args.dataset}")
         if data_args.max_train_samples is not None:  # label only the rows that will be used
             pool = pool.select(range(min(data_args.max_train_samples, len(pool))))
+        if data_args.augment_copies:
+            pool = with_augmented_copies(pool, text_columns, data_args, model_args)
         cache = os.path.join(training_args.output_dir, TEACHER_LOGITS_SUBDIR)
         logger.info(f"Soft labels of {len(pool)} rows from {len(model_args.teachers)} teachers -> {cache}")
         labelled = label_with_teachers(

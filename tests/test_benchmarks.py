@@ -177,3 +177,35 @@ def test_bench_readout_measures_the_spread_and_trains_both_readouts():
     assert cls_spread < 0.1 < mean_spread, row
     for readout in ("cls", "mean"):
         assert any(line.startswith(f"| {readout} | 1 | ") for line in out.splitlines()), out[-2000:]
+
+
+def test_bench_levers_reuses_the_ablations_teachers_and_resumes(tmp_path, tiny_backbone):
+    out_dir = tmp_path / "ablation"
+    ablation(out_dir, tiny_backbone, "--rows", "MKD", "--seeds", "1")
+    teacher_weights = {p: p.stat().st_mtime_ns for p in (out_dir / "teachers").rglob("model.safetensors")}
+    levers = ("--ablation_dir", str(out_dir), "--threads", "1", "--no-record", "--seeds", "1")
+    first = run("bench_levers.py", *levers, "--row", "MKD", "--grid", "alpha=0.5,1", "temperature=4")
+    assert "teacher_0: reusing" in first.stdout
+    assert {p: p.stat().st_mtime_ns for p in (out_dir / "teachers").rglob("model.safetensors")} == teacher_weights
+    runs = out_dir / "levers" / "MKD"
+    for tag in ("alpha=0.5,temperature=4", "alpha=1,temperature=4"):
+        record = json.loads((runs / tag / "runs" / "MKD__seed1.json").read_text())
+        assert record["settings"]["temperature"] == 4.0 and record["settings"]["student_layers"] == [0, 2, 4]
+    assert json.loads((runs / "alpha=1,temperature=4" / "runs" / "MKD__seed1.json").read_text())["settings"][
+        "alpha"] == 1.0
+    assert "| (the ablation's own) | 1 |" in first.stdout and "| alpha=1,temperature=4 | 1 |" in first.stdout
+    assert "Best on validation:" in first.stdout
+    again = run("bench_levers.py", *levers, "--row", "MKD", "--grid", "alpha=1", "temperature=4")
+    assert "skip MKD [alpha=1,temperature=4] seed 1: done" in again.stdout
+
+    # stage 1 on the pool plus an augmented copy, labelled once by the same teachers; other layers
+    aug = run("bench_levers.py", *levers, "--row", "TMKD", "--grid", "stage1_augment_copies=1",
+              "student_layers=0-1")
+    record = json.loads((out_dir / "levers" / "TMKD" / "stage1_augment_copies=1,student_layers=0-1" / "runs"
+                         / "TMKD__seed1.json").read_text())
+    assert record["stage1_rows"] == 64 and record["settings"]["student_layers"] == [0, 1]  # 32 pool rows + 32 copies
+    assert "pool + 1 augmented copy: 64 rows" in aug.stdout
+    assert (out_dir / "labelled" / "pool-augmented-1" / "tmkd_manifest.json").is_file()
+
+    bad = run("bench_levers.py", *levers, "--grid", "beta=1", check=False)
+    assert bad.returncode != 0 and "--grid takes LEVER=V1,V2" in bad.stderr

@@ -15,7 +15,7 @@ import torch
 from conftest import pair_dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from tmkd_hf import MultiHeadStudent, label_with_teachers
+from tmkd_hf import MultiHeadStudent, label_with_teachers, load_teacher_logits
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "run_qa_distill_pretrain.py"
@@ -159,6 +159,23 @@ def test_stage1_recipe_with_lora_from_a_labelled_dir(tmp_path, teacher_dirs, tok
     check_outputs(again, teacher_dirs[1])
 
 
+def test_stage1_recipe_augments_the_pool_before_the_teachers_label_it(tmp_path, teacher_dirs):
+    write_pool(tmp_path / "pool.tsv", n=12)
+    out = tmp_path / "stage1"
+    config = {"dataset": str(tmp_path / "pool.tsv"), "teachers": teacher_dirs, "student_layers": [0],
+              "student_init_from": teacher_dirs[0], "output_dir": str(out), "save_strategy": "no",
+              "augment_copies": 2, "augment_replace_prob": 0.5, **TRAIN_FLAGS}
+    load_recipe().main(flags(config))
+    manifest = json.loads((out / "teacher_logits" / "tmkd_manifest.json").read_text())
+    assert manifest["num_rows"] == 36  # 12 rows + 2 augmented copies, all labelled by the teachers
+    assert json.loads((out / "all_results.json").read_text())["train_samples"] == 36
+    labelled = load_teacher_logits(str(out / "teacher_logits"))
+    original, copies = list(labelled["sentence"][:12]), list(labelled["sentence"][12:])
+    assert original == [s for s in pair_dataset(12, seed=5)["sentence"] for s in [f'{s} "quoted"']]
+    assert sum(a != b for a, b in zip(copies, original * 2)) > 12  # most copies changed some words
+    check_outputs(out, teacher_dirs[0])
+
+
 def test_stage1_recipe_errors(tmp_path, teacher_dirs):
     recipe = load_recipe()
     write_pool(tmp_path / "pool.tsv", n=8)
@@ -174,6 +191,8 @@ def test_stage1_recipe_errors(tmp_path, teacher_dirs):
         ({**base, **student, "teacher_logits_dir": str(tmp_path)}, "no finished teacher-logits cache"),
         ({**base, **student, "teachers": teacher_dirs, "validation_split_percentage": 100}, "validation_split"),
         ({**base, **student, "teachers": teacher_dirs, "use_peft": True, "lora_r": 0}, "lora_r"),
+        ({**base, **student, "teacher_logits_dir": str(tmp_path), "augment_copies": 1}, "already labelled"),
+        ({**base, **student, "teachers": teacher_dirs, "augment_copies": -1}, "augment_copies must be >= 0"),
     ]
     for config, message in cases:
         with pytest.raises((ValueError, FileNotFoundError), match=message):
