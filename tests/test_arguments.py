@@ -296,3 +296,15 @@ def test_pickle_roundtrip(tmp_path):
     restored = pickle.loads(pickle.dumps(args))
     assert isinstance(restored, DistillationArguments)
     assert distillation_values(restored) == distillation_values(args)
+
+
+def test_pickled_arguments_carry_no_token_but_the_live_and_copied_ones_do(tmp_path):
+    import copy
+    import pickle
+
+    args = DistillationArguments(output_dir=str(tmp_path), hub_token="hf_secret_sentinel", alpha=0.3, use_cpu=True)
+    restored = pickle.loads(pickle.dumps(args))
+    assert restored.hub_token is None and restored.alpha == 0.3 and restored.output_dir == str(tmp_path)
+    assert b"hf_secret_sentinel" not in pickle.dumps(args)
+    assert args.hub_token == "hf_secret_sentinel"  # the run itself still pushes with it
+    assert copy.deepcopy(args).hub_token == "hf_secret_sentinel" and copy.deepcopy(args).alpha == 0.3

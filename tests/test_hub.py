@@ -17,6 +17,7 @@ import pytest
 from hub_server import HubServer
 
 REPO = "tester/tiny-tmkd"
+SENTINEL_TOKEN = "hf_tmkdSentinelTokenDoNotLeak42"  # the roundtrip's hub_token: no saved or pushed file may hold it
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +97,17 @@ def test_repo_root_is_the_merged_plain_model_and_checkpoints_keep_every_head(rou
             assert len(safetensors_shapes(hub.read_blob(record))["classifier.weight"]) == 2, commit["title"]
     titles = [c["title"] for c in hub.commits(REPO)]
     assert any(t.startswith("Training in progress") for t in titles) and titles[-1] == "End of training"
+
+
+def test_the_hub_token_is_in_no_saved_or_pushed_file(roundtrip, hub):
+    """`hub_token` reaches the Hub as a header only: not in training_args.bin (final save and every checkpoint
+    pushed by hub_strategy="checkpoint"), cards, JSON or logs, locally or on the server."""
+    token = SENTINEL_TOKEN.encode()
+    pushed = {path for path, data in hub.files(REPO).items() if token in data}
+    stored = [str(p) for p in hub.root.rglob("*") if p.is_file() and token in p.read_bytes()]
+    assert "training_args.bin" in hub.files(REPO) and "last-checkpoint/training_args.bin" in hub.files(REPO)
+    assert pushed == set() and stored == []
+    assert roundtrip["local_files_checked"] > 10 and roundtrip["local_files_with_token"] == []
 
 
 def shapes_of_heads(data: bytes) -> int:
@@ -228,7 +240,7 @@ def child_roundtrip(tmp: Path) -> dict:
         tiny_model,
         push_to_hub=True,
         hub_model_id=REPO,
-        hub_token="dummy",
+        hub_token=SENTINEL_TOKEN,
         hub_strategy="checkpoint",
         save_strategy="steps",
         save_steps=2,
@@ -270,7 +282,10 @@ def child_roundtrip(tmp: Path) -> dict:
     pulled = Dataset.from_parquet(str(snapshot / "data" / "train-00000-of-00001.parquet"))
     same = np.array_equal(np.asarray(pulled["teacher_logits"]), np.asarray(labelled["teacher_logits"]))
     manifest_equal = json.loads((snapshot / "tmkd_manifest.json").read_text()) == read_manifest(tmp / "logits")
+    local_files = [p for p in (tmp / "out").rglob("*") if p.is_file()]
     return {
+        "local_files_checked": len(local_files),
+        "local_files_with_token": [str(p) for p in local_files if SENTINEL_TOKEN.encode() in p.read_bytes()],
         "max_abs_logit_diff": diff,
         "hub_model_class": type(remote).__name__,
         "pipeline_labels": labels,

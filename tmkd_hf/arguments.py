@@ -6,6 +6,7 @@ A `TrainingArguments` subclass (TRL's `*Config` pattern), so `HfArgumentParser`,
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -96,6 +97,23 @@ class DistillationArguments(TrainingArguments):
                 raise ValueError(f"teacher_weights must be finite and >= 0, got {self.teacher_weights}.")
             if sum(self.teacher_weights) <= 0:
                 raise ValueError(f"teacher_weights must not all be zero, got {self.teacher_weights}.")
+
+    def __getstate__(self):
+        """A pickled copy never carries a token: `Trainer` writes the arguments to `training_args.bin` in every
+        checkpoint and final save, and `hub_strategy` pushes those files with the model. The live object keeps its
+        token (the push itself uses it)."""
+        state = self.__dict__.copy()
+        for key in state:
+            if key.endswith("_token") and state[key] is not None:
+                state[key] = None
+        return state
+
+    def __deepcopy__(self, memo):
+        """A deep copy (not a pickle) is still this run's arguments: it keeps the token."""
+        clone = self.__class__.__new__(self.__class__)
+        memo[id(self)] = clone
+        clone.__dict__.update({k: copy.deepcopy(v, memo) for k, v in self.__dict__.items()})
+        return clone
 
     def normalized_teacher_weights(self, num_teachers: int) -> list[float]:
         """The teacher weights for `num_teachers` teachers, summing to 1; a clear error on a length mismatch."""
