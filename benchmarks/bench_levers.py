@@ -15,7 +15,8 @@ Grid: `--grid alpha=0.5,1.0 temperature=1,2,4` runs every combination; each one'
 on the grid are the ablation's (its settings.json). Choose on validation, report test beside it: a lever chosen on
 test would overstate what a user gets.
 
-Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_levers.py --ablation_dir outputs/ablation-qnli-mean \
+Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_levers.py \
+          --ablation_dir outputs/ablation-qnli-mean \
           --row MKD --grid alpha=0.5,1.0 temperature=1,2,4 --seeds 1 2
 """
 
@@ -167,7 +168,8 @@ def build_table(ablation_dir: Path, row: str) -> str:
              f"T {settings['temperature']:g}, stage 2 {settings['stage2_epochs']:g} epochs, stage 1 "
              f"{settings['stage1_epochs']:g}, layers {settings['student_layers']}, readout {settings['readout']}). "
              "Chosen on validation; mean ± sample std over seeds, and each seed.", "",
-             "| setting | seeds | val acc | val acc by seed | test acc | test acc by seed |", "|---|---|---|---|---|---|"]
+             "| setting | seeds | val acc | val acc by seed | test acc | test acc by seed |",
+             "|---|---|---|---|---|---|"]
     variants = [("(the ablation's own)", ablation_dir / "runs")]
     variants += [(p.name, p / "runs") for p in sorted((ablation_dir / "levers" / row).glob("*")) if p.is_dir()]
     best = None

@@ -86,7 +86,8 @@ def train_once(backbone: str, readout: str, seed: int, args) -> dict:
         training = DistillationArguments(
             output_dir=out, alpha=0.0, learning_rate=2e-4, warmup_steps=30, num_train_epochs=args.epochs,
             per_device_train_batch_size=16, per_device_eval_batch_size=64, weight_decay=0.01, seed=seed,
-            logging_steps=min(25, max(1, round(args.epochs * 75 / 4))), report_to="none", use_cpu=True, save_strategy="no", disable_tqdm=True,
+            logging_steps=min(25, max(1, round(args.epochs * 75 / 4))), report_to="none", use_cpu=True,
+            save_strategy="no", disable_tqdm=True,
         )
         start = time.perf_counter()
         trainer = MultiTeacherDistillationTrainer(

@@ -66,6 +66,7 @@ from tmkd_hf.collator import TEACHER_LOGITS
 from tmkd_hf.cross_encoder import is_cross_encoder_dir
 from tmkd_hf.distributed import leave_process_group
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME
+from tmkd_hf.teachers import TeacherSpec, check_model_location
 
 logger = logging.getLogger(__name__)
 
@@ -151,6 +152,15 @@ class ModelArguments:
             )
         if self.student_layers is not None and len(self.student_layers) == 0:
             raise ValueError("--student_layers is empty: give the layer indices to copy, e.g. 0 2 4.")
+        # a mistyped path fails here, naming its flag, before any tokenizer or model is loaded
+        for flag in ("model_name_or_path", "student_init_from", "tokenizer_name"):
+            if getattr(self, flag, None):
+                check_model_location(getattr(self, flag), f"--{flag}")
+        for i, teacher in enumerate(self.teachers or []):
+            try:
+                TeacherSpec.parse(teacher).check_location()
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"--teachers [{i}]: {err}") from None
 
 
 @dataclass

@@ -80,8 +80,8 @@ def test_augmentation_is_deterministic_per_seed_and_keeps_the_text_without_chang
 
 def test_repairing_picks_another_questions_passage_that_shares_the_most_words():
     data = Dataset.from_dict({
-        "question": ["Which river flows through Paris?", "Who painted the Mona Lisa?", "Which river flows through Paris?",
-                     "When did the empire fall?"],
+        "question": ["Which river flows through Paris?", "Who painted the Mona Lisa?",
+                     "Which river flows through Paris?", "When did the empire fall?"],
         "sentence": ["The Paris river flows through the city.", "The Seine river.", "Leonardo painted it.",
                      "Rome fell in 476."],
     })

@@ -276,8 +276,27 @@ def test_clear_errors(teacher_dirs, tokenizer):
         label_with_teachers(ds, [])
     with pytest.raises(ValueError, match="dtype must be one of"):
         label_with_teachers(ds, teacher_dirs, dtype="int8")
-    with pytest.raises(ValueError, match="not a local model directory"):
+    with pytest.raises(FileNotFoundError, match=r"teachers\[0\]: teacher '/nonexistent/teacher': no such directory"):
         label_with_teachers(ds, [{"name_or_path": "/nonexistent/teacher", "tokenizer": teacher_dirs[0]}])
+
+
+def test_a_missing_teacher_is_named_before_any_teacher_runs(teacher_dirs, monkeypatch):
+    """A typo in the third teacher's path fails first, naming it (not "Repo id must be in the form ..." from the
+    tokenizer), and before the first teacher is loaded; a Hub id that the offline cache lacks says so."""
+    loaded = []
+    monkeypatch.setattr(labelling, "load_tokenizer", lambda spec: loaded.append(spec) or None)
+    ds = pair_dataset(8)
+    with pytest.raises(FileNotFoundError, match=r"teachers\[2\]: teacher '\./teachers/t2': no such directory, and "
+                       "it is not a Hub id"):
+        label_with_teachers(ds, [*teacher_dirs[:2], "./teachers/t2"])
+    assert loaded == []
+    with pytest.raises(FileNotFoundError, match=r"teachers\[1\]: teacher 'org/teacher-x': .* not in the local cache "
+                       r"while the Hub is offline \(HF_HUB_OFFLINE=1\)"):
+        label_with_teachers(ds, [teacher_dirs[0], "org/teacher-x@v2"])
+    with pytest.raises(ValueError, match="is a file; give the checkpoint's directory"):
+        label_with_teachers(ds, [os.path.join(teacher_dirs[0], "config.json")])
+    with pytest.raises(FileNotFoundError, match="teacher adapter '/no/adapter'"):
+        label_with_teachers(ds, [{"name_or_path": teacher_dirs[0], "adapter": "/no/adapter"}])
 
 
 def test_labelled_dataset_trains(tmp_path, teacher_dirs, tokenizer):

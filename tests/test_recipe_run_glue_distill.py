@@ -402,6 +402,8 @@ def test_example_configs_parse(recipe, config, monkeypatch):
         ("mismatched_not_mnli", r"mnli only"),
         ("eval_without_data", r"--do_eval needs evaluation data"),
         ("custom_without_columns", r"--text_columns"),
+        ("student_path_typo", r"--model_name_or_path '\./no-such-student': no such directory, and it is not a Hub id"),
+        ("teacher_path_typo", r"--teachers \[1\]: teacher '/no/teacher': no such directory"),
     ],
 )
 def test_bad_input_is_a_clear_error(recipe, tmp_path, student_dir, qnli_files, tokenizer, case, match):
@@ -413,6 +415,10 @@ def test_bad_input_is_a_clear_error(recipe, tmp_path, student_dir, qnli_files, t
         argv = [*base, "--teachers", student_dir, "--teacher_logits_dir", str(tmp_path)]
     elif case == "no_student":
         argv = qnli_args(qnli_files)
+    elif case == "student_path_typo":
+        argv = qnli_args(qnli_files, "--model_name_or_path", "./no-such-student")
+    elif case == "teacher_path_typo":
+        argv = [*base, "--teachers", student_dir, "/no/teacher"]
     elif case == "layers_source_missing":
         argv = [*qnli_args(qnli_files), "--student_init_from", student_dir]
     elif case == "missing_column":
@@ -435,7 +441,7 @@ def test_bad_input_is_a_clear_error(recipe, tmp_path, student_dir, qnli_files, t
                 "--do_eval"]  # fmt: skip
     elif case == "custom_without_columns":
         argv = ["--train_file", qnli_files["train"], "--model_name_or_path", student_dir, "--do_train"]
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
         recipe.main([*argv, *common(tmp_path)])
     assert not (tmp_path / "out" / "model.safetensors").exists()
 

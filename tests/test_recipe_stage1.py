@@ -193,6 +193,8 @@ def test_stage1_recipe_errors(tmp_path, teacher_dirs):
         ({**base, **student, "teachers": teacher_dirs, "use_peft": True, "lora_r": 0}, "lora_r"),
         ({**base, **student, "teacher_logits_dir": str(tmp_path), "augment_copies": 1}, "already labelled"),
         ({**base, **student, "teachers": teacher_dirs, "augment_copies": -1}, "augment_copies must be >= 0"),
+        ({**base, "model_name_or_path": "/no/student", "teachers": teacher_dirs}, "--model_name_or_path '/no/student'"),
+        ({**base, **student, "teachers": [teacher_dirs[0], "./t1"]}, r"--teachers \[1\]: teacher './t1'"),
     ]
     for config, message in cases:
         with pytest.raises((ValueError, FileNotFoundError), match=message):

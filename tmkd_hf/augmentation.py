@@ -25,8 +25,9 @@ __all__ = ["augment_pairs", "word_neighbours"]
 _WORD = re.compile(r"[^\W\d_]+")  # a run of letters (any script); digits, spaces and punctuation are kept as they are
 
 
-def word_neighbours(model_name_or_path: str, k: int = 8, min_length: int = 3, batch_size: int = 2048,
-                    **from_pretrained_kwargs) -> dict[str, list[str]]:
+def word_neighbours(
+    model_name_or_path: str, k: int = 8, min_length: int = 3, batch_size: int = 2048, **from_pretrained_kwargs
+) -> dict[str, list[str]]:
     """Each whole-word entry of the model's vocabulary (letters only, `min_length`+ characters, not a `##` piece or a
     special token) mapped to its `k` nearest whole words by cosine similarity of the model's input embeddings."""
     import torch
@@ -89,9 +90,17 @@ def _word_set(text: str) -> set[str]:
     return {w.lower() for w in _WORD.findall(text) if len(w) > 3}
 
 
-def augment_pairs(dataset, text_columns: tuple[str, ...] = ("question", "sentence"), copies: int = 1, *,
-                  neighbours: dict[str, list[str]] | None = None, replace_prob: float = 0.3,
-                  repair_prob: float = 0.0, repair_candidates: int = 16, seed: int = 0):
+def augment_pairs(
+    dataset,
+    text_columns: tuple[str, ...] = ("question", "sentence"),
+    copies: int = 1,
+    *,
+    neighbours: dict[str, list[str]] | None = None,
+    replace_prob: float = 0.3,
+    repair_prob: float = 0.0,
+    repair_candidates: int = 16,
+    seed: int = 0,
+):
     """`copies` augmented copies of every row of `dataset` (a `datasets.Dataset`), as a new Dataset.
 
     Columns: `text_columns`, `augmented_from` (the source row's index) and `augmentation` (what was done). Every

@@ -42,8 +42,9 @@ def _write_json(path: str, data) -> None:
         json.dump(data, f, indent=2)
 
 
-def write_cross_encoder(save_directory: str | os.PathLike, encoder, dense: nn.Linear, tokenizer=None,
-                        max_length: int | None = None) -> None:
+def write_cross_encoder(
+    save_directory: str | os.PathLike, encoder, dense: nn.Linear, tokenizer=None, max_length: int | None = None
+) -> None:
     """Write `encoder` (a transformers base model, e.g. `BertModel`) + mean pooling + `dense` as a CrossEncoder."""
     out = str(save_directory)
     os.makedirs(os.path.join(out, POOLING_DIR), exist_ok=True)
@@ -52,11 +53,14 @@ def write_cross_encoder(save_directory: str | os.PathLike, encoder, dense: nn.Li
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     hidden = dense.in_features
-    _write_json(os.path.join(out, MODULES_FILE), [
-        {"idx": 0, "name": "0", "path": "", "type": TRANSFORMER_TYPE},
-        {"idx": 1, "name": "1", "path": POOLING_DIR, "type": POOLING_TYPE},
-        {"idx": 2, "name": "2", "path": DENSE_DIR, "type": DENSE_TYPE},
-    ])
+    _write_json(
+        os.path.join(out, MODULES_FILE),
+        [
+            {"idx": 0, "name": "0", "path": "", "type": TRANSFORMER_TYPE},
+            {"idx": 1, "name": "1", "path": POOLING_DIR, "type": POOLING_TYPE},
+            {"idx": 2, "name": "2", "path": DENSE_DIR, "type": DENSE_TYPE},
+        ],
+    )
     bert_config = {
         "transformer_task": "feature-extraction",
         "modality_config": {"text": {"method": "forward", "method_output_name": "last_hidden_state"}},
@@ -65,15 +69,30 @@ def write_cross_encoder(save_directory: str | os.PathLike, encoder, dense: nn.Li
     if max_length is not None:
         bert_config["max_seq_length"] = int(max_length)
     _write_json(os.path.join(out, "sentence_bert_config.json"), bert_config)
-    _write_json(os.path.join(out, "config_sentence_transformers.json"), {
-        "activation_fn": IDENTITY, "default_prompt_name": None, "model_type": "CrossEncoder", "prompts": {},
-    })
-    _write_json(os.path.join(out, POOLING_DIR, "config.json"),
-                {"embedding_dimension": hidden, "pooling_mode": "mean", "include_prompt": True})
-    _write_json(os.path.join(out, DENSE_DIR, "config.json"), {
-        "in_features": hidden, "out_features": dense.out_features, "bias": dense.bias is not None,
-        "activation_function": IDENTITY, "module_input_name": "sentence_embedding", "module_output_name": "scores",
-    })
+    _write_json(
+        os.path.join(out, "config_sentence_transformers.json"),
+        {
+            "activation_fn": IDENTITY,
+            "default_prompt_name": None,
+            "model_type": "CrossEncoder",
+            "prompts": {},
+        },
+    )
+    _write_json(
+        os.path.join(out, POOLING_DIR, "config.json"),
+        {"embedding_dimension": hidden, "pooling_mode": "mean", "include_prompt": True},
+    )
+    _write_json(
+        os.path.join(out, DENSE_DIR, "config.json"),
+        {
+            "in_features": hidden,
+            "out_features": dense.out_features,
+            "bias": dense.bias is not None,
+            "activation_function": IDENTITY,
+            "module_input_name": "sentence_embedding",
+            "module_output_name": "scores",
+        },
+    )
     state = {"linear.weight": dense.weight.detach().contiguous().cpu()}
     if dense.bias is not None:
         state["linear.bias"] = dense.bias.detach().contiguous().cpu()

@@ -274,8 +274,12 @@ def _resolve(teachers: Sequence[TeacherLike]) -> list[tuple[TeacherSpec | None, 
             )
         else:
             spec = TeacherSpec.parse(teacher)
-            resolved.append((spec, None, load_tokenizer(spec)))
-    return resolved
+            try:
+                spec.check_location()  # every teacher, before any tokenizer or model is loaded
+            except FileNotFoundError as err:
+                raise FileNotFoundError(f"teachers[{i}]: {err}") from None
+            resolved.append((spec, None, None))
+    return [(spec, model, tokenizer if spec is None else load_tokenizer(spec)) for spec, model, tokenizer in resolved]
 
 
 def _teacher_record(spec: TeacherSpec | None, model: nn.Module | None, index: int) -> dict:

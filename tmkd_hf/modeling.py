@@ -247,8 +247,10 @@ class MultiHeadStudent(nn.Module):
             model_kwargs.pop("revision", None)
         unsupported = sorted(set(model_kwargs) - {"id2label", "label2id", "num_labels"})
         if unsupported:
-            raise ValueError(f"{path} is a CrossEncoder export; {unsupported} cannot be applied when loading it "
-                             "(only id2label / label2id).")
+            raise ValueError(
+                f"{path} is a CrossEncoder export; {unsupported} cannot be applied when loading it "
+                "(only id2label / label2id)."
+            )
         config = AutoConfig.from_pretrained(encoder_dir)
         config.num_labels = dense.out_features
         for key in ("id2label", "label2id"):
@@ -259,8 +261,9 @@ class MultiHeadStudent(nn.Module):
         missing, unexpected = model.base_model.load_state_dict(encoder_state, strict=False)
         missing = [k for k in missing if not k.endswith("position_ids")]
         if missing or unexpected:
-            raise ValueError(f"{encoder_dir}/{WEIGHTS_NAME} does not match its config: missing {missing}, "
-                             f"unexpected {unexpected}.")
+            raise ValueError(
+                f"{encoder_dir}/{WEIGHTS_NAME} does not match its config: missing {missing}, unexpected {unexpected}."
+            )
         head_module = find_classification_head(model, dense.out_features)
         with torch.no_grad():
             head = model.get_submodule(head_module)
@@ -283,8 +286,9 @@ class MultiHeadStudent(nn.Module):
             raise ValueError(f"{path} has {config.num_labels} labels, but num_labels={num_labels} was requested.")
         saved_readout = meta.get("readout", "cls")  # checkpoints from before readouts existed read [CLS]
         if readout is not None and readout != saved_readout:
-            raise ValueError(f"{path} was trained with readout={saved_readout!r}; it cannot be reloaded with "
-                             f"readout={readout!r}.")
+            raise ValueError(
+                f"{path} was trained with readout={saved_readout!r}; it cannot be reloaded with readout={readout!r}."
+            )
         model = AutoModelForSequenceClassification.from_config(config)
         student = cls(model, meta["num_heads"], head_module=meta["head_module"], readout=saved_readout)
         if meta.get("lora"):  # a LoRA student's checkpoint: the same adapters are injected before its weights load
@@ -300,8 +304,9 @@ class MultiHeadStudent(nn.Module):
             student.set_head_weights(head_weights)
         return student
 
-    def save_pretrained(self, save_directory: str | os.PathLike, merged: bool = False, state_dict=None,
-                        tokenizer=None, **kwargs):
+    def save_pretrained(
+        self, save_directory: str | os.PathLike, merged: bool = False, state_dict=None, tokenizer=None, **kwargs
+    ):
         """Save every head (reload with `MultiHeadStudent.from_pretrained`), or with `merged=True` the export.
 
         The export of a [CLS] student is a plain `AutoModelForSequenceClassification` checkpoint; that of a mean
@@ -311,9 +316,12 @@ class MultiHeadStudent(nn.Module):
         if merged:
             merged_model = self.merge_heads()
             if self.readout == "mean":
-                write_cross_encoder(save_directory, merged_model.model.base_model,
-                                    merged_model.model.get_submodule(merged_model.head_module).as_linear(),
-                                    tokenizer=tokenizer)
+                write_cross_encoder(
+                    save_directory,
+                    merged_model.model.base_model,
+                    merged_model.model.get_submodule(merged_model.head_module).as_linear(),
+                    tokenizer=tokenizer,
+                )
                 return None
             merged_model.save_pretrained(save_directory, **kwargs)
             if tokenizer is not None:

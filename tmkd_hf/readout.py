@@ -36,8 +36,10 @@ NEARLY_CONSTANT_RATIO = 0.1
 
 def check_readout(readout: str) -> str:
     if readout not in READOUTS:
-        raise ValueError(f"readout must be one of {READOUTS} ('cls': [CLS] through the model's own head, 'mean': the "
-                         f"masked mean of the last hidden states), got {readout!r}.")
+        raise ValueError(
+            f"readout must be one of {READOUTS} ('cls': [CLS] through the model's own head, 'mean': the "
+            f"masked mean of the last hidden states), got {readout!r}."
+        )
     return readout
 
 
@@ -66,7 +68,7 @@ def pooling_mode(pooling_config: dict) -> str | None:
         mode = mode[0] if len(mode) == 1 else "+".join(mode)
     if isinstance(mode, str):
         return {"mean_tokens": "mean", "cls_token": "cls"}.get(mode, mode)
-    legacy = [k[len("pooling_mode_"):] for k, v in pooling_config.items() if k.startswith("pooling_mode_") and v]
+    legacy = [k[len("pooling_mode_") :] for k, v in pooling_config.items() if k.startswith("pooling_mode_") and v]
     legacy = [{"mean_tokens": "mean", "cls_token": "cls"}.get(m, m) for m in legacy]
     return "+".join(legacy) if legacy else None
 
@@ -99,8 +101,10 @@ def detect_readout(name_or_path: str | os.PathLike, revision: str | None = None)
     if mode in READOUTS:
         return mode
     if mode:
-        logger.warning(f"{path} was trained with {mode!r} pooling, which tmkd_hf does not read out; using 'cls'. "
-                       "Pass readout='mean' or 'cls' to choose.")
+        logger.warning(
+            f"{path} was trained with {mode!r} pooling, which tmkd_hf does not read out; using 'cls'. "
+            "Pass readout='mean' or 'cls' to choose."
+        )
     return "cls"
 
 

@@ -22,6 +22,33 @@ ADAPTER_CONFIG = "adapter_config.json"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
 
 
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # "name" or "namespace/name"
+
+
+def check_model_location(name_or_path: str, what: str = "model") -> None:
+    """Fail early, naming the path, when `name_or_path` is neither a directory nor something a Hub id can be.
+
+    Without this, a typo in a local path reaches `from_pretrained`, which answers "Repo id must be in the form
+    'repo_name' or 'namespace/repo_name'" and names no flag. Hub ids are left to the Hub (and its offline errors)."""
+    text = os.fspath(name_or_path)
+    if os.path.isdir(text):
+        return
+    if os.path.isfile(text):
+        raise ValueError(f"{what} {text!r} is a file; give the checkpoint's directory (the one with config.json).")
+    if not _HUB_ID.fullmatch(text) or ".." in text or text.endswith("."):
+        raise FileNotFoundError(
+            f"{what} {text!r}: no such directory, and it is not a Hub id ('name' or 'namespace/name'). Check the "
+            "path (relative paths are relative to the working directory, " + repr(os.getcwd()) + ")."
+        )
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(text, "config.json"), str):
+        raise FileNotFoundError(
+            f"{what} {text!r}: no such directory, and as a Hub id it is not in the local cache while the Hub is "
+            "offline (HF_HUB_OFFLINE=1). Check the path, or download it once with the Hub reachable."
+        )
+
+
 @dataclass(frozen=True)
 class TeacherSpec:
     """Where a teacher comes from.
@@ -38,6 +65,15 @@ class TeacherSpec:
     revision: str | None = None
     adapter: str | None = None
     tokenizer: str | None = None
+
+    def check_location(self) -> None:
+        """Each local path exists, each Hub id can be reached (else a FileNotFoundError naming it): called before
+        any teacher is loaded, so a typo in the third teacher fails before the first one runs."""
+        check_model_location(self.name_or_path, "teacher")
+        if self.adapter is not None:
+            check_model_location(self.adapter, "teacher adapter")
+        if self.tokenizer is not None:
+            check_model_location(self.tokenizer, "teacher tokenizer")
 
     @classmethod
     def parse(cls, spec: str | os.PathLike | dict | TeacherSpec) -> TeacherSpec:
@@ -104,6 +140,7 @@ def load_teacher(teacher: str | os.PathLike | dict | TeacherSpec | nn.Module, **
     if isinstance(teacher, nn.Module):
         return teacher.eval()
     spec = TeacherSpec.parse(teacher)
+    spec.check_location()
     base = _load_base(spec, **kwargs)
     if spec.adapter is None:
         return base.eval()
