@@ -3,6 +3,7 @@
 __version__ = "0.1.0"
 
 from .arguments import DistillationArguments
+from .augmentation import augment_pairs, word_neighbours
 from .collator import DataCollatorWithTeacherLogits
 from .hub import HubPushError, push_teacher_logits_to_hub, upload_student_folder
 from .initialization import student_from_teacher_layers
@@ -29,6 +30,7 @@ __all__ = [
     "TeacherInfo",
     "TeacherSpec",
     "apply_lora",
+    "augment_pairs",
     "build_compute_metrics",
     "detect_readout",
     "get_task",
@@ -44,5 +46,6 @@ __all__ = [
     "student_from_teacher_layers",
     "upload_student_folder",
     "use_fixed_mmap_threshold",
+    "word_neighbours",
     "write_model_card",
 ]
