@@ -381,3 +381,24 @@ def test_use_fixed_mmap_threshold_keeps_large_blocks_out_of_the_heap(tmp_path):
     assert fixed == {"applied": True, "first": 1, "second": 1}
     with pytest.raises(ValueError, match="positive"):
         use_fixed_mmap_threshold(0)
+
+
+def test_nan_from_the_third_teacher_names_it_and_its_rows(tmp_path, teacher_dirs, tokenizer):
+    from datasets import Dataset
+
+    poison, plain = WORDS[-1], list(WORDS[:-1])
+    broken = tmp_path / "teacher-nan"
+    model = tiny_model("bert", seed=7)
+    with torch.no_grad():  # NaN in one word's embedding: only the rows with that word get NaN logits
+        model.bert.embeddings.word_embeddings.weight[tokenizer.convert_tokens_to_ids(poison)] = float("nan")
+    model.save_pretrained(broken)
+    tokenizer.save_pretrained(broken)
+    sentences = [f"{plain[i]} {plain[i + 1]}" + (f" {poison}" if i in (11, 13) else "") for i in range(16)]
+    ds = Dataset.from_dict({"question": [plain[i + 2] for i in range(16)], "sentence": sentences})
+    out = tmp_path / "cache"
+    with pytest.raises(ValueError, match=r"Teacher 2 \('.*teacher-nan'\) produced NaN or inf logits for 2 of 8 rows "
+                       r"of shard 1 \(dataset rows 11, 13\)"):
+        label_with_teachers(ds, [*teacher_dirs[:2], str(broken)], output_dir=out, shard_size=8, show_progress=False)
+    # the finished shards are kept for the rerun (teacher 2's clean shard 0 too); its shard 1 was not saved
+    saved = sorted(p.relative_to(out / WORK_DIR).as_posix() for p in (out / WORK_DIR).rglob("*.npy"))
+    assert len(saved) == 5, saved

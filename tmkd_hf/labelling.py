@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedTokenizerBase
 from transformers.utils import logging
 
-from .collator import TEACHER_LOGITS, check_finite_teacher_logits
+from .collator import TEACHER_LOGITS
 from .teachers import (
     TeacherSpec,
     has_named_labels,
@@ -539,13 +539,27 @@ class _LabellingJob:
             logits = _label_shard(model, tokenizer, rows, self.batch_size, self.dtype, self.device, bar)
             if permutation is not None:
                 logits = logits[:, permutation]
-            check_finite_teacher_logits(torch.from_numpy(logits[:, None, :]))
+            self.check_finite(i, s, logits)
             path = _shard_path(self.work, i, s)
             path.parent.mkdir(parents=True, exist_ok=True)
             _atomic_save(path, logits)
         bar.close()
         if self.resolved[i][1] is not None:  # a model the caller passed in goes back where it was
             model.to(original_device)
+
+
+    def check_finite(self, i: int, shard: int, logits: np.ndarray) -> None:
+        """NaN / inf from teacher `i`: name that teacher and the dataset rows, before anything of it is saved."""
+        bad = ~np.isfinite(logits).all(-1)
+        if bad.any():
+            rows = (np.flatnonzero(bad) + shard * self.shard_size).tolist()
+            shown = ", ".join(map(str, rows[:10])) + (", ..." if len(rows) > 10 else "")
+            raise ValueError(
+                f"Teacher {i} ({self.teacher_name(i)!r}) produced NaN or inf logits for {len(rows)} of {len(logits)} "
+                f"rows of shard {shard} (dataset rows {shown}). It probably diverged or ran in too low a precision "
+                f"(dtype {self.dtype!r}): relabel with it in float32, or fix or drop that teacher. Its logits for this "
+                "shard were not saved; every finished shard is kept for the rerun."
+            )
 
 
 def _load_shard(work: Path, num_teachers: int, shard: int) -> np.ndarray:
