@@ -189,6 +189,36 @@ def test_resume_after_crash_gives_identical_result(tmp_path, teacher_dirs, monke
     np.testing.assert_array_equal(np.asarray(again["teacher_logits"]), np.asarray(clean["teacher_logits"]))
 
 
+def test_damaged_shards_are_named_and_recomputed_on_resume(tmp_path, teacher_dirs, monkeypatch, caplog):
+    ds = pair_dataset(24, seed=9)
+    clean = label_with_teachers(ds, teacher_dirs, output_dir=tmp_path / "clean", shard_size=8, show_progress=False)
+    real_label_shard = labelling._label_shard
+    calls = {"n": 0}
+
+    def crash_on_eighth(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt("killed")
+        return real_label_shard(*args, **kwargs)
+
+    monkeypatch.setattr(labelling, "_label_shard", crash_on_eighth)
+    out = tmp_path / "crashed"
+    with pytest.raises(KeyboardInterrupt):
+        label_with_teachers(ds, teacher_dirs, output_dir=out, shard_size=8, show_progress=False)
+    shards = sorted((out / WORK_DIR).rglob("shard-*.npy"))
+    assert len(shards) == 7
+    shards[0].write_bytes(b"")  # zero bytes: a full disk
+    shards[4].write_bytes(shards[4].read_bytes()[:100])  # cut short mid-data
+    calls["n"] = -100
+    with caplog.at_level("WARNING", logger="tmkd_hf.labelling"):
+        resumed = label_with_teachers(ds, teacher_dirs, output_dir=out, shard_size=8, show_progress=False)
+    damaged = [r.getMessage() for r in caplog.records if "Recomputing damaged shard" in r.getMessage()]
+    assert len(damaged) == 2 and str(shards[0]) in damaged[0] and str(shards[4]) in damaged[1], damaged
+    assert "unreadable (0 bytes" in damaged[0]
+    assert calls["n"] == -100 + 9 - 7 + 2  # the 2 missing shards and the 2 damaged ones, nothing else
+    np.testing.assert_array_equal(np.asarray(resumed["teacher_logits"]), np.asarray(clean["teacher_logits"]))
+
+
 def test_half_written_shard_is_never_read_back(tmp_path, teacher_dirs, monkeypatch):
     ds = pair_dataset(16, seed=10)
     real_save = np.save

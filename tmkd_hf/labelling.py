@@ -452,6 +452,22 @@ class _LabellingJob:
         num_shards = max(1, -(-self.num_rows // self.shard_size))
         return [s for s in range(num_shards) if s % self.state.num_processes == self.state.process_index]
 
+    def __post_init__(self):
+        self.discard_damaged_shards()
+
+    def discard_damaged_shards(self) -> None:
+        """A shard left by an earlier run is reused only if it reads back whole: a zero-byte or truncated file (a
+        disk that filled up, a copy cut short) is named in a warning, deleted, and computed again."""
+        for teacher in range(len(self.resolved)):
+            for s in self.my_shards:
+                path = _shard_path(self.work, teacher, s)
+                if not path.exists():
+                    continue
+                problem = _shard_problem(path, min(self.shard_size, self.num_rows - s * self.shard_size))
+                if problem:
+                    logger.warning(f"Recomputing damaged shard {path}: {problem}.")
+                    path.unlink()
+
     def todo(self, teacher: int) -> list[int]:
         return [s for s in self.my_shards if not _shard_path(self.work, teacher, s).exists()]
 
@@ -560,6 +576,19 @@ class _LabellingJob:
                 f"(dtype {self.dtype!r}): relabel with it in float32, or fix or drop that teacher. Its logits for this "
                 "shard were not saved; every finished shard is kept for the rerun."
             )
+
+
+def _shard_problem(path: Path, rows: int) -> str | None:
+    """What is wrong with a saved shard of `rows` rows, or None when it reads back whole and finite."""
+    try:
+        array = np.load(path)
+    except (ValueError, EOFError, OSError) as err:
+        return f"unreadable ({path.stat().st_size} bytes: {err})"
+    if array.ndim != 2 or array.shape[0] != rows:
+        return f"shape {tuple(array.shape)}, expected ({rows}, num_labels)"
+    if not np.isfinite(array).all():
+        return "holds NaN or inf"
+    return None
 
 
 def _load_shard(work: Path, num_teachers: int, shard: int) -> np.ndarray:
