@@ -219,6 +219,25 @@ def test_damaged_shards_are_named_and_recomputed_on_resume(tmp_path, teacher_dir
     np.testing.assert_array_equal(np.asarray(resumed["teacher_logits"]), np.asarray(clean["teacher_logits"]))
 
 
+@pytest.mark.parametrize("damage", ["manifest", "arrow"])
+def test_a_damaged_finished_cache_is_named_and_rebuilt(tmp_path, teacher_dirs, damage, caplog):
+    ds = pair_dataset(16, seed=3)
+    out = tmp_path / "cache"
+    clean = np.asarray(label_with_teachers(ds, teacher_dirs, output_dir=out, show_progress=False)["teacher_logits"])
+    target = out / MANIFEST_NAME if damage == "manifest" else sorted(out.glob("data-*.arrow"))[0]
+    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])  # a copy cut short
+    expected = "is damaged"
+    with pytest.raises(labelling.DamagedCacheError, match=expected) as raised:
+        load_teacher_logits(out)
+    assert (str(target) if damage == "manifest" else target.name) in str(raised.value)
+    assert "Rebuild" in str(raised.value)
+    with caplog.at_level("WARNING", logger="tmkd_hf.labelling"):
+        rebuilt = label_with_teachers(ds, teacher_dirs, output_dir=out, show_progress=False)
+    assert any("Relabelling" in r.getMessage() and expected in r.getMessage() for r in caplog.records)
+    np.testing.assert_array_equal(np.asarray(rebuilt["teacher_logits"]), clean)
+    np.testing.assert_array_equal(np.asarray(load_teacher_logits(out)["teacher_logits"]), clean)  # whole again
+
+
 def test_half_written_shard_is_never_read_back(tmp_path, teacher_dirs, monkeypatch):
     ds = pair_dataset(16, seed=10)
     real_save = np.save

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -170,3 +171,14 @@ def test_merged_model_is_a_plain_transformers_model(tmp_path):
     again = AutoModelForSequenceClassification.from_pretrained(tmp_path)
     assert type(again).__name__ == "MPNetForSequenceClassification"
     assert not (tmp_path / STUDENT_CONFIG_NAME).exists()
+
+
+def test_a_truncated_multi_head_checkpoint_names_its_weights_file(tmp_path):
+    MultiHeadStudent(tiny_model("bert"), 3).save_pretrained(tmp_path)
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.raises(OSError, match=rf"{re.escape(str(weights))} is damaged \(1000 bytes"):
+        MultiHeadStudent.from_pretrained(str(tmp_path))
+    weights.unlink()
+    with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(weights))} is missing"):
+        MultiHeadStudent.from_pretrained(str(tmp_path))

@@ -82,7 +82,41 @@ def read_manifest(dataset_or_dir: Dataset | str | os.PathLike) -> dict | None:
             return None
         return manifest if isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT else None
     path = Path(dataset_or_dir) / MANIFEST_NAME
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DamagedCacheError(
+            f"{path} is damaged ({path.stat().st_size} bytes, not valid JSON: {err}). Rebuild the cache: "
+            "label_with_teachers(..., output_dir=...) relabels it (overwrite=True is not needed for a damaged one)."
+        ) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise DamagedCacheError(f"{path} is not a tmkd_hf teacher-logits manifest (no format {MANIFEST_FORMAT!r}).")
+    return manifest
+
+
+class DamagedCacheError(ValueError):
+    """A teacher-logits cache whose manifest or data files do not read back (a copy cut short, a full disk)."""
+
+
+def _load_cache(cache_dir: Path, manifest: dict) -> Dataset:
+    """The saved labelled dataset, checked against its manifest; a damaged data file is named, never half-read."""
+    try:
+        labelled = load_from_disk(str(cache_dir))
+        if len(labelled) != manifest["num_rows"] or TEACHER_LOGITS not in labelled.column_names:
+            raise ValueError(
+                f"{len(labelled)} rows with columns {labelled.column_names}, the manifest says "
+                f"{manifest['num_rows']} rows with {TEACHER_LOGITS!r}"
+            )
+        labelled.with_format("numpy")[len(labelled) - 1]  # the last row reads back: the data file is whole
+    except Exception as err:  # noqa: BLE001 - datasets / pyarrow raise many kinds; all mean "damaged"
+        files = sorted(p.name for p in cache_dir.glob("data-*.arrow"))
+        raise DamagedCacheError(
+            f"The teacher-logits cache in {cache_dir} is damaged (data files {files}): {type(err).__name__}: "
+            f"{err}. Rebuild it: label_with_teachers(..., output_dir={str(cache_dir)!r}) relabels a damaged cache."
+        ) from None
+    return labelled
 
 
 def verify_rows(dataset: Dataset, manifest: dict, what: str = "this dataset") -> None:
@@ -111,7 +145,7 @@ def load_teacher_logits(cache_dir: str | os.PathLike, dataset: Dataset | None = 
             f"{cache_dir} holds no finished teacher-logits cache ({MANIFEST_NAME} is missing): run "
             "tmkd_hf.label_with_teachers(..., output_dir=...) (an interrupted run resumes where it stopped)."
         )
-    labelled = load_from_disk(str(cache_dir))
+    labelled = _load_cache(Path(cache_dir), manifest)
     if dataset is not None:
         verify_rows(dataset, manifest, "the given dataset")
     return labelled
@@ -364,13 +398,21 @@ def label_with_teachers(
 
     if output_dir is not None:
         out = Path(output_dir)
-        previous = read_manifest(out)
+        try:
+            previous = read_manifest(out)
+        except DamagedCacheError as err:
+            logger.warning(f"Relabelling: {err}")
+            previous = None
         if previous is not None:
             same = {k: previous.get(k) for k in plan} == plan
             if same:
-                logger.info(f"Teacher logits for these rows and teachers are already in {out}; loading them.")
-                return load_from_disk(str(out))
-            if not overwrite:
+                try:
+                    labelled = _load_cache(out, previous)
+                    logger.info(f"Teacher logits for these rows and teachers are already in {out}; loading them.")
+                    return labelled
+                except DamagedCacheError as err:
+                    logger.warning(f"Relabelling: {err}")
+            elif not overwrite:
                 raise ValueError(
                     f"{out} already holds teacher logits built from other rows or teachers "
                     f"({previous['num_rows']} rows, teachers {[t['name_or_path'] for t in previous['teachers']]}). "
@@ -562,7 +604,6 @@ class _LabellingJob:
         bar.close()
         if self.resolved[i][1] is not None:  # a model the caller passed in goes back where it was
             model.to(original_device)
-
 
     def check_finite(self, i: int, shard: int, logits: np.ndarray) -> None:
         """NaN / inf from teacher `i`: name that teacher and the dataset rows, before anything of it is saved."""

@@ -112,6 +112,20 @@ class MultiHeadLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, num_heads={self.num_heads}"
 
 
+def _load_weights(path: str) -> dict[str, torch.Tensor]:
+    """safetensors weights, or an error that names the file when it is missing or damaged (a copy cut short)."""
+    try:
+        return safetensors.torch.load_file(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} is missing: the checkpoint's weights were not saved or copied.") from None
+    except Exception as err:  # noqa: BLE001 - safetensors raises its own error types for a damaged header/data
+        size = os.path.getsize(path)
+        raise OSError(
+            f"{path} is damaged ({size} bytes; {type(err).__name__}: {err}). Copy or save the checkpoint again "
+            "(a resumable run: resume from the previous checkpoint)."
+        ) from None
+
+
 @dataclass
 class MultiHeadStudentOutput(ModelOutput):
     """Output of [`MultiHeadStudent`]: `logits` are the combined prediction, `head_logits` one row per head."""
@@ -257,7 +271,7 @@ class MultiHeadStudent(nn.Module):
             if key in model_kwargs:
                 setattr(config, key, model_kwargs[key])
         model = AutoModelForSequenceClassification.from_config(config)
-        encoder_state = safetensors.torch.load_file(os.path.join(encoder_dir, WEIGHTS_NAME))
+        encoder_state = _load_weights(os.path.join(encoder_dir, WEIGHTS_NAME))
         missing, unexpected = model.base_model.load_state_dict(encoder_state, strict=False)
         missing = [k for k in missing if not k.endswith("position_ids")]
         if missing or unexpected:
@@ -295,7 +309,7 @@ class MultiHeadStudent(nn.Module):
             from .peft_student import LoraStudentArguments, apply_lora
 
             apply_lora(student, LoraStudentArguments.from_settings(meta["lora"]))
-        state_dict = safetensors.torch.load_file(os.path.join(path, WEIGHTS_NAME))
+        state_dict = _load_weights(os.path.join(path, WEIGHTS_NAME))
         missing, unexpected = student.load_state_dict(state_dict, strict=False)
         missing = [k for k in missing if not k.endswith("position_ids")]
         if missing or unexpected:
