@@ -308,3 +308,9 @@ def test_pickled_arguments_carry_no_token_but_the_live_and_copied_ones_do(tmp_pa
     assert b"hf_secret_sentinel" not in pickle.dumps(args)
     assert args.hub_token == "hf_secret_sentinel"  # the run itself still pushes with it
     assert copy.deepcopy(args).hub_token == "hf_secret_sentinel" and copy.deepcopy(args).alpha == 0.3
+
+
+@pytest.mark.parametrize("weights", ["0.5,abc", ["x", 1.0], "0.5;0.5"])
+def test_unparsable_teacher_weights_name_the_flag(tmp_path, weights):
+    with pytest.raises(ValueError, match=r"teacher_weights \(--teacher_weights\) must be numbers"):
+        DistillationArguments(output_dir=str(tmp_path), teacher_weights=weights, use_cpu=True)

@@ -272,3 +272,13 @@ def test_dataloader_over_dataset_with_array2d_column(tokenizer, fmt):
     plain = [{k: v for k, v in row.items() if k != "teacher_logits"} for row in labelled_dataset(tokenizer)]
     reference = DataCollatorWithPadding(tokenizer)(plain[:3])
     assert_same_padding(batches[0], reference)
+
+
+def test_ragged_teacher_logits_name_the_column_and_example():
+    from tmkd_hf.collator import stack_teacher_logits
+
+    with pytest.raises(ValueError, match=r"teacher_logits of example 1 in the batch is not a \[num_teachers, "
+                       r"num_labels\] array of numbers \(inner lengths \[2, 1\]"):
+        stack_teacher_logits([[[0.1, 0.2], [0.3, 0.4]], [[0.1, 0.2], [0.3]]])
+    with pytest.raises(ValueError, match="example 0 .* array of numbers"):
+        stack_teacher_logits([[["a", "b"]]])

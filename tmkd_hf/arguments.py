@@ -87,9 +87,16 @@ class DistillationArguments(TrainingArguments):
                 f"teacher_aggregation must be one of {TEACHER_AGGREGATIONS}, got {self.teacher_aggregation!r}."
             )
         if self.teacher_weights is not None:
-            if isinstance(self.teacher_weights, str):  # "0.5,0.3,0.2" from a config or env var
-                self.teacher_weights = [float(w) for w in self.teacher_weights.split(",") if w.strip()]
-            self.teacher_weights = [float(w) for w in self.teacher_weights]
+            given = self.teacher_weights
+            try:
+                if isinstance(given, str):  # "0.5,0.3,0.2" from a config or env var
+                    given = [w for w in given.split(",") if w.strip()]
+                self.teacher_weights = [float(w) for w in given]
+            except (TypeError, ValueError):
+                raise ValueError(
+                    f"teacher_weights (--teacher_weights) must be numbers, one per teacher, e.g. 0.5 0.3 0.2 or "
+                    f"'0.5,0.3,0.2'; got {self.teacher_weights!r}."
+                ) from None
             if len(self.teacher_weights) == 0:
                 raise ValueError("teacher_weights is empty: give one weight per teacher, or leave it unset.")
             bad = [w for w in self.teacher_weights if not math.isfinite(w) or w < 0]

@@ -20,7 +20,18 @@ def stack_teacher_logits(rows: list[Any]) -> torch.Tensor:
     """
     tensors = []
     for i, row in enumerate(rows):
-        t = torch.as_tensor(np.asarray(row, dtype=np.float32)) if not torch.is_tensor(row) else row.float()
+        if torch.is_tensor(row):
+            t = row.float()
+        else:
+            try:
+                t = torch.as_tensor(np.asarray(row, dtype=np.float32))
+            except (ValueError, TypeError) as err:  # ragged ([[1, 2], [3]]) or not numbers
+                lengths = [len(r) if hasattr(r, "__len__") else None for r in row] if hasattr(row, "__iter__") else None
+                raise ValueError(
+                    f"teacher_logits of example {i} in the batch is not a [num_teachers, num_labels] array of numbers "
+                    f"(inner lengths {lengths}: {err}). Every teacher row needs one logit per label; build the "
+                    "column with tmkd_hf.label_with_teachers."
+                ) from None
         if t.dim() == 1:
             t = t.unsqueeze(0)
         if t.dim() != 2:
