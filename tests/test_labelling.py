@@ -325,6 +325,17 @@ def test_clear_errors(teacher_dirs, tokenizer):
         label_with_teachers(ds, [])
     with pytest.raises(ValueError, match="dtype must be one of"):
         label_with_teachers(ds, teacher_dirs, dtype="int8")
+    with pytest.raises(ValueError, match="The dataset is empty"):
+        label_with_teachers(ds.select([]), teacher_dirs)
+    holes = ds.map(lambda row, i: {"sentence": None if i in (2, 5) else row["sentence"]}, with_indices=True)
+    with pytest.raises(ValueError, match=r"Text column 'sentence' has 2 missing value\(s\) \(None\) at rows \[2, 5\]"):
+        label_with_teachers(holes, teacher_dirs)
+    short = tiny_model("bert", max_position_embeddings=16)
+    with pytest.raises(ValueError, match=r"max_length=64 is longer than teacher 1 .* reads: 16 tokens"):
+        label_with_teachers(ds, [teacher_dirs[0], (short, tokenizer)], max_length=64)
+    roberta = tiny_model("roberta")  # 130 positions, numbered from pad_token_id + 1 = 1 as RoBERTa does
+    with pytest.raises(ValueError, match="reads: 129 tokens"):
+        label_with_teachers(ds, [(roberta, tokenizer)], max_length=130)
     with pytest.raises(FileNotFoundError, match=r"teachers\[0\]: teacher '/nonexistent/teacher': no such directory"):
         label_with_teachers(ds, [{"name_or_path": "/nonexistent/teacher", "tokenizer": teacher_dirs[0]}])
 

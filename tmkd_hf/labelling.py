@@ -36,7 +36,7 @@ from datasets import Array2D, Dataset, Features, concatenate_datasets, load_from
 from datasets.arrow_writer import ArrowWriter
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import PreTrainedTokenizerBase
+from transformers import AutoConfig, PreTrainedTokenizerBase
 from transformers.utils import logging
 
 from .collator import TEACHER_LOGITS
@@ -316,6 +316,58 @@ def _resolve(teachers: Sequence[TeacherLike]) -> list[tuple[TeacherSpec | None, 
     return [(spec, model, tokenizer if spec is None else load_tokenizer(spec)) for spec, model, tokenizer in resolved]
 
 
+def _check_text_values(dataset: Dataset, text_columns: Sequence[str]) -> None:
+    """Every text cell is a string: a None (a missing passage) would stop the tokenizer with "TextInputSequence
+    must be str", naming neither the column nor the row."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    table = dataset.with_format("arrow")[:] if dataset._indices is not None else dataset.data
+    for column in text_columns:
+        values = table.column(column)
+        if not (pa.types.is_string(values.type) or pa.types.is_large_string(values.type)):
+            if not pa.types.is_null(values.type):
+                raise ValueError(f"Text column {column!r} holds {values.type} values, not text.")
+        if values.null_count:
+            rows = np.flatnonzero(pc.is_null(values).to_numpy(zero_copy_only=False)).tolist()
+            raise ValueError(
+                f"Text column {column!r} has {len(rows)} missing value(s) (None) at rows {rows[:10]}"
+                f"{' ...' if len(rows) > 10 else ''}: drop or fill those rows before labelling."
+            )
+
+
+_POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "mpnet", "longformer", "data2vec-text")
+
+
+def _position_limit(config) -> int | None:
+    """How many tokens a model can read: `max_position_embeddings`, less RoBERTa-style models' padding offset."""
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit is None:
+        return None
+    if getattr(config, "model_type", None) in _POSITION_OFFSET_MODELS:
+        limit -= (getattr(config, "pad_token_id", None) or 0) + 1
+    return limit
+
+
+def _check_max_length(resolved, max_length: int) -> None:
+    """Refuse a `max_length` longer than a teacher reads (today a tensor size mismatch deep in its embeddings)."""
+    for i, (spec, model, _) in enumerate(resolved):
+        if model is not None:
+            config = model.config
+        else:
+            try:
+                config = AutoConfig.from_pretrained(spec.name_or_path, revision=spec.revision)
+            except Exception:  # noqa: BLE001 - loading the teacher reports its own problem
+                continue
+        limit = _position_limit(config)
+        if limit is not None and max_length > limit:
+            name = spec.name if spec is not None else f"teachers[{i}]"
+            raise ValueError(
+                f"max_length={max_length} is longer than teacher {i} ({name!r}) reads: {limit} tokens "
+                f"(its max_position_embeddings). Pass max_length <= {limit} (--max_seq_length in the recipes)."
+            )
+
+
 def _teacher_record(spec: TeacherSpec | None, model: nn.Module | None, index: int) -> dict:
     if spec is not None:
         return spec.identity()
@@ -376,6 +428,9 @@ def label_with_teachers(
         )
     if not teachers:
         raise ValueError("label_with_teachers needs at least one teacher.")
+    if len(dataset) == 0:
+        raise ValueError("The dataset is empty: there is nothing for the teachers to label.")
+    _check_text_values(dataset, text_columns)
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}.")
     if shard_size < 1 or batch_size < 1:
@@ -385,6 +440,7 @@ def label_with_teachers(
     device = torch.device(device) if device is not None else state.device
 
     resolved = _resolve(teachers)
+    _check_max_length(resolved, max_length)
     plan = {
         "format": MANIFEST_FORMAT,
         "teachers": [_teacher_record(spec, model, i) for i, (spec, model, _) in enumerate(resolved)],
