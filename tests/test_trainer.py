@@ -327,6 +327,49 @@ def test_label_smoothing_factor_smooths_the_golden_label_loss(tmp_path, tokenize
     assert abs(losses[0.2] - losses[0.0]) > 1e-2
 
 
+@pytest.mark.parametrize(
+    "heads, setting",
+    [
+        (3, {"temperature": 4.0}),
+        (3, {"soft_loss": "soft_ce"}),
+        (3, {"soft_loss": "mse"}),
+        (3, {"t2_scaling": False}),
+        (3, {"teacher_weights": [0.7, 0.2, 0.1]}),
+        (3, {"alpha": 0.8}),
+        (1, {"teacher_aggregation": "mean_probs"}),
+        (1, {"teacher_weights": [0.1, 0.1, 0.8], "temperature": 3.0}),
+    ],
+)
+def test_compute_loss_passes_every_distillation_argument_to_the_loss(tmp_path, tokenizer, heads, setting):
+    """On a fixed batch, `compute_loss` equals `multi_teacher_distillation_loss` called with the arguments' values,
+    and differs from the default arguments' loss (so a setting the trainer dropped would fail here)."""
+    from tmkd_hf.losses import multi_teacher_distillation_loss
+
+    ds = tokenize(with_logits(pair_dataset(16)), tokenizer)
+    student = no_dropout_student(num_heads=heads)
+    batch = DataCollatorWithTeacherLogits(tokenizer)([ds[i] for i in range(8)])
+    with torch.no_grad():
+        out = student(**{k: v for k, v in batch.items() if k not in ("labels", "teacher_logits")})
+    student_logits = out.head_logits if heads > 1 else out.logits
+
+    def trainer_loss(**overrides):
+        trainer = MultiTeacherDistillationTrainer(model=student, args=make_args(tmp_path, **overrides),
+                                                  processing_class=tokenizer)
+        with torch.no_grad():
+            return trainer.compute_loss(student, dict(batch))
+
+    args = make_args(tmp_path, **setting)
+    weights = torch.tensor(args.normalized_teacher_weights(3))
+    expected, _ = multi_teacher_distillation_loss(
+        student_logits, batch["teacher_logits"], batch["labels"], alpha=args.alpha, temperature=args.temperature,
+        soft_loss_kind=args.soft_loss, t2_scaling=args.t2_scaling, teacher_weights=weights,
+        teacher_aggregation=args.teacher_aggregation,
+    )
+    got = trainer_loss(**setting)
+    torch.testing.assert_close(got, expected.mean(), atol=1e-6, rtol=1e-6)
+    assert abs(got - trainer_loss()) > 1e-4, f"{setting} does not change the loss: the test could not catch a drop"
+
+
 def test_compute_loss_func_is_refused(tmp_path, tokenizer):
     with pytest.raises(ValueError, match="computes the TMKD loss itself"):
         MultiTeacherDistillationTrainer(
