@@ -166,9 +166,11 @@ def _train_params(tmp_path, ds, tokenizer, name, **overrides):
 
 @pytest.mark.parametrize("rows", [16, 10])  # 10 rows: the accumulated micro-batches are 4, 4 and 2 rows
 def test_gradient_accumulation_is_exact(tmp_path, tokenizer, rows):
+    """Plain SGD (AdamW would hide a uniform loss-scale error, e.g. the loss divided by the accumulation steps a
+    second time): the same parameters and the same logged losses as one full batch."""
     ds = tokenize(with_logits(pair_dataset(rows)), tokenizer)
     full = rows if rows % 4 else 8
-    one_batch, _ = _train_params(
+    one_batch, full_trainer = _train_params(
         tmp_path,
         ds,
         tokenizer,
@@ -176,8 +178,10 @@ def test_gradient_accumulation_is_exact(tmp_path, tokenizer, rows):
         per_device_train_batch_size=full,
         gradient_accumulation_steps=1,
         num_train_epochs=2,
+        optim="sgd",
+        learning_rate=0.5,
     )
-    accumulated, _ = _train_params(
+    accumulated, ga_trainer = _train_params(
         tmp_path,
         ds,
         tokenizer,
@@ -185,8 +189,47 @@ def test_gradient_accumulation_is_exact(tmp_path, tokenizer, rows):
         per_device_train_batch_size=4,
         gradient_accumulation_steps=full // 4 + (1 if full % 4 else 0),
         num_train_epochs=2,
+        optim="sgd",
+        learning_rate=0.5,
     )
     assert_same_params(one_batch, accumulated, atol=2e-6)
+    moved = max((one_batch[k] - v).abs().max().item() for k, v in params(no_dropout_student()).items())
+    assert moved > 1e-3  # SGD moved the weights: a loss scaled by 1/steps would have moved them less
+
+    def logged(trainer):
+        return [log["loss"] for log in trainer.state.log_history if "loss" in log]
+
+    assert len(logged(full_trainer)) == len(logged(ga_trainer)) > 1
+    np.testing.assert_allclose(logged(ga_trainer), logged(full_trainer), rtol=1e-4)
+
+
+def test_gradient_accumulation_catches_a_uniform_loss_scale_error(tmp_path, tokenizer, monkeypatch):
+    """The test above can fail: the loss divided by the accumulation steps once more (what an older Trainer
+    without `loss_is_scaled_for_ga` would do) changes the SGD parameters."""
+    ds = tokenize(with_logits(pair_dataset(8)), tokenizer)
+    kwargs = dict(num_train_epochs=1, optim="sgd", learning_rate=0.5)
+    exact, _ = _train_params(tmp_path, ds, tokenizer, "exact", per_device_train_batch_size=4,
+                             gradient_accumulation_steps=2, **kwargs)
+    real = MultiTeacherDistillationTrainer.compute_loss
+
+    def halved(self, *args, **kw):
+        loss = real(self, *args, **kw)
+        return loss / self.args.gradient_accumulation_steps
+
+    monkeypatch.setattr(MultiTeacherDistillationTrainer, "compute_loss", halved)
+    scaled, _ = _train_params(tmp_path, ds, tokenizer, "scaled", per_device_train_batch_size=4,
+                              gradient_accumulation_steps=2, **kwargs)
+    with pytest.raises(AssertionError):
+        assert_same_params(exact, scaled, atol=2e-6)
+
+
+def test_an_older_trainer_without_exact_loss_scaling_is_refused(tmp_path, tokenizer, monkeypatch):
+    import transformers
+
+    monkeypatch.delattr(transformers.Trainer, "loss_is_scaled_for_ga")
+    with pytest.raises(ImportError, match=r"transformers >= 5\.19"):
+        MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path),
+                                        processing_class=tokenizer)
 
 
 def test_evaluate_and_predict_return_combined_logits(tmp_path, tokenizer):

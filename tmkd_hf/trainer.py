@@ -17,6 +17,7 @@ from collections import defaultdict
 from typing import Any
 
 import torch
+import transformers
 from datasets import Dataset
 from torch import nn
 from transformers import Trainer, TrainingArguments
@@ -72,6 +73,12 @@ class MultiTeacherDistillationTrainer(Trainer):
         teachers: list[str | nn.Module] | None = None,
         **kwargs,
     ):
+        if not hasattr(Trainer, "loss_is_scaled_for_ga"):  # before 5.19 the loss would be divided by GA twice
+            raise ImportError(
+                f"MultiTeacherDistillationTrainer needs transformers >= 5.19 (found {transformers.__version__}): "
+                "older Trainers do not honour loss_is_scaled_for_ga and would scale the loss of accumulated batches "
+                "twice. pip install -U 'transformers>=5.19'."
+            )
         if args is None:
             args = self.args_class(output_dir="trainer_output")
         elif not isinstance(args, self.args_class):
