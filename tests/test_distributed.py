@@ -35,4 +35,8 @@ def test_two_processes_match_one(tmp_path, launcher):
     ddp = torch.load(tmp_path / "ddp" / "params.pt")
     for key in single:
         torch.testing.assert_close(ddp[key], single[key], atol=2e-6, rtol=1e-5, msg=key)
+    single_losses = [float(x) for x in (tmp_path / "single" / "losses.txt").read_text().split()]
+    ddp_losses = [float(x) for x in (tmp_path / "ddp" / "losses.txt").read_text().split()]
+    assert len(single_losses) == len(ddp_losses) == 8
+    torch.testing.assert_close(torch.tensor(ddp_losses), torch.tensor(single_losses), rtol=1e-4, atol=1e-5)
     assert (tmp_path / "ddp" / "config.json").exists()  # the merged student, written once by the main process

@@ -1,7 +1,7 @@
 """Train a tiny 3-head student on cached teacher logits; run alone or under torchrun/accelerate launch.
 
 Used by tests/test_distributed.py: with sequential sampling, 2 processes x batch 4 see exactly the rows that
-1 process x batch 8 sees at each step, so the final weights must match.
+1 process x batch 8 sees at each step, so the final weights (plain SGD) and the logged losses must match.
 """
 
 import sys
@@ -31,7 +31,8 @@ def main(output_dir: str, batch_size: int) -> None:
         output_dir=output_dir,
         per_device_train_batch_size=batch_size,
         num_train_epochs=2,
-        learning_rate=1e-3,
+        optim="sgd",  # AdamW is scale-invariant: it would hide a loss scaled by the world size or the GA steps
+        learning_rate=0.5,
         alpha=0.5,
         report_to="none",
         save_strategy="no",
@@ -48,6 +49,8 @@ def main(output_dir: str, batch_size: int) -> None:
     if trainer.is_world_process_zero():
         torch.save({k: v.detach().cpu() for k, v in trainer.model.state_dict().items()}, f"{output_dir}/params.pt")
         Path(f"{output_dir}/world_size.txt").write_text(str(args.world_size))
+        losses = [log["loss"] for log in trainer.state.log_history if "loss" in log]
+        Path(f"{output_dir}/losses.txt").write_text("\n".join(map(str, losses)))
     trainer.save_model()
     leave_process_group()  # every rank waits for the writer, then leaves the gloo group cleanly
 
