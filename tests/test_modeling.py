@@ -182,3 +182,18 @@ def test_a_truncated_multi_head_checkpoint_names_its_weights_file(tmp_path):
     weights.unlink()
     with pytest.raises(FileNotFoundError, match=rf"{re.escape(str(weights))} is missing"):
         MultiHeadStudent.from_pretrained(str(tmp_path))
+
+
+def test_multi_head_checkpoint_applies_or_refuses_every_from_pretrained_keyword(tmp_path):
+    MultiHeadStudent(tiny_model("bert"), 3).save_pretrained(tmp_path)
+    labels = {0: "no", 1: "yes"}
+    student = MultiHeadStudent.from_pretrained(str(tmp_path), id2label=labels, label2id={"no": 0, "yes": 1},
+                                               torch_dtype=torch.bfloat16, cache_dir="/unused", revision="main")
+    assert student.config.id2label == labels and student.config.label2id == {"no": 0, "yes": 1}
+    assert {p.dtype for p in student.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in MultiHeadStudent.from_pretrained(str(tmp_path), dtype="float16").parameters()} == {
+        torch.float16}
+    with pytest.raises(ValueError, match=r"revision='v2' cannot be applied \(a local directory has no revisions\)"):
+        MultiHeadStudent.from_pretrained(str(tmp_path), revision="v2")
+    with pytest.raises(ValueError, match=r"\['attn_implementation', 'ignore_mismatched_size'\] cannot be applied"):
+        MultiHeadStudent.from_pretrained(str(tmp_path), ignore_mismatched_size=True, attn_implementation="eager")

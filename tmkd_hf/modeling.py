@@ -112,6 +112,35 @@ class MultiHeadLinear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, num_heads={self.num_heads}"
 
 
+def _local_dir_kwargs(path: str, kind: str, model_kwargs: dict) -> tuple[dict, torch.dtype | None]:
+    """The `from_pretrained` keywords that a directory tmkd_hf wrote itself can honour: `id2label` / `label2id`
+    (set on its config) and `torch_dtype` / `dtype` (returned, to cast the loaded student). Where a Hub download
+    would come from (`cache_dir`, `token`, `local_files_only`, `revision="main"`) means nothing for a local
+    directory; any other keyword is refused rather than silently dropped."""
+    kwargs = dict(model_kwargs)
+    for key in ("cache_dir", "token", "local_files_only"):
+        kwargs.pop(key, None)
+    revision = kwargs.pop("revision", None)
+    if revision not in (None, "main"):
+        raise ValueError(
+            f"{path} is {kind} in a local directory: revision={revision!r} cannot be applied (a local directory has "
+            "no revisions). Check out that revision, or load it from the Hub by id."
+        )
+    dtype = kwargs.pop("torch_dtype", None) or kwargs.pop("dtype", None)
+    kwargs.pop("dtype", None)
+    if isinstance(dtype, str) and dtype != "auto":
+        dtype = getattr(torch, dtype)
+    if dtype == "auto":
+        dtype = None  # the weights' own dtype
+    unsupported = sorted(set(kwargs) - {"id2label", "label2id", "num_labels"})
+    if unsupported:
+        raise ValueError(
+            f"{path} is {kind}; {unsupported} cannot be applied when loading it (only id2label / label2id, "
+            "torch_dtype / dtype)."
+        )
+    return kwargs, dtype
+
+
 def _load_weights(path: str) -> dict[str, torch.Tensor]:
     """safetensors weights, or an error that names the file when it is missing or damaged (a copy cut short)."""
     try:
@@ -233,7 +262,7 @@ class MultiHeadStudent(nn.Module):
         if readout is not None:
             check_readout(readout)
         if os.path.isfile(os.path.join(path, STUDENT_CONFIG_NAME)):
-            return cls._from_multihead_checkpoint(path, num_teachers, num_labels, head_weights, readout)
+            return cls._from_multihead_checkpoint(path, num_teachers, num_labels, head_weights, readout, **model_kwargs)
         if is_cross_encoder_dir(path):
             return cls._from_cross_encoder(path, num_teachers, num_labels, head_weights, readout, **model_kwargs)
         if num_teachers is None:
@@ -254,17 +283,7 @@ class MultiHeadStudent(nn.Module):
         encoder_dir, dense = read_cross_encoder(path)
         if num_labels is not None and num_labels != dense.out_features:
             raise ValueError(f"{path} scores {dense.out_features} labels, but num_labels={num_labels} was requested.")
-        # where a Hub download would come from means nothing for a local directory; anything else is refused
-        for key in ("cache_dir", "token", "local_files_only"):
-            model_kwargs.pop(key, None)
-        if model_kwargs.get("revision") in (None, "main"):
-            model_kwargs.pop("revision", None)
-        unsupported = sorted(set(model_kwargs) - {"id2label", "label2id", "num_labels"})
-        if unsupported:
-            raise ValueError(
-                f"{path} is a CrossEncoder export; {unsupported} cannot be applied when loading it "
-                "(only id2label / label2id)."
-            )
+        model_kwargs, dtype = _local_dir_kwargs(path, "a CrossEncoder export", model_kwargs)
         config = AutoConfig.from_pretrained(encoder_dir)
         config.num_labels = dense.out_features
         for key in ("id2label", "label2id"):
@@ -284,10 +303,14 @@ class MultiHeadStudent(nn.Module):
             head.weight.copy_(dense.weight)
             if head.bias is not None and dense.bias is not None:
                 head.bias.copy_(dense.bias)
-        return cls(model, num_teachers or 1, head_weights=head_weights, head_module=head_module, readout="mean")
+        student = cls(model, num_teachers or 1, head_weights=head_weights, head_module=head_module, readout="mean")
+        return student.to(dtype) if dtype is not None else student
 
     @classmethod
-    def _from_multihead_checkpoint(cls, path, num_teachers, num_labels, head_weights, readout) -> MultiHeadStudent:
+    def _from_multihead_checkpoint(
+        cls, path, num_teachers, num_labels, head_weights, readout, **model_kwargs
+    ) -> MultiHeadStudent:
+        model_kwargs, dtype = _local_dir_kwargs(path, "a multi-head checkpoint", model_kwargs)
         with open(os.path.join(path, STUDENT_CONFIG_NAME)) as f:
             meta = json.load(f)
         if num_teachers is not None and num_teachers != meta["num_heads"]:
@@ -303,6 +326,9 @@ class MultiHeadStudent(nn.Module):
             raise ValueError(
                 f"{path} was trained with readout={saved_readout!r}; it cannot be reloaded with readout={readout!r}."
             )
+        for key in ("id2label", "label2id"):
+            if key in model_kwargs:
+                setattr(config, key, model_kwargs[key])
         model = AutoModelForSequenceClassification.from_config(config)
         student = cls(model, meta["num_heads"], head_module=meta["head_module"], readout=saved_readout)
         if meta.get("lora"):  # a LoRA student's checkpoint: the same adapters are injected before its weights load
@@ -316,7 +342,7 @@ class MultiHeadStudent(nn.Module):
             raise ValueError(f"{path} does not match its student config: missing {missing}, unexpected {unexpected}.")
         if head_weights is not None:
             student.set_head_weights(head_weights)
-        return student
+        return student.to(dtype) if dtype is not None else student
 
     def save_pretrained(
         self, save_directory: str | os.PathLike, merged: bool = False, state_dict=None, tokenizer=None, **kwargs
