@@ -170,3 +170,5 @@ def test_trainer_gathers_the_card_during_a_run(tmp_path, tokenizer, teacher_dirs
     assert "student heads:** 3" in loaded.text and "`learning_rate`: 0.001" in loaded.text
     assert "steps: 2" in loaded.text
     assert "hf_secret" not in loaded.content and str(tmp_path) not in loaded.content
+    with pytest.raises(TypeError, match=r"unknown argument\(s\) \['licence'\]; the model card takes language, license"):
+        trainer.create_model_card(licence="apache-2.0")  # misspelt: refused, not a card without a licence

@@ -276,11 +276,18 @@ def trainer_card_data(
     dataset_tags: str | list[str] | None = None,
     dataset: str | list[str] | None = None,
     dataset_args: str | list[str] | None = None,
-    **_ignored,
+    **unknown,
 ) -> StudentCardData:
     """A copy of `trainer.model_card_data` completed with what the trainer knows, and `Trainer.create_model_card`'s
     arguments (`finetuned_from` -> base model, `dataset_tags` / `dataset_args` / `dataset` -> dataset id, config
-    and name, as `run_glue.py` passes them)."""
+    and name, as `run_glue.py` passes them). A misspelt argument is an error, not a card without it."""
+    if unknown:
+        accepted = "language, license, tags, model_name, finetuned_from, tasks, dataset_tags, dataset, dataset_args"
+        raise TypeError(
+            f"create_model_card / push_to_hub got unknown argument(s) {sorted(unknown)}; the model card takes "
+            f"{accepted} (and push_to_hub also commit_message, blocking, token, revision, private, "
+            "replace_existing_model)."
+        )
     data = dataclasses.replace(trainer.model_card_data)
     student = trainer.accelerator.unwrap_model(trainer.model)
     config = getattr(student, "config", None)
