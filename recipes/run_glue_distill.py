@@ -293,6 +293,18 @@ def load_splits(data_args: DataTrainingArguments, model_args: ModelArguments, ta
     return splits
 
 
+INDEX_COLUMNS = ("idx", "index", "id")
+
+
+def infer_text_columns(columns: list[str], label_column: str, group_column: str | None) -> list[str] | None:
+    """run_glue.py's rule: `sentence1` / `sentence2` if both exist, else the first two non-label columns, else the
+    first one. Row-number columns (idx, index, id) and the --group_column are skipped: they are not text."""
+    candidates = [c for c in columns if c not in (label_column, group_column) and c.lower() not in INDEX_COLUMNS]
+    if "sentence1" in candidates and "sentence2" in candidates:
+        return ["sentence1", "sentence2"]
+    return candidates[:2] or None
+
+
 def resolve_task(data_args: DataTrainingArguments, model_args: ModelArguments, sample: Dataset | None) -> TaskSpec:
     """The task (named, or custom over the given columns); command-line columns override the task's."""
     if data_args.task_name is not None:
@@ -309,9 +321,12 @@ def resolve_task(data_args: DataTrainingArguments, model_args: ModelArguments, s
     if text_columns is None and model_args.teacher_logits_dir:
         manifest = read_manifest(model_args.teacher_logits_dir) or {}
         text_columns = manifest.get("text_columns")
+    label_column = data_args.label_column or "label"
+    if not text_columns and sample is not None:
+        text_columns = infer_text_columns(sample.column_names, label_column, data_args.group_column)
+        logger.info(f"No --text_columns: reading {text_columns} (as run_glue.py; pass --text_columns to choose).")
     if not text_columns:
         raise ValueError("Without --task_name, name the text columns of your files: --text_columns <first> [<second>].")
-    label_column = data_args.label_column or "label"
     is_regression = data_args.is_regression
     if is_regression is None and sample is not None and label_column in sample.column_names:
         feature = sample.features[label_column]

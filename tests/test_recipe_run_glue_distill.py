@@ -439,8 +439,9 @@ def test_bad_input_is_a_clear_error(recipe, tmp_path, student_dir, qnli_files, t
     elif case == "eval_without_data":
         argv = ["--task_name", "qnli", "--train_file", qnli_files["train"], "--model_name_or_path", student_dir,
                 "--do_eval"]  # fmt: skip
-    elif case == "custom_without_columns":
-        argv = ["--train_file", qnli_files["train"], "--model_name_or_path", student_dir, "--do_train"]
+    elif case == "custom_without_columns":  # nothing but a row number and the label: no text to infer
+        only_label = write_tsv(tmp_path / "labels.tsv", ["idx", "label"], [[0, "entailment"], [1, "not_entailment"]])
+        argv = ["--train_file", only_label, "--model_name_or_path", student_dir, "--do_train"]
     with pytest.raises((ValueError, FileNotFoundError), match=match):
         recipe.main([*argv, *common(tmp_path)])
     assert not (tmp_path / "out" / "model.safetensors").exists()
@@ -524,3 +525,18 @@ def test_mean_pooled_backbone_trains_and_continues_through_the_mean(recipe, tmp_
     recipe.main([*qnli_args(qnli_files, "--model_name_or_path", str(backbone), "--readout", "cls"),
                  *common(tmp_path, "cls")])
     assert_merged_student(tmp_path / "cls")
+
+
+def test_custom_files_without_text_columns_are_read_as_run_glue_reads_them(recipe, tmp_path, student_dir, qnli_files):
+    infer = recipe.infer_text_columns
+    assert infer(["sentence2", "x", "sentence1", "label"], "label", None) == ["sentence1", "sentence2"]
+    assert infer(["idx", "question", "sentence", "label"], "label", None) == ["question", "sentence"]
+    assert infer(["id", "text", "label"], "label", None) == ["text"]
+    assert infer(["qid", "q", "a", "y"], "y", "qid") == ["q", "a"]
+    assert infer(["index", "label"], "label", None) is None
+    # end to end: a QNLI TSV (idx, question, sentence, label) with no --task_name and no --text_columns
+    argv = ["--train_file", qnli_files["train"], "--validation_file", qnli_files["validation"],
+            "--model_name_or_path", student_dir, "--do_train", "--do_eval"]  # fmt: skip
+    metrics = recipe.main([*argv, *common(tmp_path)])
+    assert "eval_accuracy" in metrics
+    assert_merged_student(tmp_path / "out", labels=["entailment", "not_entailment"])
