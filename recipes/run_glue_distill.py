@@ -419,16 +419,23 @@ def main(argv: list[str] | None = None) -> dict:
             f"The stage-1 student {model_args.model_name_or_path} predicts {config.num_labels} labels but this task "
             f"has {num_labels} ({label_list}). A multi-head student keeps its label count: start from a plain one."
         )
+    no_teachers = not (model_args.teachers or model_args.teacher_logits_dir)
     with training_args.main_process_first(desc="label encoding"):
         if "train" in splits:
             splits["train"] = encode_labels(
                 splits["train"], columns["train"][1], label_list, task, "the training data", allow_missing=True
             )
+            if no_teachers:  # nothing to learn from in an unlabelled row (SNLI / MNLI's Hub copies mark them -1)
+                splits["train"] = drop_unlabelled(splits["train"], task, "training")
         splits["eval"] = [
             (
                 s,
-                encode_labels(
-                    ds, columns["eval" + s][1], label_list, task, f"the evaluation data{s}", allow_missing=False
+                drop_unlabelled(
+                    encode_labels(
+                        ds, columns["eval" + s][1], label_list, task, f"the evaluation data{s}", allow_missing=True
+                    ),
+                    task,
+                    f"evaluation{s}",
                 ),
             )
             for s, ds in splits["eval"]
@@ -677,6 +684,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     leave_process_group()  # every process waits for the writer, then leaves the group cleanly
     return all_metrics
+
+
+def drop_unlabelled(dataset: Dataset, task: TaskSpec, what: str) -> Dataset:
+    """Rows without a label (-1 or empty, encoded as -100 / NaN) left out, with a logged count."""
+    labels = np.asarray(list(dataset["label"]), dtype=np.float64)
+    keep = ~np.isnan(labels) if task.is_regression else labels != -100
+    if keep.all():
+        return dataset
+    if not keep.any():
+        raise ValueError(f"Every row of the {what} data is unlabelled (-1 or empty): there is nothing to score.")
+    logger.warning(f"Dropping {int((~keep).sum())} unlabelled row(s) (label -1 or empty) of {len(dataset)} from the "
+                   f"{what} data.")
+    return dataset.select(np.flatnonzero(keep))
 
 
 def _fully_labelled(dataset: Dataset, label_column: str, task: TaskSpec) -> bool:

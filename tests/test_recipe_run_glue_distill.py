@@ -540,3 +540,34 @@ def test_custom_files_without_text_columns_are_read_as_run_glue_reads_them(recip
     metrics = recipe.main([*argv, *common(tmp_path)])
     assert "eval_accuracy" in metrics
     assert_merged_student(tmp_path / "out", labels=["entailment", "not_entailment"])
+
+
+def test_unlabelled_rows_are_dropped_from_train_and_eval_with_a_count(recipe, tmp_path, student_dir, caplog):
+    """SNLI / MNLI's Hub copies mark unlabelled pairs with -1: without teachers they teach nothing, and they cannot
+    be scored; both are dropped, and the log says how many."""
+    from datasets import ClassLabel, Dataset
+
+    rng = random.Random(0)
+
+    def split(n, unlabelled):
+        rows = {"premise": [" ".join(rng.choices(WORDS, k=6)) for _ in range(n)],
+                "hypothesis": [" ".join(rng.choices(WORDS, k=4)) for _ in range(n)],
+                "label": [-1 if i in unlabelled else rng.randrange(3) for i in range(n)]}  # fmt: skip
+        ds = Dataset.from_dict(rows)
+        return ds.cast_column("label", ClassLabel(names=["entailment", "neutral", "contradiction"]))
+
+    split(24, {3, 7, 8}).save_to_disk(str(tmp_path / "snli-train"))
+    split(10, {0, 9}).save_to_disk(str(tmp_path / "snli-validation"))
+    student = tmp_path / "snli-student"
+    tiny_model("bert", num_labels=3, seed=0).save_pretrained(student)
+    AutoTokenizer.from_pretrained(student_dir).save_pretrained(student)
+    argv = ["--train_file", str(tmp_path / "snli-train"), "--validation_file", str(tmp_path / "snli-validation"),
+            "--model_name_or_path", str(student), "--text_columns", "premise",
+            "hypothesis", "--do_train", "--do_eval"]  # fmt: skip
+    with caplog.at_level("WARNING"):
+        metrics = recipe.main([*argv, *common(tmp_path)])
+    messages = [r.getMessage() for r in caplog.records]
+    assert any("Dropping 3 unlabelled row(s) (label -1 or empty) of 24 from the training data" in m for m in messages)
+    assert any("Dropping 2 unlabelled row(s) (label -1 or empty) of 10 from the evaluation data" in m for m in messages)
+    assert metrics["eval_samples"] == 8
+    assert json.loads((tmp_path / "out" / "train_results.json").read_text())["train_samples"] == 21
