@@ -152,7 +152,10 @@ class ModelArguments:
             )
         if self.student_layers is not None and len(self.student_layers) == 0:
             raise ValueError("--student_layers is empty: give the layer indices to copy, e.g. 0 2 4.")
-        # a mistyped path fails here, naming its flag, before any tokenizer or model is loaded
+
+    def check_locations(self) -> None:
+        """A mistyped path fails first, naming its flag, before any tokenizer or model is loaded (at the start of
+        `main`, not at parsing: a config may name models that only the machine it runs on has)."""
         for flag in ("model_name_or_path", "student_init_from", "tokenizer_name"):
             if getattr(self, flag, None):
                 check_model_location(getattr(self, flag), f"--{flag}")
@@ -302,6 +305,7 @@ def teacher_agreement(student_logits: np.ndarray, teacher_logits: np.ndarray, we
 
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args, lora_args = parse_args(argv)
+    model_args.check_locations()
 
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
