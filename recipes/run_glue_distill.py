@@ -183,6 +183,11 @@ class DataTrainingArguments:
             "help": "cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli or wikiqa (Hub data unless files are given)."
         },
     )
+    dataset_name: str | None = field(
+        default=None,
+        metadata={"help": "A Hub dataset (as run_glue.py): its train / validation / test splits are the data."},
+    )
+    dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name."})
     train_file: str | None = field(
         default=None, metadata={"help": "csv/tsv/json/jsonl/parquet file or save_to_disk dir."}
     )
@@ -217,6 +222,13 @@ class DataTrainingArguments:
             self.task_name = get_task(self.task_name).name  # unknown task: the error lists the known ones
         if self.text_columns is not None and not 1 <= len(self.text_columns) <= 2:
             raise ValueError(f"--text_columns must name one or two columns, got {self.text_columns}.")
+        if self.dataset_name and self.files:
+            raise ValueError(
+                f"Give the data one way: --dataset_name {self.dataset_name} or local files ({sorted(self.files)}), "
+                "not both."
+            )
+        if self.dataset_config_name and not self.dataset_name:
+            raise ValueError("--dataset_config_name needs --dataset_name.")
         if (self.validation_mismatched_file or self.test_mismatched_file) and self.task_name != "mnli":
             raise ValueError("--validation_mismatched_file / --test_mismatched_file are for --task_name mnli only.")
         for name in (
@@ -266,7 +278,7 @@ def load_splits(data_args: DataTrainingArguments, model_args: ModelArguments, ta
     """
     splits: dict = {"eval": [], "test": []}
     files = data_args.files
-    if files or task is None or task.hub_dataset is None:
+    if not data_args.dataset_name and (files or task is None or task.hub_dataset is None):
         if "train" in files:
             splits["train"] = load_rows(files["train"], cache_dir=model_args.cache_dir)
         suffix = ("", "-mm")
@@ -279,17 +291,24 @@ def load_splits(data_args: DataTrainingArguments, model_args: ModelArguments, ta
                 "MNLI from local files without --validation_mismatched_file: evaluating the matched set only."
             )
         return splits
-    path, config = task.hub_dataset
+    if data_args.dataset_name:
+        path, config = data_args.dataset_name, data_args.dataset_config_name
+        what = f"--dataset_name {path}" + (f" ({config})" if config else "")
+    else:
+        path, config = task.hub_dataset
+        what = f"task {task.name!r} from the Hub ({path}, {config})"
     try:
         raw = datasets.load_dataset(path, config, cache_dir=model_args.cache_dir, token=model_args.token)
     except Exception as err:
         raise ValueError(
-            f"Cannot load task {task.name!r} from the Hub ({path}, {config}): {type(err).__name__}: {err}. Offline "
-            "(HF_DATASETS_OFFLINE=1), give local files: --train_file / --validation_file / --test_file."
+            f"Cannot load {what}: {type(err).__name__}: {err}. Offline (HF_DATASETS_OFFLINE=1), give local files: "
+            "--train_file / --validation_file / --test_file."
         ) from err
     if "train" in raw:
         splits["train"] = raw["train"]
-    for role, names in (("eval", task.validation_splits), ("test", task.test_splits)):
+    validation_splits = task.validation_splits if task is not None else ("validation",)
+    test_splits = task.test_splits if task is not None else ("test",)
+    for role, names in (("eval", validation_splits), ("test", test_splits)):
         for name, name_suffix in zip(names, ("", "-mm")):
             if name in raw:
                 splits[role].append((name_suffix, raw[name]))

@@ -571,3 +571,23 @@ def test_unlabelled_rows_are_dropped_from_train_and_eval_with_a_count(recipe, tm
     assert any("Dropping 2 unlabelled row(s) (label -1 or empty) of 10 from the evaluation data" in m for m in messages)
     assert metrics["eval_samples"] == 8
     assert json.loads((tmp_path / "out" / "train_results.json").read_text())["train_samples"] == 21
+
+
+def test_dataset_name_loads_any_dataset_as_run_glue_does(recipe, tmp_path, student_dir):
+    """--dataset_name / --dataset_config_name go to `datasets.load_dataset` (here a local data directory, which it
+    reads like a Hub repo: train.csv / validation.csv); offline and unreachable, the message says what to do."""
+    data = tmp_path / "my-dataset"
+    data.mkdir()
+    rows = qnli_rows(40, seed=4)
+    for name, part in (("train", rows[:28]), ("validation", rows[28:])):
+        lines = ["question,sentence,label"] + [f"{r[1]},{r[2].replace(chr(34), '')},{r[3]}" for r in part]
+        (data / f"{name}.csv").write_text("\n".join(lines) + "\n")
+    argv = ["--dataset_name", str(data), "--model_name_or_path", student_dir, "--do_train", "--do_eval"]
+    metrics = recipe.main([*argv, *common(tmp_path)])
+    assert metrics["eval_samples"] == 12 and "eval_accuracy" in metrics
+    with pytest.raises(ValueError, match=r"Cannot load --dataset_name nyu-mll/glue \(qnli\): .* Offline"):
+        recipe.main(["--dataset_name", "nyu-mll/glue", "--dataset_config_name", "qnli", "--model_name_or_path",
+                     student_dir, "--do_train", *common(tmp_path)])  # fmt: skip
+    with pytest.raises(ValueError, match="Give the data one way"):
+        recipe.main(["--dataset_name", str(data), "--train_file", str(data / "train.csv"), "--model_name_or_path",
+                     student_dir, *common(tmp_path)])  # fmt: skip
