@@ -584,3 +584,35 @@ def test_load_best_model_at_end_and_gradient_checkpointing(tmp_path, tokenizer):
     assert_same_params(best_params, params(trainer.model))
     evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
     assert trainer.state.best_metric == pytest.approx(min(evals), abs=1e-6)
+
+
+def test_the_final_save_merges_the_gathered_state_dict_it_is_given(tmp_path, tokenizer):
+    """Under FSDP / DeepSpeed, `Trainer.save_model` gathers the full weights and hands them to `_save` as
+    `state_dict` while the module itself holds shards: the merged export must come from that state_dict."""
+    student = no_dropout_student()
+    trainer = MultiTeacherDistillationTrainer(model=student, args=make_args(tmp_path), processing_class=tokenizer)
+    gathered = {k: v + 0.01 * torch.randn_like(v) if v.is_floating_point() else v
+                for k, v in student.state_dict().items()}  # fmt: skip
+    before = params(student)
+    trainer._save(str(tmp_path / "final"), state_dict=gathered)
+    assert_same_params(params(student), before, atol=0)  # the live module is untouched
+    expected = no_dropout_student()
+    expected.load_state_dict(gathered)
+    batch = tokenizer(["what city is it"], ["the river city"], return_tensors="pt")
+    exported = AutoModelForSequenceClassification.from_pretrained(tmp_path / "final").eval()
+    with torch.no_grad():
+        want = expected.eval()(**batch).logits
+        torch.testing.assert_close(exported(**batch).logits, want, atol=1e-5, rtol=1e-5)
+        assert (exported(**batch).logits - student.eval()(**batch).logits).abs().max() > 1e-4  # not the module's
+
+
+def test_deepspeed_zero3_is_refused_and_stages_1_2_pass():
+    from types import SimpleNamespace
+
+    from tmkd_hf.trainer import check_deepspeed_stage
+
+    with pytest.raises(ValueError, match="DeepSpeed ZeRO-3 is not supported .* Use ZeRO stage 1 or 2, FSDP or DDP"):
+        check_deepspeed_stage(SimpleNamespace(zero_stage=3))
+    for stage in (0, 1, 2):
+        check_deepspeed_stage(SimpleNamespace(zero_stage=stage))
+    check_deepspeed_stage(None)

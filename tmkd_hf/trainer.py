@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import tempfile
 from collections import defaultdict
 from typing import Any
 
@@ -101,6 +102,8 @@ class MultiTeacherDistillationTrainer(Trainer):
                 "Drop it, or subclass the trainer and override compute_loss (multi_teacher_distillation_loss in "
                 "tmkd_hf.losses gives the per-example objective)."
             )
+        if self.is_deepspeed_enabled:
+            check_deepspeed_stage(getattr(self.accelerator.state, "deepspeed_plugin", None))
         # The loss is computed here, not by the model: never hand `num_items_in_batch` to `forward`.
         self.model_accepts_loss_kwargs = False
         self._metrics: dict[str, dict[str, list[torch.Tensor]]] = {
@@ -381,6 +384,13 @@ class MultiTeacherDistillationTrainer(Trainer):
             merge_student(student).save_pretrained(output_dir)
         elif self._saving_checkpoint:
             student.save_pretrained(output_dir, state_dict=state_dict)
+        elif state_dict is not None:
+            # FSDP / DeepSpeed hand the full weights as `state_dict` (the module holds shards): merge those, through
+            # the same multi-head checkpoint a resumed run would load
+            logger.info(f"Saving the merged student ({student.num_heads} heads) from the gathered weights")
+            with tempfile.TemporaryDirectory(prefix="tmkd-gathered-") as gathered:
+                student.save_pretrained(gathered, state_dict=state_dict)
+                MultiHeadStudent.from_pretrained(gathered).save_pretrained(output_dir, merged=True)
         else:
             logger.info(f"Saving the merged student ({student.num_heads} heads folded into one) to {output_dir}")
             student.save_pretrained(output_dir, merged=True)
@@ -422,6 +432,17 @@ class MultiTeacherDistillationTrainer(Trainer):
         if not isinstance(self._student(), MultiHeadStudent):
             return super()._push_from_checkpoint(checkpoint_folder)
         hub.trainer_push_multihead_checkpoint(self, checkpoint_folder)
+
+
+def check_deepspeed_stage(plugin) -> None:
+    """ZeRO-3 partitions the parameters; merging the per-teacher heads and the readout check need them whole, and
+    that path is untested: refuse it at init rather than save a wrong student at the end."""
+    if plugin is not None and getattr(plugin, "zero_stage", None) == 3:
+        raise ValueError(
+            "DeepSpeed ZeRO-3 is not supported by MultiTeacherDistillationTrainer: it partitions the student's "
+            "parameters, which merging the per-teacher heads needs whole (untested). Use ZeRO stage 1 or 2, FSDP "
+            "or DDP."
+        )
 
 
 def _check_label_order(manifest: dict, student) -> None:
