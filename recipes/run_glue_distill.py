@@ -188,6 +188,13 @@ class DataTrainingArguments:
         metadata={"help": "A Hub dataset (as run_glue.py): its train / validation / test splits are the data."},
     )
     dataset_config_name: str | None = field(default=None, metadata={"help": "Configuration of --dataset_name."})
+    file_column_names: list[str] | None = field(
+        default=None,
+        metadata={
+            "help": "Column names of headerless csv/tsv files (their first line is data), e.g. the original CoLA "
+            "TSVs: source label original_label sentence."
+        },
+    )
     train_file: str | None = field(
         default=None, metadata={"help": "csv/tsv/json/jsonl/parquet file or save_to_disk dir."}
     )
@@ -280,12 +287,15 @@ def load_splits(data_args: DataTrainingArguments, model_args: ModelArguments, ta
     files = data_args.files
     if not data_args.dataset_name and (files or task is None or task.hub_dataset is None):
         if "train" in files:
-            splits["train"] = load_rows(files["train"], cache_dir=model_args.cache_dir)
+            splits["train"] = load_rows(
+                files["train"], cache_dir=model_args.cache_dir, column_names=data_args.file_column_names
+            )
         suffix = ("", "-mm")
         for role, keys in (("eval", ("validation", "validation_mismatched")), ("test", ("test", "test_mismatched"))):
             for key, name_suffix in zip(keys, suffix):
                 if key in files:
-                    splits[role].append((name_suffix, load_rows(files[key], cache_dir=model_args.cache_dir)))
+                    ds = load_rows(files[key], cache_dir=model_args.cache_dir, column_names=data_args.file_column_names)
+                    splits[role].append((name_suffix, ds))
         if task is not None and task.name == "mnli" and "validation" in files and "validation_mismatched" not in files:
             logger.warning(
                 "MNLI from local files without --validation_mismatched_file: evaluating the matched set only."

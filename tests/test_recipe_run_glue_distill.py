@@ -591,3 +591,25 @@ def test_dataset_name_loads_any_dataset_as_run_glue_does(recipe, tmp_path, stude
     with pytest.raises(ValueError, match="Give the data one way"):
         recipe.main(["--dataset_name", str(data), "--train_file", str(data / "train.csv"), "--model_name_or_path",
                      student_dir, *common(tmp_path)])  # fmt: skip
+
+
+def test_headerless_cola_tsv_is_read_with_its_column_names(recipe, tmp_path, student_dir):
+    """The original CoLA TSVs have no header: source, label, original label, sentence."""
+    rng = random.Random(3)
+    rows = [[f"src{i % 3}", i % 2, "*" if i % 2 == 0 else "", " ".join(rng.choices(WORDS, k=5))] for i in range(20)]
+    train = tmp_path / "in_domain_train.tsv"
+    train.write_text("\n".join("\t".join(map(str, r)) for r in rows) + "\n")  # no header line
+    dev = tmp_path / "in_domain_dev.tsv"
+    dev.write_text("\n".join("\t".join(map(str, r)) for r in rows[:8]) + "\n")
+    argv = ["--task_name", "cola", "--train_file", str(train), "--validation_file", str(dev), "--file_column_names",
+            "source", "label", "original_label", "sentence", "--model_name_or_path", student_dir, "--do_train",
+            "--do_eval", "--ignore_mismatched_sizes"]  # fmt: skip
+    metrics = recipe.main([*argv, *common(tmp_path)])
+    assert metrics["eval_samples"] == 8  # the first line is a row, not a header
+    assert "eval_matthews_correlation" in metrics
+    from tmkd_hf import load_rows
+
+    assert len(load_rows(train, column_names=["source", "label", "original_label", "sentence"])) == 20
+    assert len(load_rows(train)) == 19  # without the names, the first row is taken for a header
+    with pytest.raises(ValueError, match="column_names is for headerless"):
+        load_rows(tmp_path, column_names=["a"])

@@ -221,14 +221,18 @@ def load_rows(
     config_name: str | None = None,
     max_rows: int | None = None,
     cache_dir: str | None = None,
+    column_names: Sequence[str] | None = None,
 ) -> Dataset:
     """A `.csv/.tsv/.json/.jsonl/.parquet` file, a `save_to_disk` directory or a Hub dataset, as one `Dataset`.
 
     `.tsv` files are read as GLUE ships them: tab separated, no quoting (`csv.QUOTE_NONE`), because their sentences
     contain quote characters. Empty csv/tsv cells stay empty strings (never NaN). `split` picks the split of a
-    saved `DatasetDict` or of a Hub dataset.
+    saved `DatasetDict` or of a Hub dataset. `column_names` reads a headerless csv/tsv (the original CoLA TSVs:
+    source, label, original label, sentence): its first line is data, not a header.
     """
     path = str(path)
+    if column_names is not None and not (os.path.isfile(path) and path.lower().endswith((".csv", ".tsv"))):
+        raise ValueError(f"column_names is for headerless .csv / .tsv files; {path} is not one.")
     if os.path.isdir(path):
         loaded = load_from_disk(path)
         if isinstance(loaded, DatasetDict):
@@ -240,6 +244,8 @@ def load_rows(
         ext = path.rsplit(".", 1)[-1].lower() if "." in os.path.basename(path) else ""
         if ext in ("tsv", "csv"):
             kwargs: dict[str, Any] = {"keep_default_na": False}
+            if column_names is not None:
+                kwargs.update(column_names=list(column_names), header=None)
             if ext == "tsv":
                 kwargs.update(delimiter="\t", quoting=3)
             dataset = load_dataset("csv", data_files=path, split="train", cache_dir=cache_dir, **kwargs)
