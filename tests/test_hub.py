@@ -147,6 +147,29 @@ def test_teacher_logits_dataset_round_trip(roundtrip, hub):
     assert {"tmkd_manifest.json", "README.md", "data/train-00000-of-00001.parquet"} <= set(files)
 
 
+# ----- upload_student_folder: new repo, another model's repo, 401 / 403 -----
+
+
+@pytest.fixture(scope="module")
+def publishing(hub, tmp_path_factory):
+    hub.fail("POST", r"^/api/models/tester/unauthorized/commit/", 401)
+    hub.fail("POST", r"^/api/models/tester/forbidden/commit/", 403)
+    try:
+        return run_child("publishing", hub, tmp_path_factory.mktemp("publishing"))
+    finally:
+        hub.clear_failures()
+
+
+def test_upload_student_folder_publishes_refuses_replaces_and_names_auth_errors(publishing, hub):
+    assert publishing["uploaded_loads"] == "BertForSequenceClassification"
+    assert {"config.json", "model.safetensors", "README.md", "tokenizer.json"} <= set(hub.files("tester/folder-upload"))
+    assert "'tester/taken' already holds another model (model_type 'roberta'" in publishing["taken"]
+    assert "replace_existing_model=True" in publishing["taken"]
+    assert publishing["replaced"] is None and publishing["replaced_class"] == "bert"  # replace_existing_model=True
+    assert "401 Unauthorized" in publishing["unauthorized"] and "Nothing was lost" in publishing["unauthorized"]
+    assert "no write access" in publishing["forbidden"] and "403 Forbidden" in publishing["forbidden"]
+
+
 # ----- failures: clear message, local output kept -----
 
 
@@ -347,8 +370,48 @@ def child_failures(tmp: Path) -> dict:
     return results
 
 
+def child_publishing(tmp: Path) -> dict:
+    """`upload_student_folder` on its own: a new repo, a repo holding another model (refused, then replaced with
+    `replace_existing_model=True`), and the 401 / 403 answers of the Hub."""
+    from huggingface_hub import HfApi
+    from transformers import AutoModelForSequenceClassification
+
+    from tmkd_hf import HubPushError, MultiHeadStudent, upload_student_folder
+
+    tokenizer, _, _, tiny_model, _ = _child_setup(tmp)
+    folder = tmp / "student"
+    MultiHeadStudent(tiny_model("bert", seed=5), 3).save_pretrained(folder, merged=True, tokenizer=tokenizer)
+    (folder / "README.md").write_text("---\nlibrary_name: transformers\n---\n# a student\n")
+    results = {}
+    upload_student_folder(folder, "tester/folder-upload", token="dummy")
+    uploaded = AutoModelForSequenceClassification.from_pretrained("tester/folder-upload")
+    results["uploaded_loads"] = type(uploaded).__name__
+    other = tmp / "other"
+    tiny_model("roberta", num_labels=3).save_pretrained(other)
+    HfApi().create_repo("tester/taken", token="dummy")
+    HfApi().upload_folder(repo_id="tester/taken", folder_path=str(other), token="dummy")
+
+    def attempt(repo_id, **kwargs):
+        try:
+            upload_student_folder(folder, repo_id, token="dummy", **kwargs)
+            return None
+        except HubPushError as err:
+            return str(err)
+
+    results["taken"] = attempt("tester/taken")
+    results["replaced"] = attempt("tester/taken", replace_existing_model=True)
+    results["replaced_class"] = AutoModelForSequenceClassification.from_pretrained(
+        "tester/taken", force_download=True
+    ).config.model_type
+    results["unauthorized"] = attempt("tester/unauthorized")
+    results["forbidden"] = attempt("tester/forbidden")
+    return results
+
+
 if __name__ == "__main__":
     scenario, tmp_dir, result_file = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    outcome = {"roundtrip": child_roundtrip, "failures": child_failures}[scenario](tmp_dir)
+    outcome = {"roundtrip": child_roundtrip, "failures": child_failures, "publishing": child_publishing}[scenario](
+        tmp_dir
+    )
     Path(result_file).write_text(json.dumps(outcome, default=str))

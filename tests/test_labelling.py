@@ -462,3 +462,27 @@ def test_nan_from_the_third_teacher_names_it_and_its_rows(tmp_path, teacher_dirs
     # the finished shards are kept for the rerun (teacher 2's clean shard 0 too); its shard 1 was not saved
     saved = sorted(p.relative_to(out / WORK_DIR).as_posix() for p in (out / WORK_DIR).rglob("*.npy"))
     assert len(saved) == 5, saved
+
+
+def test_a_hub_revision_reaches_from_pretrained_and_the_manifest(monkeypatch):
+    """`"org/model@v2"` means revision v2 of org/model: it is what the config, model and tokenizer are loaded at."""
+    import tmkd_hf.teachers as teachers
+
+    spec = TeacherSpec.parse("org/model@v2")
+    assert (spec.name_or_path, spec.revision, spec.name) == ("org/model", "v2", "org/model@v2")
+    assert spec.identity() == {"name_or_path": "org/model", "revision": "v2"}
+    seen = []
+
+    class Recorder:
+        @staticmethod
+        def from_pretrained(name, **kwargs):
+            seen.append((name, kwargs.get("revision")))
+            return tiny_model("bert")
+
+    monkeypatch.setattr(teachers, "AutoConfig", Recorder)
+    monkeypatch.setattr(teachers, "AutoModelForSequenceClassification", Recorder)
+    monkeypatch.setattr(teachers, "AutoTokenizer", Recorder)
+    monkeypatch.setattr(TeacherSpec, "check_location", lambda self: None)  # offline: no Hub to ask
+    teachers.load_teacher("org/model@v2")
+    teachers.load_tokenizer(spec)
+    assert seen == [("org/model", "v2")] * 3

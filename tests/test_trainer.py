@@ -616,3 +616,13 @@ def test_deepspeed_zero3_is_refused_and_stages_1_2_pass():
     for stage in (0, 1, 2):
         check_deepspeed_stage(SimpleNamespace(zero_stage=stage))
     check_deepspeed_stage(None)
+
+
+def test_online_teachers_must_match_the_heads(tmp_path, tokenizer, teacher_dirs):
+    online = tokenize(pair_dataset(8), tokenizer)
+    with pytest.raises(ValueError, match="2 online teachers were given but the student has 3 heads"):
+        MultiTeacherDistillationTrainer(model=no_dropout_student(), args=make_args(tmp_path), train_dataset=online,
+                                        processing_class=tokenizer, teachers=teacher_dirs[:2])
+    # a one-head student learns from however many teachers, aggregated
+    MultiTeacherDistillationTrainer(model=no_dropout_student(num_heads=1), args=make_args(tmp_path),
+                                    train_dataset=online, processing_class=tokenizer, teachers=teacher_dirs[:2])
