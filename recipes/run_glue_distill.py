@@ -70,7 +70,7 @@ from tmkd_hf.tasks import (
     load_rows,
     resolve_label_names,
 )
-from tmkd_hf.teachers import TeacherSpec, check_model_location
+from tmkd_hf.teachers import check_argument_locations
 
 logger = logging.getLogger(__name__)
 
@@ -163,14 +163,7 @@ class ModelArguments:
     def check_locations(self) -> None:
         """A mistyped path fails first, naming its flag, before any tokenizer or model is loaded (at the start of
         `main`, not at parsing: a config may name models that only the machine it runs on has)."""
-        for flag in ("model_name_or_path", "student_init_from", "tokenizer_name"):
-            if getattr(self, flag, None):
-                check_model_location(getattr(self, flag), f"--{flag}")
-        for i, teacher in enumerate(self.teachers or []):
-            try:
-                TeacherSpec.parse(teacher).check_location()
-            except FileNotFoundError as err:
-                raise FileNotFoundError(f"--teachers [{i}]: {err}") from None
+        check_argument_locations(self)
 
 
 @dataclass

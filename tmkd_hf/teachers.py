@@ -49,6 +49,20 @@ def check_model_location(name_or_path: str, what: str = "model") -> None:
         )
 
 
+def check_argument_locations(
+    arguments, flags: tuple[str, ...] = ("model_name_or_path", "student_init_from", "tokenizer_name")
+) -> None:
+    """A recipe's model flags and `--teachers`, checked before anything loads; each error names its flag."""
+    for flag in flags:
+        if getattr(arguments, flag, None):
+            check_model_location(getattr(arguments, flag), f"--{flag}")
+    for i, teacher in enumerate(getattr(arguments, "teachers", None) or []):
+        try:
+            TeacherSpec.parse(teacher).check_location()
+        except FileNotFoundError as err:
+            raise FileNotFoundError(f"--teachers [{i}]: {err}") from None
+
+
 @dataclass(frozen=True)
 class TeacherSpec:
     """Where a teacher comes from.
