@@ -116,7 +116,7 @@ class PipelineArguments:
                   "scale run takes a 3-layer student from BERT-base under BERT-large teachers."},
     )
     student_layers: list[int] = field(
-        default_factory=lambda: [0, 2, 4],
+        default_factory=lambda: [0, 1, 2],
         metadata={"help": "Layers of the student backbone copied into the student, in order."},
     )
     stage1_epochs: float = field(default=2.0, metadata={"help": "Stage 1 epochs over the unlabelled pool."})
