@@ -1,6 +1,7 @@
 """The TMKD paper's ablation (Yang et al., WSDM 2020, Table 3) at small scale, resumable, several seeds per row.
 
-Rows (every student: layers 0, 2, 4 of the backbone via `student_from_teacher_layers`, the same budgets):
+Rows (every student: the backbone layers of the pipeline config, 0, 1, 2, via `student_from_teacher_layers`; the same
+budgets):
 
 | row | what |
 |---|---|
@@ -541,7 +542,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-eval-rows", type=int, help="quick check: first N validation/test rows")
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="quick check: multiply every epoch count")
     parser.add_argument("--backbone", help="model dir (default: all-MiniLM-L6-v2); a tiny one for quick checks")
-    parser.add_argument("--student-layers", type=int, nargs="+", help="default: the pipeline config's (0 2 4)")
+    parser.add_argument("--student-layers", type=int, nargs="+", help="default: the pipeline config's (0 1 2)")
     parser.add_argument("--batch-size", type=int, help="default: the pipeline config's (16)")
     parser.add_argument("--max-length", type=int, help="default: the pipeline config's (128)")
     parser.add_argument("--teacher-aggregation", default="mean_logits", choices=["mean_logits", "mean_probs"],

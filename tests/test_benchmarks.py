@@ -25,7 +25,8 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def tiny_backbone(tmp_path_factory, tokenizer):
-    """A 6-layer BERT encoder (so layers 0, 2, 4 exist) with the tiny WordPiece tokenizer, saved like a checkpoint."""
+    """A 6-layer BERT encoder (so layers 0, 2, 4 and 0, 1, 2 exist) with the tiny WordPiece tokenizer, saved as a
+    checkpoint."""
     path = tmp_path_factory.mktemp("tiny-backbone")
     torch.manual_seed(0)
     vocab_size = max(tokenizer.get_vocab().values()) + 1  # the tiny vocabulary has a duplicate ("a")
@@ -92,6 +93,7 @@ def test_bench_labelling_speed_and_allocator_cost():
     assert same_logits.endswith("| yes |"), same_logits
 
 
+DEFAULT_LAYERS = json.loads((REPO / "recipes" / "configs" / "pipeline_default.json").read_text())["student_layers"]
 TINY_ABLATION = ("--max-train-rows", "32", "--max-unlabeled-rows", "32", "--max-eval-rows", "40",
                  "--epochs-scale", "0.5", "--threads", "1", "--no-record")
 
@@ -190,7 +192,7 @@ def test_bench_levers_reuses_the_ablations_teachers_and_resumes(tmp_path, tiny_b
     runs = out_dir / "levers" / "MKD"
     for tag in ("alpha=0.5,temperature=4", "alpha=1,temperature=4"):
         record = json.loads((runs / tag / "runs" / "MKD__seed1.json").read_text())
-        assert record["settings"]["temperature"] == 4.0 and record["settings"]["student_layers"] == [0, 2, 4]
+        assert record["settings"]["temperature"] == 4.0 and record["settings"]["student_layers"] == DEFAULT_LAYERS
     assert json.loads((runs / "alpha=1,temperature=4" / "runs" / "MKD__seed1.json").read_text())["settings"][
         "alpha"] == 1.0
     assert "| (the ablation's own) | 1 |" in first.stdout and "| alpha=1,temperature=4 | 1 |" in first.stdout
