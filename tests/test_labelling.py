@@ -306,13 +306,26 @@ def test_manifest_on_disk_and_mismatch_errors(tmp_path, teacher_dirs, tokenizer)
 
 
 def test_bfloat16_autocast_is_close_to_float32(teacher_dirs):
+    """dtype="bfloat16" really runs the teacher's layers in bfloat16 (seen by a forward hook on every Linear), and
+    its logits, stored in float32, are near the float32 ones but not equal to them."""
     ds = pair_dataset(16, seed=13)
-    full = np.asarray(label_with_teachers(ds, teacher_dirs[:1], show_progress=False)["teacher_logits"])
-    half = np.asarray(
-        label_with_teachers(ds, teacher_dirs[:1], dtype="bfloat16", show_progress=False)["teacher_logits"]
-    )
-    assert half.shape == full.shape
+    seen: list[torch.dtype] = []
+
+    def record(module, inputs, output):
+        if isinstance(module, torch.nn.Linear):
+            seen.append(output.dtype)
+
+    with torch.nn.modules.module.register_module_forward_hook(record):
+        full = np.asarray(label_with_teachers(ds, teacher_dirs[:1], show_progress=False)["teacher_logits"])
+        full_dtypes, seen[:] = set(seen), []
+        labelled = label_with_teachers(ds, teacher_dirs[:1], dtype="bfloat16", show_progress=False)
+        half_dtypes = set(seen)
+    assert full_dtypes == {torch.float32}
+    assert half_dtypes == {torch.bfloat16}  # every Linear of the teacher ran in bfloat16
+    half = np.asarray(labelled["teacher_logits"])
+    assert half.shape == full.shape and labelled.features["teacher_logits"].dtype == "float32"
     np.testing.assert_allclose(half, full, atol=0.05)
+    assert np.abs(half - full).max() > 1e-4  # bfloat16 rounding shows: these are not the float32 logits
 
 
 def test_clear_errors(teacher_dirs, tokenizer):
