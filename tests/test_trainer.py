@@ -586,6 +586,46 @@ def test_load_best_model_at_end_and_gradient_checkpointing(tmp_path, tokenizer):
     assert trainer.state.best_metric == pytest.approx(min(evals), abs=1e-6)
 
 
+def test_load_best_model_at_end_loads_an_earlier_checkpoint(tmp_path, tokenizer):
+    """The best checkpoint is the first of four (a metric that only gets worse), so the model at the end must be
+    checkpoint-2's weights, not the last step's (which would pass a test whose best checkpoint is the last)."""
+    train = tokenize(with_logits(pair_dataset(32)), tokenizer)
+    dev = tokenize(with_logits(pair_dataset(16, seed=1), seed=1), tokenizer)
+    evaluations = []
+
+    def worse_each_time(eval_pred):
+        evaluations.append(len(evaluations))
+        return {"rank": float(len(evaluations))}  # 1.0 at the first evaluation, then 2.0, 3.0, 4.0
+
+    args = make_args(
+        tmp_path,
+        max_steps=8,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="rank",
+        greater_is_better=False,
+    )
+    trainer = MultiTeacherDistillationTrainer(
+        model=no_dropout_student(),
+        args=args,
+        train_dataset=train,
+        eval_dataset=dev,
+        processing_class=tokenizer,
+        compute_metrics=worse_each_time,
+    )
+    trainer.train()
+    assert len(evaluations) == 4
+    first, last = os.path.join(args.output_dir, "checkpoint-2"), os.path.join(args.output_dir, "checkpoint-8")
+    assert trainer.state.best_model_checkpoint == first and trainer.state.best_metric == 1.0
+    loaded = params(trainer.model)
+    assert_same_params(MultiHeadStudent.from_pretrained(first).state_dict(), loaded)
+    last_params = MultiHeadStudent.from_pretrained(last).state_dict()
+    assert max((last_params[k].float() - loaded[k].float()).abs().max().item() for k in loaded) > 1e-3
+
+
 def test_the_final_save_merges_the_gathered_state_dict_it_is_given(tmp_path, tokenizer):
     """Under FSDP / DeepSpeed, `Trainer.save_model` gathers the full weights and hands them to `_save` as
     `state_dict` while the module itself holds shards: the merged export must come from that state_dict."""
