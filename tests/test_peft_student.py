@@ -207,21 +207,43 @@ def test_trainer_trains_lora_multihead_student_and_saves_merged(tmp_path, tokeni
 def test_resume_from_lora_checkpoint_matches_uninterrupted_run(tmp_path, tokenizer):
     data = distill_dataset(tokenizer, n=16)
 
+    """16 rows, batch 8, 2 epochs: 4 steps, checkpoint-2 after the first epoch. The resumed run starts from other
+    trainable weights, so it can only end on the uninterrupted run's weights by loading the checkpoint (weights,
+    optimizer, step), and it takes steps 3 and 4 only (a resume that did nothing would retrain all 4 steps)."""
+    from transformers import TrainerCallback
+
+    class Steps(TrainerCallback):
+        def __init__(self):
+            self.taken = []
+
+        def on_step_end(self, args, state, control, **kwargs):
+            self.taken.append(state.global_step)
+
     def run(output_dir, resume=None):
         student = lora_student(
             "bert", hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, lora={"lora_dropout": 0.0}
         )
+        if resume is not None:
+            with torch.no_grad():  # not the weights the uninterrupted run started from
+                for param in student.parameters():
+                    if param.requires_grad:
+                        param.add_(torch.randn_like(param) * 0.5)
+        steps = Steps()
         trainer = MultiTeacherDistillationTrainer(
             model=student,
             args=distill_args(output_dir, num_train_epochs=2, save_strategy="epoch"),
             train_dataset=data,
             processing_class=tokenizer,
+            callbacks=[steps],
         )
         trainer.train(resume_from_checkpoint=resume)
-        return {n: p.detach().clone() for n, p in student.named_parameters()}
+        assert trainer.state.global_step == 4
+        return {n: p.detach().clone() for n, p in student.named_parameters()}, steps.taken
 
-    full = run(tmp_path / "full")
-    resumed = run(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-2"))
+    full, full_steps = run(tmp_path / "full")
+    assert full_steps == [1, 2, 3, 4]
+    resumed, resumed_steps = run(tmp_path / "resumed", resume=str(tmp_path / "full" / "checkpoint-2"))
+    assert resumed_steps == [3, 4]  # continues from the checkpoint's step
     for name, value in full.items():
         torch.testing.assert_close(resumed[name], value, atol=1e-6, rtol=1e-5, msg=name)
 
