@@ -59,7 +59,8 @@ def test_recipe_labels_a_tsv_file(tmp_path, teacher_dirs):
         np.asarray(labelled["teacher_logits"]), np.asarray(expected["teacher_logits"]), atol=1e-5
     )
     assert read_manifest(tmp_path / "out")["num_rows"] == 30
-    # the same command line form works, and a second run finds the finished cache
+    # the same command line form works, and a second run finds the finished cache: no file of it is rewritten
+    stamps = {p: p.stat().st_mtime_ns for p in (tmp_path / "out").rglob("*") if p.is_file()}
     second = run(
         [
             sys.executable,
@@ -78,6 +79,8 @@ def test_recipe_labels_a_tsv_file(tmp_path, teacher_dirs):
         tmp_path,
     )
     assert "malloc mmap threshold" not in second.stderr
+    assert {p: p.stat().st_mtime_ns for p in stamps} == stamps, "the second run relabelled the rows"
+    assert "are already in" in second.stderr, second.stderr[-2000:]
 
 
 @pytest.mark.slow

@@ -22,6 +22,7 @@ from conftest import WORDS, keyword_dataset, tiny_model
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+import tmkd_hf.labelling as labelling
 from tmkd_hf import MultiHeadStudent, label_with_teachers, load_rows
 from tmkd_hf.tasks import ranking_metrics
 
@@ -229,7 +230,7 @@ def test_distillation_from_a_labelled_dataset_dir(recipe, tmp_path, student_dir,
                                 "--teacher_logits_dir", str(labelled)), *common(tmp_path, "bad")])  # fmt: skip
 
 
-def test_teachers_labelled_on_the_fly_and_cached(recipe, tmp_path, qnli_files, teacher_dirs):
+def test_teachers_labelled_on_the_fly_and_cached(recipe, tmp_path, qnli_files, teacher_dirs, monkeypatch):
     """--teachers: labelled once into output_dir/teacher_logits; a rerun reuses the cache. The student is built from
     teacher layers (--student_layers / --student_init_from)."""
     args = qnli_args(
@@ -244,7 +245,16 @@ def test_teachers_labelled_on_the_fly_and_cached(recipe, tmp_path, qnli_files, t
     model = assert_merged_student(out)
     assert model.config.num_hidden_layers == 1
     stamps = {p.name: p.stat().st_mtime_ns for p in cache.iterdir() if p.is_file()}
+    shards = []
+    real_label_shard = labelling._label_shard
+
+    def counted(*args, **kwargs):
+        shards.append(len(args[2]["length"]))  # rows of the shard
+        return real_label_shard(*args, **kwargs)
+
+    monkeypatch.setattr(labelling, "_label_shard", counted)
     recipe.main([*args, *common(tmp_path)])
+    assert shards == []  # no teacher forward on the rerun
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir() if p.is_file()} == stamps  # reused, not relabelled
 
 

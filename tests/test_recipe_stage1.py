@@ -15,6 +15,7 @@ import torch
 from conftest import pair_dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+import tmkd_hf.labelling as labelling
 from tmkd_hf import MultiHeadStudent, label_with_teachers, load_teacher_logits
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME
 
@@ -82,7 +83,7 @@ def check_outputs(out: Path, teacher_dir: str, num_heads: int = 3) -> MultiHeadS
     return student
 
 
-def test_stage1_recipe_teachers_on_the_fly_then_rerun_reuses_cache(tmp_path, teacher_dirs):
+def test_stage1_recipe_teachers_on_the_fly_then_rerun_reuses_cache(tmp_path, teacher_dirs, monkeypatch):
     write_pool(tmp_path / "pool.tsv")
     out = tmp_path / "stage1"
     config = {
@@ -113,9 +114,22 @@ def test_stage1_recipe_teachers_on_the_fly_then_rerun_reuses_cache(tmp_path, tea
     assert json.loads(manifest.read_text())["num_rows"] == 40
     created = manifest.read_text()
 
-    # a rerun with the same pool and teachers (command-line flags this time) reuses the soft labels
+    stamps = {p.relative_to(out): p.stat().st_mtime_ns for p in (out / "teacher_logits").rglob("*") if p.is_file()}
+
+    # a rerun with the same pool and teachers (command-line flags this time) reuses the soft labels: no teacher
+    # forward at all (the manifest's "created" has 1 s resolution, so an equal manifest alone would not show it)
+    shards = []
+    real_label_shard = labelling._label_shard
+
+    def counted(*args, **kwargs):
+        shards.append(len(args[2]["length"]))  # rows of the shard
+        return real_label_shard(*args, **kwargs)
+
+    monkeypatch.setattr(labelling, "_label_shard", counted)
     load_recipe().main(flags({**config, "num_train_epochs": 1}))
-    assert manifest.read_text() == created  # not relabelled
+    assert shards == []  # not relabelled
+    assert manifest.read_text() == created
+    assert {p: (out / p).stat().st_mtime_ns for p in stamps} == stamps  # every file of the cache left as it was
     check_outputs(out, teacher_dirs[0])
 
 
