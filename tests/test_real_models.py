@@ -14,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import pair_dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tmkd_hf import DistillationArguments, MultiHeadStudent, MultiTeacherDistillationTrainer
@@ -31,18 +30,23 @@ def minilm_dir() -> str:
     return path
 
 
+ROOT = Path(__file__).resolve().parents[1]
+QNLI_TRAIN = (ROOT / "data" / "qnli" / "train.tsv", ROOT.parent / "shared" / "data" / "qnli" / "train.tsv")
+
+
 def qnli_pairs(n: int):
-    """Real QNLI rows from the repo's data slice if present, else from ../shared/data."""
+    """n real QNLI rows from the repo's data slice if present, else from ../shared/data; never synthetic pairs (a
+    test named after real data fails when there is none, instead of quietly running on random words)."""
     import csv
 
-    root = Path(__file__).resolve().parents[1]
-    for path in (root / "data" / "qnli" / "train.tsv", root.parent / "shared" / "data" / "qnli" / "train.tsv"):
-        if path.exists():
-            with open(path, newline="", encoding="utf-8") as f:
-                rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:n]
-            return [r["question"] for r in rows], [r["sentence"] for r in rows]
-    ds = pair_dataset(n)  # no real data available: still exercise the real model
-    return list(ds["question"]), list(ds["sentence"])
+    path = next((p for p in QNLI_TRAIN if p.is_file()), None)
+    if path is None:
+        pytest.fail(f"no real QNLI rows: none of {[str(p) for p in QNLI_TRAIN]} exists")
+    with open(path, newline="", encoding="utf-8") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:n]
+    assert len(rows) == n, f"{path} has {len(rows)} rows, {n} wanted"
+    assert all(r["question"].strip() and r["sentence"].strip() for r in rows), f"empty text in {path}"
+    return [r["question"] for r in rows], [r["sentence"] for r in rows]
 
 
 CROSS_ENCODER_LOGITS = """
