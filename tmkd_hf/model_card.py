@@ -39,6 +39,8 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import TrainerCallback
 
+from .plots import ACCURACY_VS_SPEED_FILE
+
 TEMPLATE_NAME = "tmkd_student_card.md"
 
 
@@ -399,16 +401,29 @@ def non_default_hyperparameters(args) -> dict[str, Any]:
     return out
 
 
-def render_model_card(card_data: StudentCardData, template_path: str | os.PathLike | None = None) -> ModelCard:
-    """The card for `card_data`, rendered from `template_path` (default: `model_cards/tmkd_student_card.md`)."""
+def render_model_card(
+    card_data: StudentCardData,
+    template_path: str | os.PathLike | None = None,
+    model_dir: str | os.PathLike | None = None,
+) -> ModelCard:
+    """The card for `card_data`, rendered from `template_path` (default: `model_cards/tmkd_student_card.md`).
+
+    Pictures found in `model_dir` (the folder the card is saved in and pushed with, e.g. `accuracy_vs_speed.png`)
+    are embedded with relative links, so they show on the Hub once the folder is uploaded.
+    """
     template_path = Path(template_path) if template_path is not None else DEFAULT_TEMPLATE_PATH
     if not template_path.is_file():
         raise FileNotFoundError(
             f"Model card template {template_path} not found. tmkd_hf reads it from model_cards/ in a checkout, or "
             "from share/tmkd_hf/model_cards/ where a wheel installs it; pass template_path= to use your own."
         )
+    pictures = {
+        "accuracy_vs_speed_picture": ACCURACY_VS_SPEED_FILE
+        if model_dir is not None and (Path(model_dir) / ACCURACY_VS_SPEED_FILE).is_file()
+        else None
+    }
     card = ModelCard.from_template(
-        card_data.model_card_data(), template_path=str(template_path), **card_data.template_kwargs()
+        card_data.model_card_data(), template_path=str(template_path), **card_data.template_kwargs(), **pictures
     )
     # Sections that are left out leave blank lines behind: one blank line between blocks, one before headings.
     content = re.sub(r"\n{3,}", "\n\n", card.content)
@@ -419,8 +434,9 @@ def render_model_card(card_data: StudentCardData, template_path: str | os.PathLi
 def write_model_card(
     output_dir: str | os.PathLike, card_data: StudentCardData, template_path: str | os.PathLike | None = None
 ) -> ModelCard:
-    """Render the card for `card_data` and save it as `output_dir/README.md` (beside the merged student)."""
-    card = render_model_card(card_data, template_path)
+    """Render the card for `card_data` and save it as `output_dir/README.md` (beside the merged student); pictures
+    already in `output_dir` are embedded."""
+    card = render_model_card(card_data, template_path, model_dir=output_dir)
     os.makedirs(output_dir, exist_ok=True)
     card.save(os.path.join(output_dir, "README.md"))
     return card
