@@ -11,7 +11,9 @@
 6. Accuracy on validation and test of every teacher, their ensemble (mean of probabilities), both students and the
    majority class (with a warning when the teachers do not beat it: then there is nothing to distil).
 7. Inference speed of the student against one teacher: same inputs, same process, examples per second.
-8. The merged student and `results.json` / `results.md`.
+8. The merged student and `results.json` / `results.md`, and `accuracy_vs_speed.png` (test accuracy against
+   examples/s, from those numbers; beside them and in the student's folder, whose card shows it) when matplotlib is
+   installed (`pip install "tmkd_hf[plots]"`).
 
 Every model reads out the way its backbone was trained (`tmkd_hf.readout`, `--readout` overrides): for the default
 all-MiniLM-L6-v2, a mean-pooled sentence-transformers model, teachers and students read the mean of the last hidden
@@ -59,6 +61,7 @@ from tmkd_hf import (
     write_model_card,
 )
 from tmkd_hf.hub import trainer_card_data
+from tmkd_hf.plots import ACCURACY_VS_SPEED_FILE, MatplotlibMissing, plot_accuracy_vs_speed
 from tmkd_hf.teachers import load_classifier
 
 logger = logging.getLogger("run_tmkd_pipeline")
@@ -472,6 +475,14 @@ def main(argv: list[str] | None = None) -> dict:
     }
     speed["speedup"] = round(speed["student_examples_per_s"] / speed["teacher_examples_per_s"], 2)
     speed["speedup_vs_ensemble"] = round(speed["student_examples_per_s"] / speed["ensemble_examples_per_s"], 2)
+    # every model timed above (each teacher was, not only teacher_0), for the table and the accuracy-vs-speed picture
+    speed["examples_per_s"] = {
+        **{name: round(num_rows / statistics.median(measured[name]), 1) for name in teacher_names},
+        "teacher_ensemble": speed["ensemble_examples_per_s"],
+        "tmkd_student": speed["student_examples_per_s"],
+    }
+    # not timed: the labels-only student is the TMKD student's architecture (same layers, one head), so its speed
+    speed["same_architecture_as"] = {"labels_only_student": "tmkd_student"}
     logger.info(f"speed: {speed}")
 
     # ----- 8. results -----
@@ -510,6 +521,7 @@ def main(argv: list[str] | None = None) -> dict:
         json.dump(results, f, indent=2)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write(render_markdown(results))
+    write_accuracy_vs_speed_picture(results, [out, student_dir])  # before the card, which embeds it when present
     card = write_student_card(results, stage2, labelled["train"], student_dir)
     with open(os.path.join(out, "model_card.md"), "w") as f:  # the same card as student/README.md
         f.write(str(card))
@@ -615,6 +627,19 @@ def write_student_card(results: dict, stage2_trainer, labelled_train: Dataset, s
     return write_model_card(student_dir, card)
 
 
+def write_accuracy_vs_speed_picture(results: dict, folders: list[str]) -> list[str]:
+    """`accuracy_vs_speed.png` (from `results`' numbers only) in each folder: beside results.md, and in the student's
+    folder, whose card then embeds it and whose push uploads it. Skipped with a warning without matplotlib."""
+    paths = [os.path.join(folder, ACCURACY_VS_SPEED_FILE) for folder in folders]
+    try:
+        plot_accuracy_vs_speed(results, save_to=paths)
+    except MatplotlibMissing as missing:
+        logger.warning(f"{missing} Not written: {', '.join(paths)}.")
+        return []
+    logger.info(f"wrote {', '.join(paths)}")
+    return paths
+
+
 def render_markdown(results: dict) -> str:
     acc, rows, params = results["accuracy"], results["task"]["rows"], results["parameters"]
     speed = results["speed"]
@@ -647,12 +672,14 @@ def render_markdown(results: dict) -> str:
         *[f"**Warning:** {w}\n" for w in results.get("warnings", [])],
         "| inference (CPU, same inputs, same run) | parameters | layers | examples/s |",
         "|---|---|---|---|",
-        f"| teacher_0 | {params['teacher']:,} | {params['teacher_layers']} | "
-        f"{speed['teacher_examples_per_s']} |",
+        *[f"| teacher_{i} | {params['teacher']:,} | {params['teacher_layers']} | "
+          f"{speed['examples_per_s'][f'teacher_{i}']} |" for i in range(len(teachers))],
         f"| teacher ensemble ({len(teachers)} teachers) | {len(teachers) * params['teacher']:,} | "
         f"{len(teachers)} x {params['teacher_layers']} | {speed['ensemble_examples_per_s']} |",
         f"| tmkd_student | {params['student']:,} | {params['student_layers']} | "
         f"{speed['student_examples_per_s']} |",
+        *[f"| {name} | {params['student']:,} | {params['student_layers']} | not timed: {timed}'s architecture, "
+          "so its speed |" for name, timed in speed["same_architecture_as"].items()],
         "",
         f"Student speed-up: {speed['speedup']}x over one teacher, {speed['speedup_vs_ensemble']}x over the ensemble "
         f"({speed['examples']} test rows, batch {speed['batch_size']}, median of {speed['repeats']} passes, "

@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -129,6 +130,12 @@ def test_pipeline_end_to_end_on_a_tiny_backbone(tmp_path, tiny_backbone, tiny_st
     raw_test = load_recipe().read_tsv(os.path.join(REPO, "data", "qnli", "test.tsv"), ["label"], 24)
     assert results["accuracy"]["test"]["majority_class"] == pytest.approx(
         np.mean([v == majority for v in raw_test["label"]]), abs=1e-4)
+    # accuracy_vs_speed.png beside results.md and in the student's folder, whose card embeds it
+    student_folder = Path(results["paths"]["student"])
+    for folder in (out, student_folder):
+        assert (folder / "accuracy_vs_speed.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", folder
+    assert "![accuracy vs speed](accuracy_vs_speed.png)" in (student_folder / "README.md").read_text()
+    assert set(speed["examples_per_s"]) == {"teacher_0", "teacher_1", "teacher_2", "teacher_ensemble", "tmkd_student"}
     if readout == "mean":
         check_cross_encoder_exports(results, env)
         return
