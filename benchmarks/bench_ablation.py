@@ -32,6 +32,8 @@ on validation.tsv and test.tsv (accuracy; MAP / MRR over the candidates of each 
 
 Resumable: teachers, label caches and every finished (row, seed) (a JSON file under `<output_dir>/runs/`) are saved and
 reused; a rerun skips what is done (and says so). `--table-only` builds the markdown table from the saved runs.
+With matplotlib (`pip install "tmkd_hf[plots]"`) the table step also draws `ablation.png` (every row: seeds, mean ±
+std; teachers, ensemble and majority as lines) and `pool_curve.png` beside `ablation.md`.
 
 Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_ablation.py [--rte] [--output_dir DIR]
 """
@@ -414,11 +416,17 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def build_table(out: Path, pool_percents: list[int]) -> str:
+def load_runs(out: Path) -> dict[str, list[dict]]:
+    """The saved runs of `out`, by row (a row's runs in file order: by seed)."""
     runs: dict[str, list[dict]] = {}
     for path in sorted((out / "runs").glob("*.json")):
         run = json.loads(path.read_text())
         runs.setdefault(run["row"], []).append(run)
+    return runs
+
+
+def build_table(out: Path, pool_percents: list[int]) -> str:
+    runs = load_runs(out)
     if not runs:
         return f"No finished runs in {out / 'runs'}."
     settings = next(iter(runs.values()))[0]["settings"]
@@ -487,6 +495,39 @@ def build_table(out: Path, pool_percents: list[int]) -> str:
                         f"{m.get('questions_with_2plus_candidates')} of them have 2+ candidates (a question with one "
                         "candidate scores 1 whatever the model)."]
     return "\n".join(intro + lines + curve) + "\n"
+
+
+def write_plots(out: Path, pool_percents: list[int]) -> dict:
+    """`ablation.png` and `pool_curve.png` beside `ablation.md`, from the saved runs only: each seed as a dot, the
+    mean ± std, so a difference between rows can be read against the spread between seeds. Returns the figures by
+    file name; nothing is written (with a printed warning) without matplotlib, or without runs to show."""
+    from tmkd_hf.plots import ABLATION_FILE, POOL_CURVE_FILE, MatplotlibMissing, plot_ablation, plot_pool_curve
+
+    runs = load_runs(out)
+    if not runs:
+        return {}
+    task = next(iter(runs.values()))[0]["settings"]["task"]
+    ylabel = f"{'dev (as test)' if task == 'rte' else 'test'} accuracy (%)"
+
+    def by_seed(row: str) -> dict:
+        return {r["seed"]: r["metrics"]["test"]["accuracy"] for r in runs.get(row, []) if "test" in r["metrics"]}
+
+    students = {row: by_seed(row) for row in (*STUDENT_ROWS, *CONTROL_ROWS) if by_seed(row)}
+    references = {row: runs[row][0]["metrics"]["test"]["accuracy"]
+                  for row in (*sorted(r for r in runs if r.startswith("teacher_")), "ensemble", "majority")
+                  if row in runs and "test" in runs[row][0]["metrics"]}
+    pool = {p: list(by_seed(pool_row(p)).values()) for p in pool_percents if by_seed(pool_row(p))}
+    figures = {}
+    try:
+        if students or references:
+            figures[ABLATION_FILE] = plot_ablation(students, references, ylabel=ylabel,
+                                                   title=f"TMKD ablation ({task})",
+                                                   save_to=[out / ABLATION_FILE])
+        if pool:
+            figures[POOL_CURVE_FILE] = plot_pool_curve(pool, ylabel=ylabel, save_to=[out / POOL_CURVE_FILE])
+    except MatplotlibMissing as missing:
+        print(f"[ablation] warning: {missing} The pictures are not written; the table is.", flush=True)
+    return figures
 
 
 def _test_accuracies(row_runs: list[dict]) -> list[float]:
@@ -562,6 +603,7 @@ def main(argv=None) -> int:
         print(table)
         if out.is_dir():
             (out / "ablation.md").write_text(table)
+            write_plots(out, args.pool_percents)
         return 0
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -596,6 +638,7 @@ def main(argv=None) -> int:
         return 3
     table = build_table(out, args.pool_percents)
     (out / "ablation.md").write_text(table)
+    write_plots(out, args.pool_percents)
     ablation.log(f"finished in {time.perf_counter() - started:.0f} s; table in {out / 'ablation.md'}\n\n{table}")
     if not args.no_record:
         report = [
