@@ -417,11 +417,14 @@ def _mean_std(values: list[float]) -> str:
 
 
 def load_runs(out: Path) -> dict[str, list[dict]]:
-    """The saved runs of `out`, by row (a row's runs in file order: by seed)."""
+    """The saved runs of `out`, by row (a row's runs in file order: by seed). Also reads a committed copy
+    (`benchmarks/runs/<name>/`: the run files beside settings.json, no runs/ folder)."""
     runs: dict[str, list[dict]] = {}
-    for path in sorted((out / "runs").glob("*.json")):
+    folder = out / "runs" if (out / "runs").is_dir() else out
+    for path in sorted(folder.glob("*.json")):
         run = json.loads(path.read_text())
-        runs.setdefault(run["row"], []).append(run)
+        if "row" in run:  # settings.json is not a run
+            runs.setdefault(run["row"], []).append(run)
     return runs
 
 
