@@ -249,6 +249,37 @@ def seconds_per_pass(model, batches: list[dict]) -> float:
     return time.perf_counter() - start
 
 
+def measure_speed(
+    models: dict, batches: dict[str, list[dict]], teacher_names: list[str], num_rows: int, repeats: int
+) -> dict:
+    """Examples per second of each teacher, of their ensemble and of the student `tmkd_student`, over the same
+    `num_rows` rows (`batches[name]`): one warm-up batch each, then `repeats` interleaved timed passes, the median
+    pass reported. The ensemble's time in a repeat is the sum of its teachers' times in that repeat (they run one
+    after the other). `seconds_per_pass` keeps the measured times the throughputs come from."""
+    for name in batches:
+        seconds_per_pass(models[name], batches[name][:1])  # warm-up
+    measured = {name: [] for name in batches}
+    for _ in range(repeats):
+        for name in batches:
+            measured[name].append(seconds_per_pass(models[name], batches[name]))
+    measured["teacher_ensemble"] = [sum(measured[t][r] for t in teacher_names) for r in range(repeats)]
+    speed = {
+        "teacher_examples_per_s": round(num_rows / statistics.median(measured["teacher_0"]), 1),
+        "ensemble_examples_per_s": round(num_rows / statistics.median(measured["teacher_ensemble"]), 1),
+        "student_examples_per_s": round(num_rows / statistics.median(measured["tmkd_student"]), 1),
+    }
+    speed["speedup"] = round(speed["student_examples_per_s"] / speed["teacher_examples_per_s"], 2)
+    speed["speedup_vs_ensemble"] = round(speed["student_examples_per_s"] / speed["ensemble_examples_per_s"], 2)
+    # every model timed above (each teacher was, not only teacher_0), for the table and the accuracy-vs-speed picture
+    speed["examples_per_s"] = {
+        **{name: round(num_rows / statistics.median(measured[name]), 1) for name in teacher_names},
+        "teacher_ensemble": speed["ensemble_examples_per_s"],
+        "tmkd_student": speed["student_examples_per_s"],
+    }
+    speed["seconds_per_pass"] = {name: [round(s, 6) for s in times] for name, times in measured.items()}
+    return speed
+
+
 def machine_description() -> str:
     """CPU model and core count (or the GPU), for the speed figures: they mean nothing without the machine."""
     if torch.cuda.is_available():
@@ -456,30 +487,16 @@ def main(argv: list[str] | None = None) -> dict:
             model_tokenizer.pad(rows[i : i + args.speed_batch_size], return_tensors="pt")
             for i in range(0, len(rows), args.speed_batch_size)
         ]
-        seconds_per_pass(loaded[name][0], batches[name][:1])  # warm-up
     num_rows = len(raw["test"])
-    measured = {name: [] for name in batches}
-    for _ in range(args.speed_repeats):
-        for name in batches:
-            measured[name].append(seconds_per_pass(loaded[name][0], batches[name]))
-    ensemble_seconds = [sum(measured[t][r] for t in teacher_names) for r in range(args.speed_repeats)]
     speed = {
         "examples": num_rows,
         "batch_size": args.speed_batch_size,
         "repeats": args.speed_repeats,
         "torch_threads": torch.get_num_threads(),
         "machine": machine_description(),
-        "teacher_examples_per_s": round(num_rows / statistics.median(measured["teacher_0"]), 1),
-        "ensemble_examples_per_s": round(num_rows / statistics.median(ensemble_seconds), 1),
-        "student_examples_per_s": round(num_rows / statistics.median(measured["tmkd_student"]), 1),
-    }
-    speed["speedup"] = round(speed["student_examples_per_s"] / speed["teacher_examples_per_s"], 2)
-    speed["speedup_vs_ensemble"] = round(speed["student_examples_per_s"] / speed["ensemble_examples_per_s"], 2)
-    # every model timed above (each teacher was, not only teacher_0), for the table and the accuracy-vs-speed picture
-    speed["examples_per_s"] = {
-        **{name: round(num_rows / statistics.median(measured[name]), 1) for name in teacher_names},
-        "teacher_ensemble": speed["ensemble_examples_per_s"],
-        "tmkd_student": speed["student_examples_per_s"],
+        **measure_speed(
+            {name: loaded[name][0] for name in batches}, batches, teacher_names, num_rows, args.speed_repeats
+        ),
     }
     # not timed: the labels-only student is the TMKD student's architecture (same layers, one head), so its speed
     speed["same_architecture_as"] = {"labels_only_student": "tmkd_student"}

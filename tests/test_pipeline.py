@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -119,6 +120,17 @@ def test_pipeline_end_to_end_on_a_tiny_backbone(tmp_path, tiny_backbone, tiny_st
     # three teachers one after the other take longer than one
     assert speed["ensemble_examples_per_s"] < speed["teacher_examples_per_s"]
     assert speed["speedup_vs_ensemble"] > speed["speedup"]
+    # ... and every throughput is the test rows over the pass time measured for it (speed_repeats 1: one pass each)
+    assert speed["examples"] == results["task"]["rows"]["test"] == 24 and speed["repeats"] == 1
+    measured = speed["seconds_per_pass"]
+    assert set(measured) == {"teacher_0", "teacher_1", "teacher_2", "teacher_ensemble", "tmkd_student"}
+    assert all(len(times) == 1 and 0 < times[0] < results["seconds"]["total"] for times in measured.values())
+    teachers_in_a_row = sum(measured[f"teacher_{i}"][0] for i in range(3))
+    assert measured["teacher_ensemble"][0] == pytest.approx(teachers_in_a_row, abs=3e-6)
+    reported = [("teacher_0", speed["teacher_examples_per_s"]), ("tmkd_student", speed["student_examples_per_s"]),
+                ("teacher_ensemble", speed["ensemble_examples_per_s"]), *speed["examples_per_s"].items()]  # fmt: skip
+    for name, per_s in reported:
+        assert per_s == pytest.approx(24 / measured[name][0], rel=1e-3, abs=0.06), name
     params = results["parameters"]
     assert params["teacher_layers"] == 4 and params["student_layers"] == 2 and params["student"] < params["teacher"]
     assert set(results["seconds"]) >= {"teacher_0", "labelling", "stage1", "stage2", "labels_only", "total"}
@@ -177,6 +189,51 @@ def test_pipeline_end_to_end_on_a_tiny_backbone(tmp_path, tiny_backbone, tiny_st
     assert len(manifest["teachers"]) == 3 and manifest["num_rows"] == 48
     for teacher in results["paths"]["teachers"]:
         assert AutoModelForSequenceClassification.from_pretrained(teacher).config.num_hidden_layers == 4
+
+
+def test_speed_is_computed_from_the_measured_pass_times(monkeypatch):
+    """measure_speed on stub models and a fake clock: each model's pass takes a known time (batches x its cost per
+    batch x that repeat's slowdown), so every reported number has one right value. The ensemble's time is the sum of
+    its teachers' times within a repeat (median 0.48 s here), not the sum of their medians (0.33 s)."""
+    recipe = load_recipe()
+    clock = [0.0]
+    monkeypatch.setattr(recipe, "time", SimpleNamespace(perf_counter=lambda: clock[0]))
+
+    class Stub:
+        def __init__(self, cost_per_batch, slowdowns):
+            self.cost, self.slowdowns, self.seen = cost_per_batch, slowdowns, []
+
+        def eval(self):
+            return self
+
+        def __call__(self, **batch):
+            self.seen.append(batch["rows"])
+            timed_pass = (len(self.seen) - 2) // 3  # call 1 is the warm-up, then 3 batches a pass
+            clock[0] += self.cost * (10.0 if timed_pass < 0 else self.slowdowns[timed_pass])
+
+    models = {
+        "teacher_0": Stub(0.02, [1, 4, 1.5]),  # passes 0.06, 0.24, 0.09 s: median 0.09 s
+        "teacher_1": Stub(0.03, [4, 1, 1]),  # 0.36, 0.09, 0.09
+        "teacher_2": Stub(0.05, [1, 1, 1]),  # 0.15, 0.15, 0.15: in a row 0.57, 0.48, 0.33 s
+        "tmkd_student": Stub(0.01, [1, 1, 2]),  # 0.03, 0.03, 0.06
+    }
+    batches = {name: [{"rows": (name, i)} for i in range(3)] for name in models}  # 3 batches of 8 rows each
+    speed = recipe.measure_speed(models, batches, ["teacher_0", "teacher_1", "teacher_2"], num_rows=24, repeats=3)
+
+    for name, model in models.items():  # a warm-up batch, then 3 passes over the model's own batches
+        assert model.seen == [(name, 0)] + [(name, i) for _ in range(3) for i in range(3)]
+    expected_seconds = {"teacher_0": [0.06, 0.24, 0.09], "teacher_1": [0.36, 0.09, 0.09],
+                        "teacher_2": [0.15, 0.15, 0.15], "teacher_ensemble": [0.57, 0.48, 0.33],
+                        "tmkd_student": [0.03, 0.03, 0.06]}  # fmt: skip
+    assert speed["seconds_per_pass"].keys() == expected_seconds.keys()
+    for name, times in expected_seconds.items():
+        assert speed["seconds_per_pass"][name] == pytest.approx(times), name
+    assert speed["teacher_examples_per_s"] == 266.7  # 24 rows / 0.09 s
+    assert speed["ensemble_examples_per_s"] == 50.0  # 24 / 0.48
+    assert speed["student_examples_per_s"] == 800.0  # 24 / 0.03
+    assert speed["speedup"] == 3.0 and speed["speedup_vs_ensemble"] == 16.0
+    assert speed["examples_per_s"] == {"teacher_0": 266.7, "teacher_1": 266.7, "teacher_2": 160.0,
+                                       "teacher_ensemble": 50.0, "tmkd_student": 800.0}  # fmt: skip
 
 
 def test_default_config_matches_the_dataclass_defaults():
