@@ -11,6 +11,7 @@ carry a `gid` naming what they show, so a test can count the points of each seri
 
 from __future__ import annotations
 
+import math
 import os
 import statistics
 from collections.abc import Iterable, Mapping
@@ -114,21 +115,28 @@ def plot_accuracy_vs_speed(results: Mapping[str, Any], save_to: Iterable[str | o
     ax = figure.add_subplot()
     speeds = [p["examples_per_s"] for p in points]
     middle = (min(speeds) * max(speeds)) ** 0.5 if points else 0.0
+    labelled: list[tuple[float, float]] = []  # (log10 x, y) of the points labelled so far
     for point in points:
         name, colour, timed_as = point["model"], _model_colour(point["model"]), point["timed_as"]
         x, y = point["examples_per_s"], 100 * point["accuracy"]
         ax.scatter([x], [y], s=60, facecolors="none" if timed_as else colour, edgecolors=colour, zorder=3, gid=name)
         label = f"{name}\n(not timed: {timed_as}'s architecture and speed)" if timed_as else name
         right = x <= middle  # labels of the faster half go to the left of their point, inside the axes
+        # points that nearly coincide (teachers of one architecture) get their labels stacked, not overprinted
+        near = sum(abs(math.log10(x) - lx) < 0.1 and abs(y - ly) < 2.0 for lx, ly in labelled)
+        labelled.append((math.log10(x), y))
         ax.annotate(
             label,
             (x, y),
-            xytext=(7 if right else -7, 3),
+            xytext=(7 if right else -7, 3 + 10 * near),
             textcoords="offset points",
             fontsize=8,
             ha="left" if right else "right",
             va="bottom",
         )
+    if labelled:  # head-room for the stacked labels above the highest points
+        stacked = max(sum(abs(lx - ox) < 0.1 and abs(ly - oy) < 2.0 for ox, oy in labelled) for lx, ly in labelled)
+        ax.margins(y=0.06 * stacked)
     majority = results.get("accuracy", {}).get(split, {}).get("majority_class")
     if majority is not None:
         label = f"majority class ({results['majority_label']})" if results.get("majority_label") else "majority class"
