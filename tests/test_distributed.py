@@ -12,6 +12,7 @@ import pytest
 import torch
 
 SCRIPT = Path(__file__).parent / "scripts" / "distill_tiny.py"
+FSDP_SCRIPT = Path(__file__).parent / "scripts" / "fsdp_tiny.py"
 
 
 def run(cmd: list[str], tmp_path: Path) -> None:
@@ -40,3 +41,32 @@ def test_two_processes_match_one(tmp_path, launcher):
     assert len(single_losses) == len(ddp_losses) == 8
     torch.testing.assert_close(torch.tensor(ddp_losses), torch.tensor(single_losses), rtol=1e-4, atol=1e-5)
     assert (tmp_path / "ddp" / "config.json").exists()  # the merged student, written once by the main process
+
+
+@pytest.mark.slow
+def test_fsdp2_sharded_student_saves_what_one_process_saves(tmp_path):
+    """Real FSDP2 sharding (`fully_shard` over gloo, 2 CPU processes): the trainer's `_save`, handed the gathered full
+    weights as `Trainer.save_model` hands them under FSDP, writes the same resumable multi-head checkpoint and the
+    same merged student as one unsharded process trained on the same global batches."""
+    from safetensors.torch import load_file
+
+    run([sys.executable, str(FSDP_SCRIPT), str(tmp_path / "single"), "8"], tmp_path)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29535"]
+    run([*launch, str(FSDP_SCRIPT), str(tmp_path / "sharded"), "4"], tmp_path)
+    for rank in (0, 1):  # the parameters really were sharded (DTensors) on both ranks
+        assert int((tmp_path / "sharded" / f"sharded_rank{rank}.txt").read_text()) > 0
+    for kind in ("checkpoint", "merged"):
+        single = load_file(tmp_path / "single" / kind / "model.safetensors")
+        sharded = load_file(tmp_path / "sharded" / kind / "model.safetensors")
+        assert set(sharded) == set(single), kind
+        for key in single:
+            torch.testing.assert_close(sharded[key], single[key], atol=1e-6, rtol=1e-5, msg=f"{kind}: {key}")
+    assert (tmp_path / "sharded" / "checkpoint" / "tmkd_student.json").is_file()  # every head, resumable
+    initial = load_file(tmp_path / "single" / "initial" / "model.safetensors")
+    trained = load_file(tmp_path / "single" / "merged" / "model.safetensors")
+    assert max(float((trained[k] - initial[k]).abs().max()) for k in initial) > 1e-3  # training moved the weights
+
+    from tmkd_hf import MultiHeadStudent
+
+    resumed = MultiHeadStudent.from_pretrained(str(tmp_path / "sharded" / "checkpoint"))
+    assert resumed.num_heads == 3
