@@ -5,6 +5,7 @@ __version__ = "0.1.0"
 from .arguments import DistillationArguments
 from .augmentation import augment_pairs, word_neighbours
 from .collator import DataCollatorWithTeacherLogits
+from .export import OnnxClassifier, export_onnx, quantize_torch_int8
 from .hub import HubPushError, push_teacher_logits_to_hub, upload_student_folder
 from .initialization import student_from_teacher_layers
 from .labelling import label_with_teachers, load_teacher_logits, read_manifest, use_fixed_mmap_threshold
@@ -24,6 +25,7 @@ __all__ = [
     "LoraStudentArguments",
     "MultiHeadStudent",
     "MultiTeacherDistillationTrainer",
+    "OnnxClassifier",
     "SpeedMeasurement",
     "StudentCardData",
     "TaskSpec",
@@ -33,6 +35,7 @@ __all__ = [
     "augment_pairs",
     "build_compute_metrics",
     "detect_readout",
+    "export_onnx",
     "get_task",
     "label_with_teachers",
     "load_classifier",
@@ -41,6 +44,7 @@ __all__ = [
     "merge_lora",
     "merge_student",
     "push_teacher_logits_to_hub",
+    "quantize_torch_int8",
     "read_manifest",
     "save_merged_student",
     "student_from_teacher_layers",

@@ -1,0 +1,286 @@
+"""Export for inference: a merged student as one ONNX graph (fp32, and int8 weights), or as an int8 torch module.
+
+`export_onnx(student_dir, out_dir, quantize=True)` writes
+
+    model.onnx          the whole classifier, token ids in, logits out (for a mean-readout CrossEncoder export the
+                        mean pooling and the Dense layer of merged heads are inside the graph); batch and sequence
+                        axes are dynamic
+    model_int8.onnx     the same graph with int8 weights (onnxruntime dynamic quantization: QInt8 weights,
+                        activations quantized on the fly), with `quantize=True`
+    onnx_export.json    the inputs and outputs, the labels, how the files were made and how far their logits are
+                        from PyTorch's on a check batch
+    tokenizer files, config.json (the labels), so the folder can be pushed beside the model and used on its own
+
+Why the TorchScript exporter (`torch.onnx.export(..., dynamo=False)`) by default: on BERT-style students in both
+readouts it gives the same logits as the torch.export-based exporter (both within 1e-7 of PyTorch), needs no
+onnxscript, exports in a fraction of the time and writes a smaller file. It is deprecated upstream but present in
+every torch the package supports (`torch<2.14`); `dynamo=True` selects the torch.export-based exporter (needs
+`pip install onnxscript`). Either way the export is checked: the graph is run by onnxruntime on a batch of another
+size and length than the one it was traced with, and a difference to PyTorch above `EXPORT_TOLERANCE` is an error.
+
+`OnnxClassifier(out_dir)` runs the exported graph with onnxruntime; `quantize_torch_int8(student_dir)` is the int8
+route without onnxruntime (torch dynamic quantization of every `nn.Linear`). onnx and onnxruntime are an optional
+extra (`pip install "tmkd_hf[onnx]"`): this module imports without them and says what to install when they are
+needed.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib.metadata
+import json
+import os
+import warnings
+
+import numpy as np
+import torch
+from torch import nn
+
+ONNX_FILE = "model.onnx"
+ONNX_INT8_FILE = "model_int8.onnx"
+EXPORT_INFO_FILE = "onnx_export.json"
+DEFAULT_OPSET = 17  # the first opset with a fused LayerNormalization; loaded by any recent runtime
+EXPORT_TOLERANCE = 1e-4  # max |logit difference| allowed between the fp32 graph and PyTorch on the check batch
+INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")  # the graph's inputs, those the model reads
+QUANTIZATION = {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8", "per_channel": False}
+INSTALL_HINT = 'pip install "tmkd_hf[onnx]"'
+
+# Pairs to trace the graph with (2 rows: a dimension of size 1 would be fixed by torch.export), and a check batch
+# of another size and length, with padding, to prove the axes are dynamic.
+_TRACE_PAIRS = (("what is the largest city", "the largest city is the capital"), ("who wrote it", "a book"))
+_CHECK_PAIRS = (
+    ("when was the oldest king of the north born", "the king of the north was born in the first year of the war"),
+    ("which river", "the river runs east"),
+    ("how", "light"),
+)
+
+
+class OnnxRuntimeMissing(ImportError):
+    """onnx or onnxruntime is not installed: the ONNX export and its runner need them."""
+
+
+def _require(module: str, what: str):
+    try:
+        return __import__(module)
+    except ImportError as error:
+        raise OnnxRuntimeMissing(
+            f"{what} needs {module}: {INSTALL_HINT} (or pip install onnx onnxruntime). The torch-only int8 route, "
+            "tmkd_hf.export.quantize_torch_int8, needs neither."
+        ) from error
+
+
+def _version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+class _LogitsOnly(nn.Module):
+    """The classifier as the graph sees it: token tensors in, logits out (no ModelOutput, no loss)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids, attention_mask, token_type_ids=None):
+        inputs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            inputs["token_type_ids"] = token_type_ids
+        return self.model(**inputs).logits
+
+
+def _input_names(model: nn.Module, tokenizer) -> list[str]:
+    """The inputs both the tokenizer gives and the model reads, in `INPUT_ORDER` (a RoBERTa or DistilBERT student
+    has no token_type_ids)."""
+    import inspect
+
+    inner = getattr(model, "model", model)  # a MultiHeadStudent passes its inputs to the transformers model
+    accepted = set(inspect.signature(inner.forward).parameters)
+    names = [n for n in INPUT_ORDER if n in tokenizer.model_input_names and n in accepted]
+    if names[:2] != ["input_ids", "attention_mask"]:
+        raise ValueError(
+            f"The export needs input_ids and attention_mask; the tokenizer gives {tokenizer.model_input_names} and "
+            f"the model reads {sorted(accepted & set(INPUT_ORDER))}."
+        )
+    return names
+
+
+def _tokenize(tokenizer, pairs, names: list[str]) -> dict[str, torch.Tensor]:
+    batch = tokenizer([q for q, _ in pairs], [p for _, p in pairs], padding=True, return_tensors="pt")
+    return {n: batch[n] for n in names}
+
+
+def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
+
+
+def _opset(model_proto) -> int:
+    return max(o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def export_onnx(
+    model_dir: str | os.PathLike,
+    output_dir: str | os.PathLike,
+    *,
+    quantize: bool = False,
+    opset: int | None = None,
+    dynamo: bool = False,
+) -> dict:
+    """Export the merged student in `model_dir` (a plain checkpoint or a CrossEncoder export, anything
+    `tmkd_hf.load_classifier` loads, with its tokenizer) to `output_dir/model.onnx`, and with `quantize=True` also
+    `model_int8.onnx`. Returns what `onnx_export.json` records (inputs, outputs, labels, exporter, opset, file sizes,
+    the check batch's max |logit difference| to PyTorch per file).
+
+    Args:
+        opset: ONNX opset (default 17 with the TorchScript exporter, torch's own default with `dynamo=True`).
+        dynamo: use the torch.export-based exporter instead of the TorchScript one (needs onnxscript).
+    """
+    _require("onnx", "The ONNX export")
+    _require("onnxruntime", "The ONNX export (its check and the int8 file)")
+    import onnx
+    from transformers import AutoTokenizer
+
+    from .modeling import MultiHeadStudent
+    from .teachers import load_classifier
+
+    model_dir, output_dir = str(model_dir), str(output_dir)
+    model = load_classifier(model_dir).float().eval()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{model_dir} has no tokenizer; save the student with its tokenizer ({error}).") from None
+    names = _input_names(model, tokenizer)
+    trace, check = _tokenize(tokenizer, _TRACE_PAIRS, names), _tokenize(tokenizer, _CHECK_PAIRS, names)
+    os.makedirs(output_dir, exist_ok=True)
+    path = os.path.join(output_dir, ONNX_FILE)
+    axes = {n: {0: "batch", 1: "sequence"} for n in names}
+    wrapper = _LogitsOnly(model).eval()
+    with warnings.catch_warnings():
+        # The TorchScript exporter announces its deprecation, and warns about transformers' mask code: shape
+        # comparisons that are constant for an encoder, and indexing the padding mask with aranges (never negative,
+        # which is what its "advanced indexing" warning is about); the check below runs the graph on other shapes.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing.*")
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message="The feature will be removed.*")
+        if dynamo:
+            _require("onnxscript", "torch.onnx.export(dynamo=True)")
+            dims = {"batch": torch.export.Dim("batch"), "sequence": torch.export.Dim("sequence")}
+            torch.onnx.export(
+                wrapper, tuple(trace.values()), path, input_names=names, output_names=["logits"], opset_version=opset,
+                dynamo=True, dynamic_shapes={n: {0: dims["batch"], 1: dims["sequence"]} for n in names},
+                external_data=False, verbose=False,
+            )  # fmt: skip
+        else:
+            torch.onnx.export(
+                wrapper, tuple(trace.values()), path, input_names=names, output_names=["logits"],
+                opset_version=opset or DEFAULT_OPSET, dynamo=False,
+                dynamic_axes={**axes, "logits": {0: "batch"}},
+            )  # fmt: skip
+    with torch.inference_mode():
+        expected = wrapper(**check).numpy()
+    fp32_logits = OnnxClassifier(path)(**check)
+    fp32_diff = _max_diff(fp32_logits, expected)
+    if not fp32_diff <= EXPORT_TOLERANCE:
+        raise RuntimeError(
+            f"{path}: the exported graph's logits differ from PyTorch's by {fp32_diff:.2e} (> {EXPORT_TOLERANCE}) on "
+            f"a batch of {len(_CHECK_PAIRS)} padded pairs. Try the other exporter (dynamo={not dynamo})."
+        )
+    files = {"fp32": ONNX_FILE}
+    check_diff = {"fp32": fp32_diff}
+    argmax_agreement = {"fp32": float((fp32_logits.argmax(-1) == expected.argmax(-1)).mean())}
+    if quantize:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+
+        int8_path = os.path.join(output_dir, ONNX_INT8_FILE)
+        quantize_dynamic(path, int8_path, weight_type=QuantType.QInt8)
+        int8_logits = OnnxClassifier(int8_path)(**check)
+        files["int8"] = ONNX_INT8_FILE
+        check_diff["int8"] = _max_diff(int8_logits, expected)
+        argmax_agreement["int8"] = float((int8_logits.argmax(-1) == expected.argmax(-1)).mean())
+    tokenizer.save_pretrained(output_dir)
+    model.config.save_pretrained(output_dir)  # the labels (id2label) and the architecture the graph came from
+    num_labels = model.config.num_labels
+    info = {
+        "source": os.path.abspath(model_dir),
+        "readout": model.readout if isinstance(model, MultiHeadStudent) else "cls",
+        "files": files,
+        "size_bytes": {kind: os.path.getsize(os.path.join(output_dir, name)) for kind, name in files.items()},
+        "inputs": [{"name": n, "dtype": "int64", "shape": ["batch", "sequence"]} for n in names],
+        "outputs": [{"name": "logits", "dtype": "float32", "shape": ["batch", num_labels]}],
+        "id2label": {str(i): model.config.id2label[i] for i in range(num_labels)},
+        "exporter": "torch.onnx.export(dynamo=True)" if dynamo else "torch.onnx.export(dynamo=False) (TorchScript)",
+        "opset": _opset(onnx.load(path, load_external_data=False)),
+        "quantization": QUANTIZATION if quantize else None,
+        "check": {
+            "rows": len(_CHECK_PAIRS),
+            "sequence_length": int(check["input_ids"].shape[1]),
+            "traced_with": list(trace["input_ids"].shape),
+            "max_abs_logit_diff_vs_torch": check_diff,
+            "argmax_agreement_with_torch": argmax_agreement,
+        },
+        "versions": {p: _version(p) for p in ("tmkd_hf", "torch", "transformers", "onnx", "onnxruntime")},
+    }
+    with open(os.path.join(output_dir, EXPORT_INFO_FILE), "w") as f:
+        json.dump(info, f, indent=2)
+    return info
+
+
+class OnnxClassifier:
+    """An exported student run by onnxruntime: `OnnxClassifier(dir)(**tokenizer(q, p, padding=True,
+    return_tensors="np"))` gives the logits as a float32 array `[batch, num_labels]`.
+
+    Args:
+        path: an export folder (`model.onnx`, or `model_int8.onnx` with `int8=True`) or an `.onnx` file.
+        threads: onnxruntime's intra-op threads (default: its own, every physical core); give
+            `torch.get_num_threads()` to compare with PyTorch on the same footing.
+        providers: onnxruntime execution providers (default: CPU).
+    """
+
+    def __init__(self, path: str | os.PathLike, *, int8: bool = False, threads: int | None = None, providers=None):
+        ort = _require("onnxruntime", "OnnxClassifier")
+        path = str(path)
+        if os.path.isdir(path):
+            path = os.path.join(path, ONNX_INT8_FILE if int8 else ONNX_FILE)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path} does not exist: export the student first (tmkd_hf.export.export_onnx).")
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        self.path = path
+        self.session = ort.InferenceSession(path, options, providers=providers or ["CPUExecutionProvider"])
+        self.input_names = [i.name for i in self.session.get_inputs()]
+
+    def __call__(self, **inputs) -> np.ndarray:
+        missing = [n for n in self.input_names if n not in inputs]
+        if missing:
+            raise ValueError(f"{self.path} reads {self.input_names}; missing {missing}.")
+        feed = {}
+        for name in self.input_names:  # other keys (token_type_ids for a graph without them, labels) are ignored
+            value = inputs[name]
+            value = value.detach().cpu().numpy() if isinstance(value, torch.Tensor) else np.asarray(value)
+            feed[name] = value.astype(np.int64, copy=False)
+        return self.session.run(["logits"], feed)[0]
+
+
+def quantize_torch_int8(model_or_path: nn.Module | str | os.PathLike) -> nn.Module:
+    """The int8 route without onnxruntime: a copy of the classifier with every `nn.Linear` dynamically quantized
+    (`torch.ao.quantization.quantize_dynamic`: int8 weights, activations quantized per batch), for CPU inference.
+    Same call and outputs as the original (`model(**batch).logits`).
+
+    `torch.ao.quantization` is deprecated upstream in favour of torchao, but present in every torch this package
+    supports; its deprecation warnings are silenced here.
+    """
+    from .teachers import load_classifier
+
+    if isinstance(model_or_path, (str, os.PathLike)):
+        model = load_classifier(model_or_path)
+    else:
+        model = copy.deepcopy(model_or_path)  # the caller's model keeps its weights and dtype
+    model = model.float().eval()
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
+        warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
+        warnings.filterwarnings("ignore", message=r".*torch\.quantize_per_tensor.*")
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
