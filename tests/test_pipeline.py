@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 from conftest import tiny_config
-from transformers import AutoModel, AutoModelForSequenceClassification, AutoTokenizer
+from transformers import AutoConfig, AutoModel, AutoModelForSequenceClassification, AutoTokenizer
 
 from tmkd_hf import MultiHeadStudent
 
@@ -236,6 +236,10 @@ def test_speed_is_computed_from_the_measured_pass_times(monkeypatch):
                                        "teacher_ensemble": 50.0, "tmkd_student": 800.0}  # fmt: skip
 
 
+# Opt-in fields that are off by default and left out of the demo config (its run, and its timing, stay as they were).
+NOT_IN_DEFAULT_CONFIG = {"export_onnx"}
+
+
 def test_default_config_matches_the_dataclass_defaults():
     """`python recipes/run_tmkd_pipeline.py` with no arguments runs the same as with the default config."""
     recipe = load_recipe()
@@ -243,7 +247,9 @@ def test_default_config_matches_the_dataclass_defaults():
     defaults = recipe.PipelineArguments()
     assert dataclasses.asdict(from_json) == dataclasses.asdict(defaults)
     with open(DEFAULT_CONFIG) as f:
-        assert set(json.load(f)) == {f.name for f in dataclasses.fields(recipe.PipelineArguments)}
+        fields = {f.name for f in dataclasses.fields(recipe.PipelineArguments)}
+        assert set(json.load(f)) == fields - NOT_IN_DEFAULT_CONFIG
+    assert defaults.export_onnx is False
 
 
 def test_flags_and_clear_errors():
@@ -311,3 +317,62 @@ def check_cross_encoder_exports(results: dict, env: dict) -> None:
     assert "from sentence_transformers import CrossEncoder" in card.text
     assert "AutoModelForSequenceClassification.from_pretrained" not in card.text
     assert "majority_class" in card.text
+
+
+@pytest.mark.skipif(importlib.util.find_spec("onnxruntime") is None, reason='needs pip install "tmkd_hf[onnx]"')
+def test_pipeline_exports_evaluates_and_times_the_onnx_student(tmp_path, tiny_backbone, tiny_student_backbone):
+    """export_onnx=True (mean readout, as the default backbone): <student>/onnx/ holds both graphs; the fp32 and int8
+    ONNX students get accuracy rows computed from their own logits, and throughputs from their own timed passes in
+    the same interleaved measurement, so results.md and the accuracy-vs-speed picture carry them."""
+    mark_mean_pooled(tiny_backbone)
+    mark_mean_pooled(tiny_student_backbone)
+    out = tmp_path / "out"
+    config = {"backbone": tiny_backbone, "student_backbone": tiny_student_backbone, "output_dir": str(out),
+              "max_train_rows": 48, "max_unlabeled_rows": 48, "max_eval_rows": 24, "teacher_epochs": 1,
+              "stage1_epochs": 1, "stage2_epochs": 1, "student_layers": [0, 2], "batch_size": 8, "speed_repeats": 1,
+              "logging_steps": 2, "export_onnx": True}  # fmt: skip
+    config_path = tmp_path / "config.json"
+    config_path.write_text(json.dumps(config))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "CUDA_VISIBLE_DEVICES": ""}
+    proc = subprocess.run([sys.executable, SCRIPT, str(config_path)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    results = json.loads((out / "results.json").read_text())
+
+    onnx_dir = Path(results["paths"]["student"]) / "onnx"
+    assert results["paths"]["student_onnx"] == str(onnx_dir)
+    assert {"model.onnx", "model_int8.onnx", "onnx_export.json", "tokenizer.json", "config.json"} <= set(
+        os.listdir(onnx_dir)
+    )
+    assert results["onnx_export"] == json.loads((onnx_dir / "onnx_export.json").read_text())
+    assert results["onnx_export"]["readout"] == "mean"
+    assert results["onnx_export"]["check"]["max_abs_logit_diff_vs_torch"]["fp32"] <= 1e-4
+    onnx_rows = ["tmkd_student_onnx", "tmkd_student_onnx_int8"]
+    for split in ("validation", "test"):
+        assert set(results["accuracy"][split]) == set(MODELS) | set(onnx_rows)
+        assert results["accuracy"][split]["tmkd_student_onnx"] == results["accuracy"][split]["tmkd_student"]
+    # each row's accuracy is what its own graph scores on those rows
+    from tmkd_hf.export import OnnxClassifier
+
+    recipe = load_recipe()
+    tokenizer = AutoTokenizer.from_pretrained(results["paths"]["student"])
+    raw = recipe.read_tsv(os.path.join(REPO, "data", "qnli", "validation.tsv"), ["question", "sentence", "label"], 24)
+    labels = np.array([results["task"]["label_names"].index(v) for v in raw["label"]])
+    features = recipe.encode(tokenizer, raw, ["question", "sentence"], 128)
+    for name, int8 in (("tmkd_student_onnx", False), ("tmkd_student_onnx_int8", True)):
+        runner = recipe.OnnxStudent(OnnxClassifier(onnx_dir, int8=int8), AutoConfig.from_pretrained(onnx_dir))
+        logits = recipe.predict_logits(runner, tokenizer, features, 8)
+        assert results["accuracy"]["validation"][name] == pytest.approx(recipe.accuracy(logits, labels), abs=1e-4)
+
+    speed = results["speed"]
+    assert speed["onnxruntime_threads"] == speed["torch_threads"]
+    for name in onnx_rows:  # timed in the same run, same 24 test rows, one pass each
+        assert len(speed["seconds_per_pass"][name]) == 1
+        assert speed["examples_per_s"][name] == pytest.approx(24 / speed["seconds_per_pass"][name][0], rel=1e-3,
+                                                              abs=0.06)  # fmt: skip
+    markdown = (out / "results.md").read_text()
+    for name in onnx_rows:
+        assert markdown.count(f"| {name} |") == 2, name  # the accuracy table and the speed table
+    from tmkd_hf.plots import accuracy_vs_speed_points
+
+    assert set(onnx_rows) <= {p["model"] for p in accuracy_vs_speed_points(results)}
