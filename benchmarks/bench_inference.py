@@ -11,8 +11,8 @@ Models (all from all-MiniLM-L6-v2, `num_labels=2`; speed does not depend on what
 and the merged student exported for inference (`tmkd_hf.export`, saved and exported in a temporary folder):
 
 - onnx       -- `model.onnx` (fp32, the whole classifier in one graph) run by onnxruntime;
-- onnx_int8  -- `model_int8.onnx` (onnxruntime dynamic quantization, QInt8 weights) run by onnxruntime;
-- torch_int8 -- `quantize_torch_int8(merged)` (torch dynamic quantization of every nn.Linear).
+- onnx_int8  -- `model_int8.onnx` (onnxruntime dynamic quantization, per-channel QInt8 weights) run by onnxruntime;
+- torch_int8 -- `quantize_torch_int8(merged)` (torch dynamic quantization of every nn.Linear, per-channel weights).
 
 The same inputs for every model (the first `--rows` pairs of qnli/test.tsv, file order, batches of `--batch-size`,
 each padded to its own longest row), `torch.inference_mode()`, one warm-up pass, then `--repeats` passes per model,
@@ -53,8 +53,8 @@ from bench_training import LABELS, TEXT_COLUMNS, data_dir  # noqa: E402
 MODELS = ("merged", "plain", "teacher", "ensemble")
 EXPORTED = {  # name: what it is
     "onnx": "model.onnx (fp32), onnxruntime",
-    "onnx_int8": "model_int8.onnx (QInt8 weights, dynamic quantization), onnxruntime",
-    "torch_int8": "quantize_torch_int8: torch dynamic int8 nn.Linear",
+    "onnx_int8": "model_int8.onnx (per-channel QInt8 weights, dynamic quantization), onnxruntime",
+    "torch_int8": "quantize_torch_int8: torch dynamic int8 nn.Linear (per-channel weights)",
 }
 ONNX_TOLERANCE = 1e-4  # max |logit difference| of the fp32 graph to the merged student in PyTorch
 

@@ -5,8 +5,8 @@
     model.onnx          the whole classifier, token ids in, logits out (for a mean-readout CrossEncoder export the
                         mean pooling and the Dense layer of merged heads are inside the graph); batch and sequence
                         axes are dynamic
-    model_int8.onnx     the same graph with int8 weights (onnxruntime dynamic quantization: QInt8 weights,
-                        activations quantized on the fly), with `quantize=True`
+    model_int8.onnx     the same graph with int8 weights (onnxruntime dynamic quantization: QInt8 weights, one scale
+                        per output channel, activations quantized on the fly), with `quantize=True`
     onnx_export.json    the inputs and outputs, the labels, how the files were made and how far their logits are
                         from PyTorch's on a check batch
     tokenizer files, config.json (the labels), so the folder can be pushed beside the model and used on its own
@@ -22,6 +22,12 @@ size and length than the one it was traced with, and a difference to PyTorch abo
 route without onnxruntime (torch dynamic quantization of every `nn.Linear`). onnx and onnxruntime are an optional
 extra (`pip install "tmkd_hf[onnx]"`): this module imports without them and says what to install when they are
 needed.
+
+Why per-channel int8 weights by default (both routes; `per_channel=False` gives one scale per weight matrix): on
+layers 0, 1, 2 of all-MiniLM-L6-v2 with random 3-way heads, 64 QNLI pairs, per-channel weights halve the logits'
+error against fp32 (onnxruntime: mean |difference| 0.22 against 0.49, torch: 0.34 against 0.61, logits up to 5.5)
+for the same file size; onnxruntime fuses both into the same DynamicQuantizeMatMul kernel. It is also optimum's
+default for dynamic quantization.
 """
 
 from __future__ import annotations
@@ -42,7 +48,6 @@ EXPORT_INFO_FILE = "onnx_export.json"
 DEFAULT_OPSET = 17  # the first opset with a fused LayerNormalization; loaded by any recent runtime
 EXPORT_TOLERANCE = 1e-4  # max |logit difference| allowed between the fp32 graph and PyTorch on the check batch
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")  # the graph's inputs, those the model reads
-QUANTIZATION = {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8", "per_channel": False}
 INSTALL_HINT = 'pip install "tmkd_hf[onnx]"'
 
 # Pairs to trace the graph with (2 rows: a dimension of size 1 would be fixed by torch.export), and a check batch
@@ -124,6 +129,7 @@ def export_onnx(
     output_dir: str | os.PathLike,
     *,
     quantize: bool = False,
+    per_channel: bool = True,
     opset: int | None = None,
     dynamo: bool = False,
 ) -> dict:
@@ -133,6 +139,7 @@ def export_onnx(
     the check batch's max |logit difference| to PyTorch per file).
 
     Args:
+        per_channel: int8 weights with one scale per output channel (else one per weight matrix).
         opset: ONNX opset (default 17 with the TorchScript exporter, torch's own default with `dynamo=True`).
         dynamo: use the torch.export-based exporter instead of the TorchScript one (needs onnxscript).
     """
@@ -187,18 +194,22 @@ def export_onnx(
             f"{path}: the exported graph's logits differ from PyTorch's by {fp32_diff:.2e} (> {EXPORT_TOLERANCE}) on "
             f"a batch of {len(_CHECK_PAIRS)} padded pairs. Try the other exporter (dynamo={not dynamo})."
         )
-    files = {"fp32": ONNX_FILE}
-    check_diff = {"fp32": fp32_diff}
+    files, check_diff, quantization = {"fp32": ONNX_FILE}, {"fp32": fp32_diff}, None
     argmax_agreement = {"fp32": float((fp32_logits.argmax(-1) == expected.argmax(-1)).mean())}
     if quantize:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         int8_path = os.path.join(output_dir, ONNX_INT8_FILE)
-        quantize_dynamic(path, int8_path, weight_type=QuantType.QInt8)
+        quantize_dynamic(path, int8_path, weight_type=QuantType.QInt8, per_channel=per_channel)
         int8_logits = OnnxClassifier(int8_path)(**check)
         files["int8"] = ONNX_INT8_FILE
         check_diff["int8"] = _max_diff(int8_logits, expected)
         argmax_agreement["int8"] = float((int8_logits.argmax(-1) == expected.argmax(-1)).mean())
+        quantization = {
+            "method": "onnxruntime.quantization.quantize_dynamic",
+            "weight_type": "QInt8",
+            "per_channel": per_channel,
+        }
     tokenizer.save_pretrained(output_dir)
     model.config.save_pretrained(output_dir)  # the labels (id2label) and the architecture the graph came from
     num_labels = model.config.num_labels
@@ -212,7 +223,7 @@ def export_onnx(
         "id2label": {str(i): model.config.id2label[i] for i in range(num_labels)},
         "exporter": "torch.onnx.export(dynamo=True)" if dynamo else "torch.onnx.export(dynamo=False) (TorchScript)",
         "opset": _opset(onnx.load(path, load_external_data=False)),
-        "quantization": QUANTIZATION if quantize else None,
+        "quantization": quantization,
         "check": {
             "rows": len(_CHECK_PAIRS),
             "sequence_length": int(check["input_ids"].shape[1]),
@@ -264,10 +275,11 @@ class OnnxClassifier:
         return self.session.run(["logits"], feed)[0]
 
 
-def quantize_torch_int8(model_or_path: nn.Module | str | os.PathLike) -> nn.Module:
+def quantize_torch_int8(model_or_path: nn.Module | str | os.PathLike, *, per_channel: bool = True) -> nn.Module:
     """The int8 route without onnxruntime: a copy of the classifier with every `nn.Linear` dynamically quantized
-    (`torch.ao.quantization.quantize_dynamic`: int8 weights, activations quantized per batch), for CPU inference.
-    Same call and outputs as the original (`model(**batch).logits`).
+    (`torch.ao.quantization.quantize_dynamic`: int8 weights, one scale per output channel unless `per_channel=False`,
+    activations quantized per batch), for CPU inference. Same call and outputs as the original
+    (`model(**batch).logits`).
 
     `torch.ao.quantization` is deprecated upstream in favour of torchao, but present in every torch this package
     supports; its deprecation warnings are silenced here.
@@ -283,4 +295,7 @@ def quantize_torch_int8(model_or_path: nn.Module | str | os.PathLike) -> nn.Modu
         warnings.filterwarnings("ignore", message=".*torch.ao.quantization is deprecated.*")
         warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*")
         warnings.filterwarnings("ignore", message=r".*torch\.quantize_per_tensor.*")
-        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear}, dtype=torch.qint8, inplace=True)
+        from torch.ao.quantization import default_dynamic_qconfig, per_channel_dynamic_qconfig
+
+        qconfig = per_channel_dynamic_qconfig if per_channel else default_dynamic_qconfig
+        return torch.ao.quantization.quantize_dynamic(model, {nn.Linear: qconfig}, dtype=torch.qint8, inplace=True)
