@@ -236,10 +236,6 @@ def test_speed_is_computed_from_the_measured_pass_times(monkeypatch):
                                        "teacher_ensemble": 50.0, "tmkd_student": 800.0}  # fmt: skip
 
 
-# Opt-in fields that are off by default and left out of the demo config (its run, and its timing, stay as they were).
-NOT_IN_DEFAULT_CONFIG = {"export_onnx"}
-
-
 def test_default_config_matches_the_dataclass_defaults():
     """`python recipes/run_tmkd_pipeline.py` with no arguments runs the same as with the default config."""
     recipe = load_recipe()
@@ -248,7 +244,7 @@ def test_default_config_matches_the_dataclass_defaults():
     assert dataclasses.asdict(from_json) == dataclasses.asdict(defaults)
     with open(DEFAULT_CONFIG) as f:
         fields = {f.name for f in dataclasses.fields(recipe.PipelineArguments)}
-        assert set(json.load(f)) == fields - NOT_IN_DEFAULT_CONFIG
+        assert set(json.load(f)) == fields
     assert defaults.export_onnx is False
 
 
