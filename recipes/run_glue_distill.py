@@ -22,7 +22,8 @@ WikiQA TSV column names are understood), the label order and the metrics. Withou
 `--text_columns` and `--label_column`.
 
 Student: `--model_name_or_path` (a checkpoint, or a stage-1 student saved with every head by
-`MultiHeadStudent.save_pretrained`, which continues with every head), or `--student_layers 0 2 4` copied from
+`MultiHeadStudent.save_pretrained`, or the Hub id of one that `run_qa_distill_pretrain.py --push_to_hub` published,
+at `--model_revision`: it continues with every head), or `--student_layers 0 2 4` copied from
 `--student_init_from`. With several teachers the student gets one head per teacher (`--per_teacher_heads`, the
 default); `--per_teacher_heads false` trains one head on the averaged teachers (the 1avg-o-1 baseline). The loss is
 `alpha * soft + (1 - alpha) * hard`; the saved model is the merged plain checkpoint with its tokenizer.
@@ -57,7 +58,7 @@ from tmkd_hf import (
 from tmkd_hf.collator import TEACHER_LOGITS
 from tmkd_hf.cross_encoder import is_cross_encoder_dir
 from tmkd_hf.distributed import leave_process_group
-from tmkd_hf.modeling import STUDENT_CONFIG_NAME
+from tmkd_hf.modeling import STUDENT_CONFIG_NAME, multihead_checkpoint_dir
 from tmkd_hf.readout import detect_readout
 from tmkd_hf.tasks import (
     FILE_EXTENSIONS,
@@ -82,8 +83,9 @@ class ModelArguments:
     model_name_or_path: str | None = field(
         default=None,
         metadata={
-            "help": "Student checkpoint (local dir or Hub id), or a stage-1 student dir saved with every head "
-            f"(it has {STUDENT_CONFIG_NAME}): it continues with every head."
+            "help": "Student checkpoint (local dir or Hub id), or a stage-1 student saved with every head (a dir "
+            f"with {STUDENT_CONFIG_NAME}, or the Hub id of one published by run_qa_distill_pretrain.py "
+            "--push_to_hub, at --model_revision): it continues with every head."
         },
     )
     student_layers: list[int] | None = field(
@@ -360,11 +362,14 @@ def resolve_task(data_args: DataTrainingArguments, model_args: ModelArguments, s
 
 
 def student_config(model_args: ModelArguments):
-    """The config of the model the student starts from (its label names constrain the label set)."""
+    """The config of the model the student starts from (its label names constrain the label set). A stage-1 student
+    is a multi-head dir or a Hub repo whose root is one (at --model_revision)."""
     source = model_args.student_init_from or model_args.model_name_or_path
-    student_meta = os.path.join(str(source), STUDENT_CONFIG_NAME)
-    if os.path.isfile(student_meta):
-        with open(student_meta) as f:
+    multi_head_dir = multihead_checkpoint_dir(
+        source, revision=model_args.model_revision, cache_dir=model_args.cache_dir, token=model_args.token
+    )
+    if multi_head_dir is not None:
+        with open(os.path.join(multi_head_dir, STUDENT_CONFIG_NAME)) as f:
             return AutoConfig.for_model(**json.load(f)["base_config"]), True
     if is_cross_encoder_dir(str(source)):  # a mean-readout export (e.g. a teacher): reloaded with its Dense head
         return AutoConfig.from_pretrained(source), True
@@ -505,8 +510,14 @@ def main(argv: list[str] | None = None) -> dict:
     label_kwargs = {}
     if label_list is not None:
         label_kwargs = {"id2label": dict(enumerate(label_list)), "label2id": {n: i for i, n in enumerate(label_list)}}
-    if multi_head_source:
-        student = MultiHeadStudent.from_pretrained(model_args.model_name_or_path, readout=model_args.readout)
+    if multi_head_source:  # every head continues (a local dir, or a Hub repo downloaded at --model_revision)
+        student = MultiHeadStudent.from_pretrained(
+            model_args.model_name_or_path,
+            readout=model_args.readout,
+            revision=model_args.model_revision,
+            cache_dir=model_args.cache_dir,
+            token=model_args.token,
+        )
         if num_teachers > 1 and per_teacher_heads and student.num_heads == 1:
             student = student.with_heads(num_teachers)  # every head continues from the one it was saved with
         if num_teachers and per_teacher_heads and student.num_heads != num_teachers:

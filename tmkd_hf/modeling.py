@@ -141,6 +141,36 @@ def _local_dir_kwargs(path: str, kind: str, model_kwargs: dict) -> tuple[dict, t
     return kwargs, dtype
 
 
+def multihead_checkpoint_dir(
+    name_or_path: str | os.PathLike,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    token: str | bool | None = None,
+) -> str | None:
+    """The local directory of a multi-head student (`tmkd_student.json` + weights + tokenizer): `name_or_path`
+    itself, or, for a Hub id whose repo root holds `tmkd_student.json` (a published stage-1 student), the snapshot
+    of the repo's root files at `revision`. `None` for anything else (a plain checkpoint, a CrossEncoder export, a
+    Hub id that cannot be reached): the caller then loads it the usual way and reports its own error.
+
+    Only the root is downloaded: a stage-1 repo also holds `merged/`, which the multi-head student does not need.
+    """
+    path = os.fspath(name_or_path)
+    if os.path.isfile(os.path.join(path, STUDENT_CONFIG_NAME)):
+        return path
+    from .teachers import _HUB_ID
+
+    if os.path.exists(path) or not _HUB_ID.fullmatch(path):
+        return None
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    hub_kwargs = {"revision": revision, "cache_dir": cache_dir, "token": token}
+    try:
+        hf_hub_download(path, STUDENT_CONFIG_NAME, **hub_kwargs)
+    except Exception:  # noqa: BLE001 - no such file or repo, offline and not cached: not a multi-head Hub student
+        return None
+    return snapshot_download(path, ignore_patterns=["*/*"], **hub_kwargs)
+
+
 def _load_weights(path: str) -> dict[str, torch.Tensor]:
     """safetensors weights, or an error that names the file when it is missing or damaged (a copy cut short)."""
     try:
@@ -247,8 +277,10 @@ class MultiHeadStudent(nn.Module):
 
         Args:
             pretrained_model_name_or_path: a Hub id or local directory. A directory saved by
-                `MultiHeadStudent.save_pretrained` (or a `MultiTeacherDistillationTrainer` checkpoint) is reloaded
-                with every head; anything else is loaded with `AutoModelForSequenceClassification`.
+                `MultiHeadStudent.save_pretrained` (or a `MultiTeacherDistillationTrainer` checkpoint), or a Hub
+                repo whose root is one (a stage-1 student published by `run_qa_distill_pretrain.py --push_to_hub`;
+                `revision=` picks its version), is reloaded with every head; anything else is loaded with
+                `AutoModelForSequenceClassification`.
             num_teachers: number of heads; required for a plain checkpoint, checked against a multi-head one.
             num_labels: label count of the task (passed to `AutoModelForSequenceClassification`).
             head_weights: how heads are combined at inference (default: the saved weights, or equal weights).
@@ -263,6 +295,11 @@ class MultiHeadStudent(nn.Module):
             check_readout(readout)
         if os.path.isfile(os.path.join(path, STUDENT_CONFIG_NAME)):
             return cls._from_multihead_checkpoint(path, num_teachers, num_labels, head_weights, readout, **model_kwargs)
+        hub_kwargs = {k: model_kwargs.get(k) for k in ("revision", "cache_dir", "token")}
+        local = multihead_checkpoint_dir(path, **hub_kwargs)
+        if local is not None:  # a multi-head student on the Hub (e.g. a published stage-1 student), at `revision`
+            kwargs = {k: v for k, v in model_kwargs.items() if k not in hub_kwargs}
+            return cls._from_multihead_checkpoint(local, num_teachers, num_labels, head_weights, readout, **kwargs)
         if is_cross_encoder_dir(path):
             return cls._from_cross_encoder(path, num_teachers, num_labels, head_weights, readout, **model_kwargs)
         if num_teachers is None:

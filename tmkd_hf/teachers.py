@@ -42,7 +42,9 @@ def check_model_location(name_or_path: str, what: str = "model") -> None:
         )
     from huggingface_hub import constants, try_to_load_from_cache
 
-    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(text, "config.json"), str):
+    # a plain checkpoint has config.json at its root, a multi-head (stage-1) student tmkd_student.json
+    cached = (try_to_load_from_cache(text, name) for name in ("config.json", "tmkd_student.json"))
+    if constants.HF_HUB_OFFLINE and not any(isinstance(path, str) for path in cached):
         raise FileNotFoundError(
             f"{what} {text!r}: no such directory, and as a Hub id it is not in the local cache while the Hub is "
             "offline (HF_HUB_OFFLINE=1). Check the path, or download it once with the Hub reachable."
