@@ -114,23 +114,35 @@ def create_repo(
 def check_no_other_model(
     repo_id: str, folder: str | os.PathLike, token: str | bool | None = None, revision: str | None = None
 ) -> None:
-    """Refuse to push into a repo whose root already holds a *different* model (another type or label set).
+    """Refuse to push into a repo whose root already holds a *different* model (another type or label set, or a
+    plain model where a multi-head student goes, or the reverse).
 
     Pushing there would leave a repo with mixed files (e.g. the other model's card or weights index next to this
-    config). A repo that holds an earlier push of a student like this one (same model type and labels) is fine.
+    config). A repo that holds an earlier push of a student like this one (same kind, model type and labels) is fine.
     """
-    local_config = Path(folder) / "config.json"
-    if not local_config.is_file():
+
+    def kind_and_config(files: set[str], read) -> tuple[str, dict] | None:  # a multi-head root keeps its config inside
+        if "config.json" in files:
+            return "plain", read("config.json")
+        if STUDENT_CONFIG_NAME in files:
+            return "multi-head", read(STUDENT_CONFIG_NAME).get("base_config", {})
+        return None
+
+    local_files = {p.name for p in Path(folder).iterdir() if p.is_file()} if Path(folder).is_dir() else set()
+    local = kind_and_config(local_files, lambda name: json.loads((Path(folder) / name).read_text()))
+    if local is None:
         return
     api = HfApi()
     with hub_errors("read the existing Hub repository", repo_id, folder):
         root = {entry.path for entry in api.list_repo_tree(repo_id, revision=revision, token=token)}
-        if "config.json" not in root:
-            return
-        remote = json.loads(
-            Path(api.hf_hub_download(repo_id, "config.json", revision=revision, token=token)).read_text()
-        )
-    local = json.loads(local_config.read_text())
+
+        def read_remote(name: str) -> dict:
+            return json.loads(Path(api.hf_hub_download(repo_id, name, revision=revision, token=token)).read_text())
+
+        remote = kind_and_config(root, read_remote)
+    if remote is None:
+        return
+    (local_kind, local), (remote_kind, remote) = local, remote
 
     def labels(config: dict) -> list[str]:  # transformers omits id2label when it is the default LABEL_0..1
         id2label = config.get("id2label") or {}
@@ -141,11 +153,12 @@ def check_no_other_model(
     def identity(config: dict) -> tuple:
         return config.get("model_type"), tuple(config.get("architectures") or ()), tuple(labels(config))
 
-    if identity(remote) != identity(local):
+    if (remote_kind, *identity(remote)) != (local_kind, *identity(local)):
         raise HubPushError(
             f"The Hub repository {repo_id!r} already holds another model (model_type {remote.get('model_type')!r}, "
-            f"architectures {remote.get('architectures')}, labels {labels(remote)}); this student is "
-            f"{local.get('model_type')!r} {local.get('architectures')} with labels {labels(local)}. Pushing would "
+            f"architectures {remote.get('architectures')}, labels {labels(remote)}, a {remote_kind} checkpoint); "
+            f"this student is {local.get('model_type')!r} {local.get('architectures')} with labels {labels(local)}, "
+            f"a {local_kind} checkpoint. Pushing would "
             "mix the two. Choose another repo id "
             f"(hub_model_id=...), or pass replace_existing_model=True to overwrite it. Nothing was lost: the student "
             f"is saved in {os.fspath(folder)}."
@@ -163,15 +176,22 @@ def upload_student_folder(
     run_as_future: bool = False,
     ignore_patterns: list[str] | None = None,
     replace_existing_model: bool = False,
+    multi_head: bool = False,
 ):
     """Upload a saved merged student (`folder` with config, weights, tokenizer, README.md) to `repo_id`.
 
     Creates the repo if needed, refuses a repo holding a different model unless `replace_existing_model`, and
     raises `HubPushError` (with the cause and the local folder) on any failure. Returns the `CommitInfo`, or a
     `Future` with `run_as_future=True` (whose errors then surface when you call `.result()`).
+
+    `multi_head=True` publishes a multi-head student as it is (`tmkd_student.json` + weights at the root, every
+    head): a stage-1 student for others to continue with stage 2 (`run_qa_distill_pretrain.py --push_to_hub`).
+    Without it such a folder is refused, since a finished student is published merged.
     """
     folder = Path(folder)
-    if (folder / STUDENT_CONFIG_NAME).is_file() and not (folder / "config.json").is_file():
+    if multi_head and not (folder / STUDENT_CONFIG_NAME).is_file():
+        raise HubPushError(f"{folder} holds no multi-head student ({STUDENT_CONFIG_NAME} is missing).")
+    if not multi_head and (folder / STUDENT_CONFIG_NAME).is_file() and not (folder / "config.json").is_file():
         raise HubPushError(
             f"{folder} holds a multi-head training checkpoint, not a plain model. Publish the merged student: "
             "trainer.save_model(dir) or MultiHeadStudent.from_pretrained(checkpoint).save_pretrained(dir, merged=True)."
@@ -330,8 +350,10 @@ def trainer_card_data(
 
     if isinstance(student, MultiHeadStudent):
         num_heads, weights = student.num_heads, [round(w, 6) for w in student.head_weights.tolist()]
+        data.num_parameters_all_heads = data.num_parameters_all_heads or sum(p.numel() for p in student.parameters())
     else:
         num_heads, weights = 1, None
+    data.num_heads = data.num_heads or num_heads
     if not data.teachers:
         train_dataset = getattr(trainer, "train_dataset", None)
         manifest = read_manifest(train_dataset) if hasattr(train_dataset, "info") else None

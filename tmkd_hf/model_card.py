@@ -42,17 +42,21 @@ from transformers import TrainerCallback
 from .plots import ACCURACY_VS_SPEED_FILE
 
 TEMPLATE_NAME = "tmkd_student_card.md"
+# The card kinds (`StudentCardData.kind`) and their templates: a distilled task model, or a stage-1 student
+# published with every head for others to continue with stage 2.
+CARD_TEMPLATES = {"student": TEMPLATE_NAME, "stage1": "tmkd_stage1_card.md"}
 
 
-def _default_template_path() -> Path:
+def _default_template_path(name: str = TEMPLATE_NAME) -> Path:
     """`model_cards/` of the checkout (editable installs), else the copy a wheel installs under `share/tmkd_hf/`."""
-    in_checkout = Path(__file__).resolve().parent.parent / "model_cards" / TEMPLATE_NAME
-    installed = Path(sys.prefix) / "share" / "tmkd_hf" / "model_cards" / TEMPLATE_NAME
+    in_checkout = Path(__file__).resolve().parent.parent / "model_cards" / name
+    installed = Path(sys.prefix) / "share" / "tmkd_hf" / "model_cards" / name
     return in_checkout if in_checkout.is_file() or not installed.is_file() else installed
 
 
 DEFAULT_TEMPLATE_PATH = _default_template_path()
 CARD_TAGS = ("knowledge-distillation", "tmkd")
+STAGE1_TAG = "tmkd-stage1"
 PAPER_URL = "https://arxiv.org/abs/1910.08381"
 TMKD_CITATION = """@inproceedings{yang2020tmkd,
   title     = {Model Compression with Two-stage Multi-teacher Knowledge Distillation for Web Question Answering System},
@@ -203,7 +207,15 @@ class StudentCardData:
             the export is and how the usage snippet loads it.
         speed: a [`SpeedMeasurement`].
     Free text: `summary` (one paragraph at the top) and `notes` (caveats, shown under the results).
+    Kind:
+        kind: `"student"` (a distilled task model: `model_cards/tmkd_student_card.md`) or `"stage1"` (a stage-1
+            student published with every head, the starting point of stage 2: `model_cards/tmkd_stage1_card.md`,
+            no `model-index`, since its scores are agreement with its teachers, not task results).
+        num_heads, num_parameters_all_heads: the student's heads (one per teacher) and its parameters with every
+            head (what a stage-1 repo's root holds; `num_parameters` counts the merged head once).
     """
+
+    kind: str = "student"
 
     model_id: str | None = None
     model_name: str | None = None
@@ -238,6 +250,13 @@ class StudentCardData:
 
     summary: str | None = None
     notes: str | None = None
+
+    num_heads: int | None = None
+    num_parameters_all_heads: int | None = None
+
+    def __post_init__(self):
+        if self.kind not in CARD_TEMPLATES:
+            raise ValueError(f"kind must be one of {sorted(CARD_TEMPLATES)}, got {self.kind!r}.")
 
     # ----- filling in from a run -----
 
@@ -277,6 +296,14 @@ class StudentCardData:
             for split, scores in _ordered_splits(self.eval_results)
             for metric, value in scores.items()
         ]
+        if self.kind == "stage1":  # the root is a multi-head checkpoint (tmkd_hf), its scores no task's results
+            return ModelCardData(
+                language=self.language,
+                license=self.license,
+                tags=list(dict.fromkeys([*CARD_TAGS, STAGE1_TAG, *self.tags])),
+                datasets=[self.dataset_id] if self.dataset_id else None,
+                base_model=self.base_model if self.base_model and _is_hub_id(self.base_model) else None,
+            )
         return ModelCardData(
             language=self.language,
             license=self.license,
@@ -341,6 +368,11 @@ class StudentCardData:
                 ", ".join(f"{k}: {_fmt_any(v)}" for k, v in d.items() if v is not None) for d in self.train_datasets
             ],
             "num_parameters_text": _fmt_int(self.num_parameters),
+            "num_parameters_all_heads_text": _fmt_int(self.num_parameters_all_heads),
+            "stage2_command": self.stage2_command() if self.kind == "stage1" else None,
+            "pool_rows": _fmt_any(sum(d["rows"] for d in self.train_datasets if isinstance(d.get("rows"), int)))
+            if any(isinstance(d.get("rows"), int) for d in self.train_datasets)
+            else None,
             "base_model_text": _display(self.base_model) if self.base_model else None,
             "speedup_text": f"{speed.speedup:.2f}x" if speed and speed.speedup else None,
             "speed": speed,
@@ -350,6 +382,22 @@ class StudentCardData:
             "citation": TMKD_CITATION,
             "paper_url": PAPER_URL,
         }
+
+    def stage2_command(self) -> str:
+        """The `run_glue_distill.py` command that continues every head of this (stage-1) student on a task: its
+        teachers in head order (Hub ids at the recorded revision; a local teacher is a placeholder to replace)."""
+        teachers = [
+            (f"{t.name_or_path}@{t.revision}" if t.revision else t.name_or_path)
+            if _is_hub_id(t.name_or_path) and not t.adapter
+            else f"<teacher_{i}>"
+            for i, t in enumerate(self.teachers)
+        ] or [f"<teacher_{i}>" for i in range(self.num_heads or 1)]
+        return (
+            f"python recipes/run_glue_distill.py --model_name_or_path {self.model_id or 'path/to/this/folder'} \\\n"
+            f"    --teachers {' '.join(teachers)} \\\n"
+            "    --task_name <task> --train_file <train.tsv> --validation_file <validation.tsv> \\\n"
+            "    --alpha 0.5 --do_train --do_eval --output_dir stage2"
+        )
 
 
 class StudentCardCallback(TrainerCallback):
@@ -406,12 +454,15 @@ def render_model_card(
     template_path: str | os.PathLike | None = None,
     model_dir: str | os.PathLike | None = None,
 ) -> ModelCard:
-    """The card for `card_data`, rendered from `template_path` (default: `model_cards/tmkd_student_card.md`).
+    """The card for `card_data`, rendered from `template_path` (default: the template of `card_data.kind`,
+    `model_cards/tmkd_student_card.md` or `model_cards/tmkd_stage1_card.md`).
 
     Pictures found in `model_dir` (the folder the card is saved in and pushed with, e.g. `accuracy_vs_speed.png`)
     are embedded with relative links, so they show on the Hub once the folder is uploaded.
     """
-    template_path = Path(template_path) if template_path is not None else DEFAULT_TEMPLATE_PATH
+    if template_path is None:
+        template_path = _default_template_path(CARD_TEMPLATES[card_data.kind])
+    template_path = Path(template_path)
     if not template_path.is_file():
         raise FileNotFoundError(
             f"Model card template {template_path} not found. tmkd_hf reads it from model_cards/ in a checkout, or "
