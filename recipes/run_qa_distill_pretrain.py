@@ -28,7 +28,16 @@ What it writes to `--output_dir`:
 - `teacher_logits/` (with `--teachers`): the soft-label cache and its manifest;
 - `checkpoint-*/` (per `--save_strategy`): full training checkpoints (every head, LoRA matrices unmerged), for
   `--resume_from_checkpoint`;
-- `train_results.json`, `eval_results.json`, `all_results.json`, `trainer_state.json`.
+- `train_results.json`, `eval_results.json`, `all_results.json`, `trainer_state.json`;
+- `README.md`: the model card of a stage-1 student (`model_cards/tmkd_stage1_card.md`): a general Q&A distillation
+  pre-trained student, not a task model; its teachers, the pool and its size, layers and parameters, readout, the
+  per-teacher heads, and the `run_glue_distill.py` command that continues every head.
+
+`--push_to_hub` (with `--hub_model_id`, `--hub_token`, `--hub_private_repo`, `--hub_revision`) publishes the stage-1
+student as a model of its own, so others can start stage 2 from it without retraining stage 1: the repo root is the
+multi-head student (every head, what `run_glue_distill.py --model_name_or_path <repo id>` and the pipeline's
+`stage1_student` continue from; loading it needs tmkd_hf), `merged/` the merged copy (loads without tmkd_hf), and the
+card. It is pushed once, at the end (no checkpoint pushes; the soft-label cache and checkpoints stay local).
 
 With `--validation_split_percentage P`, P% of the pool is held out and reported: `eval_loss` (the soft loss) and
 the agreement of the student's prediction with the teachers' weighted ensemble (`eval_teacher_agreement`) and with
@@ -65,6 +74,8 @@ from tmkd_hf import (
 from tmkd_hf.collator import TEACHER_LOGITS
 from tmkd_hf.cross_encoder import is_cross_encoder_dir
 from tmkd_hf.distributed import leave_process_group
+from tmkd_hf.hub import create_repo, published_num_parameters, trainer_card_data, upload_student_folder
+from tmkd_hf.model_card import TeacherInfo, _is_hub_id, write_model_card
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME
 from tmkd_hf.teachers import check_argument_locations
 
@@ -73,6 +84,8 @@ logger = logging.getLogger(__name__)
 LABEL_COLUMNS = ("label", "labels", "label_ids")
 MERGED_SUBDIR = "merged"
 TEACHER_LOGITS_SUBDIR = "teacher_logits"
+# what stays local when the stage-1 student is pushed: the soft-label cache, training checkpoints, logs
+NOT_PUSHED = ["_*", "checkpoint-*", f"{TEACHER_LOGITS_SUBDIR}/*", "runs/*"]
 
 
 @dataclass
@@ -238,11 +251,6 @@ class Stage1Arguments(DistillationArguments):
                 f"Stage 1 learns from the teachers' soft labels only: alpha must be 1.0, got {self.alpha}. Golden "
                 "labels are for stage 2 (recipes/run_glue_distill.py --alpha ...)."
             )
-        if self.push_to_hub:
-            raise ValueError(
-                "Stage 1 does not push to the Hub: its student is the starting point of stage 2. Push the stage-2 "
-                f"student, or upload output_dir/{MERGED_SUBDIR} yourself."
-            )
 
 
 def parse_args(argv: list[str] | None = None):
@@ -296,6 +304,26 @@ def teacher_agreement(student_logits: np.ndarray, teacher_logits: np.ndarray, we
     return metrics
 
 
+def stage1_card_data(trainer, saved, source: str, pool: dict, manifest: dict, metrics: dict, repo_id: str | None):
+    """What the stage-1 card says, gathered as for any student (`trainer_card_data`), as a stage-1 card: the pool,
+    the teachers from its manifest, the saved student's sizes (every head, and merged), the held-out agreement."""
+    card = trainer_card_data(
+        trainer,
+        finetuned_from=source,
+        dataset_tags=pool["name"] if _is_hub_id(pool["name"]) else None,
+    )
+    card.kind, card.model_id = "stage1", repo_id
+    card.stage = "stage 1: Q&A distillation pre-training (the teachers' soft labels only, alpha 1, no golden labels)"
+    card.teachers = TeacherInfo.from_manifest(manifest)
+    card.train_datasets = [{k: v for k, v in pool.items() if v is not None}]
+    card.num_heads = saved.num_heads
+    card.num_parameters_all_heads = sum(p.numel() for p in saved.parameters())
+    card.num_parameters = published_num_parameters(saved)
+    agreement = {k[len("eval_"):]: v for k, v in metrics.items() if k.startswith("eval_") and k.endswith("agreement")}
+    card.eval_results = {"held-out pool": agreement} if agreement else {}
+    return card
+
+
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args, lora_args = parse_args(argv)
     model_args.check_locations()
@@ -317,6 +345,12 @@ def main(argv: list[str] | None = None) -> dict:
         f"{training_args.parallel_mode.value == 'distributed'}"
     )
     set_seed(training_args.seed)
+    # The trainer's own pushes would put a merged model at the repo root during training (and on save_model); stage 1
+    # publishes its multi-head student once, at the end, with its own card.
+    push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
+    if push_to_hub and training_args.hub_strategy != "every_save":
+        logger.warning(f"--hub_strategy {training_args.hub_strategy} is not applied in stage 1: the student is pushed "
+                       "once, at the end, with every head (checkpoints stay local).")
 
     # ----- the pool, with the teachers' soft labels (from a labelled dir, or labelled now and cached) -----
     pool = load_pool(data_args, model_args.cache_dir) if data_args.dataset else None
@@ -462,13 +496,42 @@ def main(argv: list[str] | None = None) -> dict:
     merged_dir = os.path.join(training_args.output_dir, MERGED_SUBDIR)
     trainer.save_model(merged_dir)  # LoRA and heads merged: a plain checkpoint or a CrossEncoder
     if training_args.should_save:
-        merge_lora(student).save_pretrained(training_args.output_dir)  # every head; LoRA folded into the encoder
+        saved = merge_lora(student)
+        saved.save_pretrained(training_args.output_dir)  # every head; LoRA folded into the encoder
         tokenizer.save_pretrained(training_args.output_dir)
         logger.info(
             f"Stage-1 student with {student.num_heads} heads in {training_args.output_dir} (reload with "
             f"MultiHeadStudent.from_pretrained; stage 2: --model_name_or_path {training_args.output_dir}); merged "
             f"copy in {merged_dir}"
         )
+        # ----- the card of a stage-1 student, and the push: the folder as saved, every head at the root -----
+        repo_id = None
+        if push_to_hub:
+            repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
+            repo_id = create_repo(repo_id, token=training_args.hub_token, private=training_args.hub_private_repo,
+                                  saved_dir=training_args.output_dir)  # the full id (namespace added), for the card
+        pool = {
+            "name": data_args.dataset or model_args.teacher_logits_dir,
+            "rows": len(labelled) + (len(eval_raw) if eval_raw is not None else 0),
+            "trained on": len(labelled),
+            "held out": len(eval_raw) if eval_raw is not None else None,
+            "augmented copies": data_args.augment_copies or None,
+            "text columns": text_columns,
+        }
+        card = stage1_card_data(trainer, saved, source, pool, manifest, metrics, repo_id)
+        write_model_card(training_args.output_dir, card)
+        if push_to_hub:
+            upload_student_folder(
+                training_args.output_dir,
+                repo_id,
+                token=training_args.hub_token,
+                revision=training_args.hub_revision,
+                private=training_args.hub_private_repo,
+                commit_message="Upload TMKD stage-1 student (every head; merged/ merged)",
+                ignore_patterns=NOT_PUSHED,
+                multi_head=True,
+            )
+            logger.info(f"Pushed the stage-1 student to {repo_id}; stage 2: --model_name_or_path {repo_id}")
 
     leave_process_group()  # every rank waits for the writer, then leaves the process group cleanly
     return metrics
