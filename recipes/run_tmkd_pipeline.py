@@ -15,6 +15,14 @@
    examples/s, from those numbers; beside them and in the student's folder, whose card shows it) when matplotlib is
    installed (`pip install "tmkd_hf[plots]"`).
 
+With `--stage1_student <dir or Hub id>` step 3 (and the labelling of the unlabelled pool) is skipped: stage 2
+continues every head of that stage-1 student (e.g. one published by `run_qa_distill_pretrain.py --push_to_hub`).
+
+Progress: every step is logged when it starts and ends, with the elapsed time and an estimate of the time left (the
+steps' relative sizes, rows x epochs x the model's layers x hidden size squared, a forward-only pass counted as a
+third of a training row, at the seconds per unit measured over the steps finished so far). Labelling and training
+show progress bars when the output is a terminal.
+
 With `--export_onnx` the student is also exported to `student/onnx/` (`tmkd_hf.export`: fp32 and int8 ONNX, run by
 onnxruntime with torch's thread count), and both are evaluated (step 6) and timed (step 7) as `tmkd_student_onnx`
 and `tmkd_student_onnx_int8` (`pip install "tmkd_hf[onnx]"`).
@@ -43,6 +51,7 @@ import platform
 import statistics
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from types import SimpleNamespace
 
@@ -66,8 +75,9 @@ from tmkd_hf import (
     write_model_card,
 )
 from tmkd_hf.hub import trainer_card_data
+from tmkd_hf.modeling import STUDENT_CONFIG_NAME, multihead_checkpoint_dir
 from tmkd_hf.plots import ACCURACY_VS_SPEED_FILE, MatplotlibMissing, plot_accuracy_vs_speed
-from tmkd_hf.teachers import load_classifier
+from tmkd_hf.teachers import _DEFAULT_LABEL, load_classifier
 
 logger = logging.getLogger("run_tmkd_pipeline")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -127,6 +137,13 @@ class PipelineArguments:
     student_layers: list[int] = field(
         default_factory=lambda: [0, 1, 2],
         metadata={"help": "Layers of the student backbone copied into the student, in order."},
+    )
+    stage1_student: str | None = field(
+        default=None,
+        metadata={"help": "A stage-1 student to start stage 2 from instead of running stage 1: a directory saved with "
+                  "every head, or the Hub id (id or id@revision) of one published by run_qa_distill_pretrain.py "
+                  "--push_to_hub. Stage 1 and the labelling of the unlabelled pool are skipped; every head continues "
+                  "(one head per teacher, the task's label count)."},
     )
     stage1_epochs: float = field(default=2.0, metadata={"help": "Stage 1 epochs over the unlabelled pool."})
     stage1_learning_rate: float = field(default=2e-4, metadata={"help": "Stage 1 learning rate."})
@@ -335,6 +352,122 @@ class OnnxStudent:
         return SimpleNamespace(logits=torch.from_numpy(self.classifier(**batch)))
 
 
+FORWARD_ONLY = 1 / 3  # a forward pass (labelling, evaluation, timing) against a training step's forward + backward
+
+
+class StageProgress:
+    """Logs each step of the pipeline when it starts and ends, with the elapsed time and an estimate of what is left.
+
+    The estimate is deliberately simple: `plan` gives each step's size in work units (rows x epochs x the model's
+    cost, `model_cost`; a forward-only pass counts `FORWARD_ONLY`), and what is left is the units of the steps not
+    finished at the seconds per unit measured over the steps finished so far. There is none before a step has
+    finished, and it is rough at first (teachers and students share one pace); steps of no size (writing files)
+    are timed but leave the pace alone.
+    """
+
+    def __init__(self, plan: list[tuple[str, float]], started: float | None = None, clock=time.perf_counter):
+        self.plan, self.clock = dict(plan), clock
+        self.started = clock() if started is None else started
+        self.began: dict[str, float] = {}
+        self.finished: dict[str, float] = {}
+
+    def remaining(self) -> str:
+        units = sum(self.plan[name] for name in self.finished)
+        seconds = sum(t for name, t in self.finished.items() if self.plan[name] > 0)
+        if units <= 0:
+            return "remaining: no estimate yet (none before a step has finished)"
+        left = sum(size for name, size in self.plan.items() if name not in self.finished)
+        return f"remaining: ~{left * seconds / units:.0f} s (estimate: the steps left by size, at the pace so far)"
+
+    def _line(self, name: str, what: str) -> None:
+        logger.info(f"[step {list(self.plan).index(name) + 1}/{len(self.plan)}] {name} {what}; elapsed "
+                    f"{self.clock() - self.started:.1f} s; {self.remaining()}")
+
+    def start(self, name: str) -> None:
+        self.began[name] = self.clock()
+        self._line(name, "started")
+
+    def end(self, name: str) -> None:
+        self.finished[name] = self.clock() - self.began[name]
+        self._line(name, f"finished in {self.finished[name]:.1f} s")
+
+    @contextmanager
+    def stage(self, name: str):
+        self.start(name)
+        yield
+        self.end(name)
+
+
+def model_cost(config) -> float:
+    """Work of one row through a model, for the time estimate only: layers x hidden size squared, in millions."""
+    layers = getattr(config, "num_hidden_layers", None) or 1
+    hidden = getattr(config, "hidden_size", None) or 1
+    return layers * hidden**2 / 1e6
+
+
+def pipeline_plan(args: PipelineArguments, rows: dict[str, int], num_teachers: int, backbone: str,
+                  student_backbone: str, stage1_config=None) -> list[tuple[str, float]]:
+    """The pipeline's steps in order, each with its size in work units (see `StageProgress`)."""
+    try:
+        teacher = model_cost(AutoConfig.from_pretrained(args.teachers[0] if args.teachers else backbone))
+    except (OSError, ValueError):  # a teacher only tmkd_hf reads (a multi-head dir): the backbone's size
+        teacher = model_cost(AutoConfig.from_pretrained(backbone))
+    if stage1_config is not None:
+        student = model_cost(stage1_config)
+    else:
+        config = AutoConfig.from_pretrained(student_backbone)
+        config.num_hidden_layers = len(args.student_layers)
+        student = model_cost(config)
+    students_timed = 1 + (len(ONNX_MODELS) if args.export_onnx else 0)
+    evaluated = num_teachers * teacher + (2 + students_timed) * student  # + stage-1-only and labels-only students
+    plan = [] if args.teachers else [(f"teacher_{i}", rows["train"] * args.teacher_epochs * teacher)
+                                     for i in range(num_teachers)]
+    labelled_rows = rows["train"] + (0 if stage1_config is not None else rows["unlabeled"])
+    plan.append(("labelling", labelled_rows * num_teachers * teacher * FORWARD_ONLY))
+    if stage1_config is None:
+        plan.append(("stage1", rows["unlabeled"] * args.stage1_epochs * student))
+    plan.append(("stage2", rows["train"] * args.stage2_epochs * student))
+    if args.export_onnx:
+        plan.append(("onnx_export", 0.0))
+    plan.append(("labels_only", rows["train"] * args.stage2_epochs * student))
+    plan.append(("evaluation", (rows["validation"] + rows["test"]) * evaluated * FORWARD_ONLY))
+    timed = num_teachers * teacher + students_timed * student
+    plan.append(("speed", rows["test"] * args.speed_repeats * timed * FORWARD_ONLY))
+    plan.append(("results", 0.0))
+    return plan
+
+
+def load_stage1_student(spec: str, num_teachers: int, label_names: list[str], readout: str | None):
+    """The given stage-1 student with every head and its local directory (a directory, or a Hub id[@revision]
+    downloaded at that revision), checked against this run before any teacher trains: one head per teacher (a
+    one-head student gives every head its head) and the task's labels, which it then carries."""
+    name, revision = spec, None
+    if not os.path.exists(spec) and "@" in spec:
+        name, _, revision = spec.rpartition("@")
+    local = multihead_checkpoint_dir(name, revision=revision)
+    if local is None:
+        raise ValueError(
+            f"stage1_student {spec!r} is not a stage-1 student: neither that directory nor the root of that Hub repo "
+            f"holds {STUDENT_CONFIG_NAME} (a student with every head, as run_qa_distill_pretrain.py saves and "
+            "pushes it). A plain checkpoint to take layers from is student_backbone."
+        )
+    student = MultiHeadStudent.from_pretrained(local, readout=readout)
+    if student.num_heads == 1 and num_teachers > 1:
+        student = student.with_heads(num_teachers)
+    if student.num_heads != num_teachers:
+        raise ValueError(
+            f"stage1_student {spec!r} has {student.num_heads} heads but this run has {num_teachers} teachers: head i "
+            "continues with teacher i, so give as many teachers as heads."
+        )
+    names = [str(student.config.id2label[i]) for i in range(student.num_labels)]
+    if len(names) != len(label_names) or (names != label_names and not all(_DEFAULT_LABEL.match(n) for n in names)):
+        raise ValueError(f"stage1_student {spec!r} predicts the labels {names}; this task's are {label_names} (in "
+                         "this order). A stage-1 student keeps its labels: label the pool in the task's label order.")
+    student.config.update({"id2label": dict(enumerate(label_names)),
+                           "label2id": {n: i for i, n in enumerate(label_names)}})
+    return student, local
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.INFO)
@@ -379,6 +512,19 @@ def main(argv: list[str] | None = None) -> dict:
 
     teacher_tokenizer = AutoTokenizer.from_pretrained(backbone)
     tokenizer = AutoTokenizer.from_pretrained(student_backbone)  # the student's
+    num_teachers = len(args.teachers or args.teacher_seeds)
+    stage1_given = None  # (student with every head, its local directory): checked before any teacher trains
+    if args.stage1_student:
+        stage1_given = load_stage1_student(args.stage1_student, num_teachers, label_names, args.readout)
+        logger.info(f"stage 1 skipped: stage 2 continues every head of {args.stage1_student} (heads: "
+                    f"{stage1_given[0].num_heads}, layers: {stage1_given[0].config.num_hidden_layers})")
+    student_tokenizer = AutoTokenizer.from_pretrained(stage1_given[1]) if stage1_given else tokenizer
+    show_bars = sys.stderr.isatty()  # labelling and training bars in a terminal; a log file gets the step lines only
+    progress = StageProgress(
+        pipeline_plan(args, {s: len(d) for s, d in raw.items()}, num_teachers, backbone, student_backbone,
+                      stage1_given[0].config if stage1_given else None),
+        started=started,
+    )
 
     def tokenized(dataset: Dataset, with_tokenizer=None) -> Dataset:
         encode = with_tokenizer or tokenizer
@@ -405,7 +551,7 @@ def main(argv: list[str] | None = None) -> dict:
             save_strategy="no",
             logging_steps=args.logging_steps,
             report_to="none",
-            disable_tqdm=True,
+            disable_tqdm=not show_bars,
             use_cpu=not torch.cuda.is_available(),
         )
 
@@ -429,65 +575,76 @@ def main(argv: list[str] | None = None) -> dict:
     # ----- 1. teachers: the backbone fine-tuned with different seeds and learning rates (alpha = 0: labels only) ---
     teacher_dirs = list(args.teachers or [])
     for i, (seed, lr) in enumerate(zip(args.teacher_seeds, args.teacher_learning_rates) if not teacher_dirs else ()):
-        set_seed(seed)
-        teacher = MultiHeadStudent.from_pretrained(backbone, num_teachers=1, readout=args.readout, **model_kwargs)
-        trainer = train(f"teacher_{i}", teacher, teacher_train, with_tokenizer=teacher_tokenizer, learning_rate=lr,
-                        epochs=args.teacher_epochs, seed=seed, alpha=0.0)
-        teacher_dirs.append(os.path.join(out, "teachers", f"teacher_{i}"))
-        trainer.save_model(teacher_dirs[-1])
-    num_teachers = len(teacher_dirs)
+        with progress.stage(f"teacher_{i}"):
+            set_seed(seed)
+            teacher = MultiHeadStudent.from_pretrained(backbone, num_teachers=1, readout=args.readout, **model_kwargs)
+            trainer = train(f"teacher_{i}", teacher, teacher_train, with_tokenizer=teacher_tokenizer,
+                            learning_rate=lr, epochs=args.teacher_epochs, seed=seed, alpha=0.0)
+            teacher_dirs.append(os.path.join(out, "teachers", f"teacher_{i}"))
+            trainer.save_model(teacher_dirs[-1])
 
-    # ----- 2. soft labels, computed once per teacher and row -----
-    t0 = time.perf_counter()
-    labelled = {
-        split: label_with_teachers(
-            raw[split], teacher_dirs, text_columns=tuple(text_cols), batch_size=args.eval_batch_size,
-            max_length=args.max_length, output_dir=os.path.join(out, "labelled", split), label_names_order=label_names,
-            overwrite=True,  # a cache from this run's earlier teachers is replaced; one from these teachers reused
-            show_progress=False,
-        )
-        for split in ("train", "unlabeled")
-    }
-    timings["labelling"] = round(time.perf_counter() - t0, 1)
-    logger.info(f"labelled {sum(len(d) for d in labelled.values())} rows with {num_teachers} teachers "
-                f"in {timings['labelling']} s")
+    # ----- 2. soft labels, computed once per teacher and row (the unlabelled pool only for this run's stage 1) -----
+    with progress.stage("labelling"):
+        t0 = time.perf_counter()
+        labelled = {
+            split: label_with_teachers(
+                raw[split], teacher_dirs, text_columns=tuple(text_cols), batch_size=args.eval_batch_size,
+                max_length=args.max_length, output_dir=os.path.join(out, "labelled", split),
+                label_names_order=label_names,
+                overwrite=True,  # a cache from this run's earlier teachers is replaced; one from these teachers reused
+                show_progress=show_bars,
+            )
+            for split in (("train",) if stage1_given else ("train", "unlabeled"))
+        }
+        timings["labelling"] = round(time.perf_counter() - t0, 1)
+        logger.info(f"labelled {sum(len(d) for d in labelled.values())} rows with {num_teachers} teachers "
+                    f"in {timings['labelling']} s")
 
     def new_student(num_heads: int) -> MultiHeadStudent:
         set_seed(args.seed)  # the same initial student (fresh head included) for TMKD and the baseline
         layers = student_from_teacher_layers(student_backbone, layers=args.student_layers, **model_kwargs)
         return MultiHeadStudent(layers, num_heads=num_heads, readout=args.readout)
 
-    # ----- 3. stage 1: soft labels of the unlabelled pool only -----
-    student = new_student(num_teachers)
-    train("stage1", student, tokenized(labelled["unlabeled"]), learning_rate=args.stage1_learning_rate,
-          epochs=args.stage1_epochs, seed=args.seed, alpha=1.0)
-    stage1_dir = os.path.join(out, "stage1_student")
-    student.save_pretrained(stage1_dir)  # every head: stage 2 starts from the multi-head state
-    tokenizer.save_pretrained(stage1_dir)
+    # ----- 3. stage 1: soft labels of the unlabelled pool only (or the given stage-1 student) -----
+    if stage1_given:
+        student, stage1_dir = stage1_given[0], args.stage1_student
+    else:
+        with progress.stage("stage1"):
+            student = new_student(num_teachers)
+            train("stage1", student, tokenized(labelled["unlabeled"]), learning_rate=args.stage1_learning_rate,
+                  epochs=args.stage1_epochs, seed=args.seed, alpha=1.0)
+            stage1_dir = os.path.join(out, "stage1_student")
+            student.save_pretrained(stage1_dir)  # every head: stage 2 starts from the multi-head state
+            tokenizer.save_pretrained(stage1_dir)
+            student = MultiHeadStudent.from_pretrained(stage1_dir)
     stage1_merged = student.merge_heads()
 
-    # ----- 4. stage 2: golden labels and soft labels on the labelled split -----
-    student = MultiHeadStudent.from_pretrained(stage1_dir)
-    stage2 = train("stage2", student, tokenized(labelled["train"]), learning_rate=args.stage2_learning_rate,
-                   epochs=args.stage2_epochs, seed=args.seed, alpha=args.stage2_alpha)
-    student_dir = os.path.join(out, "student")
-    stage2.save_model(student_dir)  # merged: a CrossEncoder (mean readout) or a plain transformers checkpoint
+    # ----- 4. stage 2: golden labels and soft labels on the labelled split, every head continued -----
+    with progress.stage("stage2"):
+        stage2 = train("stage2", student, tokenized(labelled["train"], student_tokenizer),
+                       with_tokenizer=student_tokenizer, learning_rate=args.stage2_learning_rate,
+                       epochs=args.stage2_epochs, seed=args.seed, alpha=args.stage2_alpha)
+        student_dir = os.path.join(out, "student")
+        stage2.save_model(student_dir)  # merged: a CrossEncoder (mean readout) or a plain transformers checkpoint
     onnx_dir, onnx_export = os.path.join(student_dir, "onnx"), None
     if args.export_onnx:  # the whole classifier as one graph, fp32 and int8, in the folder pushed with the student
         from tmkd_hf.export import export_onnx
 
-        t0 = time.perf_counter()
-        onnx_export = export_onnx(student_dir, onnx_dir, quantize=True)
-        timings["onnx_export"] = round(time.perf_counter() - t0, 1)
-        logger.info(f"exported the student to {onnx_dir} in {timings['onnx_export']} s: {onnx_export['check']}")
+        with progress.stage("onnx_export"):
+            t0 = time.perf_counter()
+            onnx_export = export_onnx(student_dir, onnx_dir, quantize=True)
+            timings["onnx_export"] = round(time.perf_counter() - t0, 1)
+            logger.info(f"exported the student to {onnx_dir} in {timings['onnx_export']} s: {onnx_export['check']}")
 
     # ----- 5. baseline: the same student on the labels only, stage 2's budget -----
-    trainer = train("labels_only", new_student(1), train_plain, learning_rate=args.stage2_learning_rate,
-                    epochs=args.stage2_epochs, seed=args.seed, alpha=0.0)
-    baseline_dir = os.path.join(out, "labels_only_student")
-    trainer.save_model(baseline_dir)
+    with progress.stage("labels_only"):
+        trainer = train("labels_only", new_student(1), train_plain, learning_rate=args.stage2_learning_rate,
+                        epochs=args.stage2_epochs, seed=args.seed, alpha=0.0)
+        baseline_dir = os.path.join(out, "labels_only_student")
+        trainer.save_model(baseline_dir)
 
     # ----- 6. accuracy on validation and test (each model reads the text with its own tokenizer) -----
+    progress.start("evaluation")
     t0 = time.perf_counter()
     models = {f"teacher_{i}": d for i, d in enumerate(teacher_dirs)}
     models.update(tmkd_student=student_dir, tmkd_stage1_only=stage1_merged, labels_only_student=baseline_dir)
@@ -503,7 +660,7 @@ def main(argv: list[str] | None = None) -> dict:
     loaded = {}
     for name, source in models.items():
         model = load_classifier(source) if isinstance(source, str) else source
-        model_tokenizer = AutoTokenizer.from_pretrained(source) if isinstance(source, str) else tokenizer
+        model_tokenizer = AutoTokenizer.from_pretrained(source) if isinstance(source, str) else student_tokenizer
         if [model.config.id2label[i] for i in range(model.config.num_labels)] != label_names:
             raise ValueError(f"{name} has labels {model.config.id2label}, expected {id2label}.")
         features = {s: encode(model_tokenizer, raw[s], text_cols, args.max_length) for s in accuracies}
@@ -521,9 +678,11 @@ def main(argv: list[str] | None = None) -> dict:
     warnings = nothing_to_distil_warnings(accuracies, num_teachers, label_names[majority])
     for warning in warnings:
         logger.warning(warning)
+    progress.end("evaluation")
 
     # ----- 7. inference speed: each teacher and the student, the same test rows, interleaved passes -----
     # The ensemble's time for the rows is the sum of its teachers' times (they run one after the other).
+    progress.start("speed")
     teacher_names = [f"teacher_{i}" for i in range(num_teachers)]
     batches = {}
     for name in teacher_names + ["tmkd_student"] + [m for m in ONNX_MODELS if m in loaded]:
@@ -545,11 +704,17 @@ def main(argv: list[str] | None = None) -> dict:
             {name: loaded[name][0] for name in batches}, batches, teacher_names, num_rows, args.speed_repeats
         ),
     }
-    # not timed: the labels-only student is the TMKD student's architecture (same layers, one head), so its speed
-    speed["same_architecture_as"] = {"labels_only_student": "tmkd_student"}
+    # not timed: the labels-only student is the TMKD student's architecture (same layers, one head), so its speed;
+    # a given stage-1 student may be another architecture than the baseline (built from student_backbone): then not
+    same_architecture = count_parameters(loaded["labels_only_student"][0]) == count_parameters(
+        loaded["tmkd_student"][0]
+    )
+    speed["same_architecture_as"] = {"labels_only_student": "tmkd_student"} if same_architecture else {}
     logger.info(f"speed: {speed}")
+    progress.end("speed")
 
     # ----- 8. results -----
+    progress.start("results")
     timings["total"] = round(time.perf_counter() - started, 1)
     results = {
         "task": {"data_dir": data_dir, "text_columns": text_cols, "label_names": label_names,
@@ -590,6 +755,7 @@ def main(argv: list[str] | None = None) -> dict:
     card = write_student_card(results, stage2, labelled["train"], student_dir)
     with open(os.path.join(out, "model_card.md"), "w") as f:  # the same card as student/README.md
         f.write(str(card))
+    progress.end("results")
     logger.info(f"wrote {os.path.join(out, 'results.md')} (total {timings['total']} s)\n{render_markdown(results)}")
     return results
 
@@ -621,13 +787,18 @@ def model_descriptions(results: dict) -> dict[str, str]:
     else:
         teacher_text = [f"teacher, {params['teacher_layers']} layers, seed {s}, lr {lr:g}, {cfg['teacher_epochs']:g} "
                         "epochs" for s, lr in zip(cfg["teacher_seeds"], cfg["teacher_learning_rates"])]
+    stage2 = f"stage 2, {cfg['stage2_epochs']:g} epochs, alpha {cfg['stage2_alpha']:g}, T {cfg['temperature']:g}"
+    given = cfg.get("stage1_student")
     return {
         **{f"teacher_{i}": text for i, text in enumerate(teacher_text)},
         "teacher_ensemble": "mean of the teachers' probabilities",
-        "tmkd_student": f"TMKD student (backbone layers {cfg['student_layers']}): stage 1, {cfg['stage1_epochs']:g} "
-        f"epochs + stage 2, {cfg['stage2_epochs']:g} epochs, alpha {cfg['stage2_alpha']:g}, T {cfg['temperature']:g}",
-        "tmkd_stage1_only": "the same TMKD student after stage 1 only (teacher soft labels, no golden labels)",
-        "labels_only_student": f"same student and initialisation, labels only, {cfg['stage2_epochs']:g} epochs "
+        "tmkd_student": f"TMKD student: the given stage-1 student {given} + {stage2}" if given else
+        f"TMKD student (backbone layers {cfg['student_layers']}): stage 1, {cfg['stage1_epochs']:g} epochs + {stage2}",
+        "tmkd_stage1_only": f"the given stage-1 student {given}, heads merged, no stage 2" if given else
+        "the same TMKD student after stage 1 only (teacher soft labels, no golden labels)",
+        "labels_only_student": f"student from backbone layers {cfg['student_layers']}, labels only, "
+        f"{cfg['stage2_epochs']:g} epochs (stage 2's budget; the stage-1 student's initialisation is not known here)"
+        if given else f"same student and initialisation, labels only, {cfg['stage2_epochs']:g} epochs "
         "(stage 2's budget)",
         "majority_class": f"always the most frequent train label ({results.get('majority_label')}): nothing learnt",
         "tmkd_student_onnx": "the TMKD student exported to ONNX (student/onnx/model.onnx, fp32), run by onnxruntime",
@@ -647,6 +818,8 @@ def write_student_card(results: dict, stage2_trainer, labelled_train: Dataset, s
     base_model = cfg["student_backbone"]
     if cfg["backbone"] == base_model and cfg["student_backbone_from_package"]:
         base_model = DEFAULT_BACKBONE_HUB_ID
+    given = cfg.get("stage1_student")
+    base_model = given.split("@")[0] if given and not os.path.exists(given) else given or base_model
     card = trainer_card_data(
         stage2_trainer, license=cfg["card_license"], dataset_tags=cfg["card_dataset_id"],
         dataset_args=cfg["card_dataset_config"], finetuned_from=base_model,
@@ -665,13 +838,17 @@ def write_student_card(results: dict, stage2_trainer, labelled_train: Dataset, s
     ]
     card.baselines.append(BaselineResult("majority_class", described["majority_class"], scores("majority_class"), None))
     rows = results["task"]["rows"]
+    stage1_data = ({"name": given, "stage": "stage 1: the given stage-1 student (not trained in this run)"} if given
+                   else {"name": f"{results['task']['data_dir']}/unlabeled.tsv", "rows": rows["unlabeled"],
+                         "stage": "stage 1 (teachers' soft labels only)"})
     card.train_datasets = [
-        {"name": f"{results['task']['data_dir']}/unlabeled.tsv", "rows": rows["unlabeled"],
-         "stage": "stage 1 (teachers' soft labels only)"},
+        stage1_data,
         {"name": f"{results['task']['data_dir']}/train.tsv", "rows": rows["train"],
          "stage": f"stage 2 (labels and soft labels, alpha {cfg['stage2_alpha']:g})"},
     ]
     card.stage = "stage 1 (Q&A distillation pre-training) + stage 2 (multi-teacher fine-tuning)"
+    if given:
+        card.stage = f"stage 2 (multi-teacher fine-tuning), every head continued from the stage-1 student {given}"
     card.num_parameters, card.num_layers = params["student"], params["student_layers"]
     card.speed = SpeedMeasurement(
         student_examples_per_second=speed["student_examples_per_s"],
@@ -720,8 +897,10 @@ def render_markdown(results: dict) -> str:
     lines = [
         "# TMKD pipeline results",
         "",
-        f"Train {rows['train']} labelled rows, stage-1 pool {rows['unlabeled']} unlabelled rows; "
-        f"validation {rows['validation']} rows, test {rows['test']} rows (standard error of an accuracy: at most "
+        f"Train {rows['train']} labelled rows, "
+        + (f"stage 1 not run (continued from {results['config']['stage1_student']}); "
+           if results["config"].get("stage1_student") else f"stage-1 pool {rows['unlabeled']} unlabelled rows; ")
+        + f"validation {rows['validation']} rows, test {rows['test']} rows (standard error of an accuracy: at most "
         f"±{stderr('validation'):.1f} and ±{stderr('test'):.1f} points).",
         "",
         "| model | what | validation acc | test acc |",

@@ -6,6 +6,7 @@ import dataclasses
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -106,6 +107,8 @@ def test_pipeline_end_to_end_on_a_tiny_backbone(tmp_path, tiny_backbone, tiny_st
     proc = subprocess.run([sys.executable, SCRIPT, str(config_path)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    check_progress_lines(proc.stdout + proc.stderr, ["teacher_0", "teacher_1", "teacher_2", "labelling", "stage1",
+                                                     "stage2", "labels_only", "evaluation", "speed", "results"])
 
     results = json.loads((out / "results.json").read_text())
     assert set(results) >= {"task", "accuracy", "parameters", "speed", "seconds", "paths", "config", "environment"}
@@ -189,6 +192,26 @@ def test_pipeline_end_to_end_on_a_tiny_backbone(tmp_path, tiny_backbone, tiny_st
     assert len(manifest["teachers"]) == 3 and manifest["num_rows"] == 48
     for teacher in results["paths"]["teachers"]:
         assert AutoModelForSequenceClassification.from_pretrained(teacher).config.num_hidden_layers == 4
+
+
+def check_progress_lines(log: str, steps: list[str]) -> None:
+    """Every step logs a start and an end line, in order, with the elapsed seconds and what is left: no estimate
+    before a step has finished, an estimate in seconds after, nothing left after the last."""
+    found = []
+    for i, step in enumerate(steps, 1):
+        tag = re.escape(f"[step {i}/{len(steps)}] {step}")
+        start = re.search(tag + r" started; elapsed ([\d.]+) s; remaining: (.*)", log)
+        end = re.search(tag + r" finished in ([\d.]+) s; elapsed ([\d.]+) s; remaining: ~(\d+) s \(estimate: ", log)
+        assert start and end, (step, log[-3000:])
+        assert start.start() < end.start()
+        found.append((float(start.group(1)), start.group(2), float(end.group(1)), float(end.group(2)),
+                      int(end.group(3))))
+    assert "no estimate yet" in found[0][1]
+    assert all(text.startswith("~") and "(estimate: " in text for _, text, *_ in found[1:])
+    elapsed = [t for start, _, _, end, _ in found for t in (start, end)]
+    assert elapsed == sorted(elapsed) and all(end - start >= took - 0.11 for start, _, took, end, _ in found)
+    assert found[-1][4] == 0  # after the last step nothing is left
+    assert not re.search(r"\[step \d+/\d+\] (?!" + "|".join(steps) + r")\w+ started", log)  # no other steps
 
 
 def test_speed_is_computed_from_the_measured_pass_times(monkeypatch):
