@@ -17,6 +17,8 @@ import pytest
 from hub_server import HubServer
 
 REPO = "tester/tiny-tmkd"
+STAGE1_REPO = "tester/tiny-stage1"
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 SENTINEL_TOKEN = "hf_tmkdSentinelTokenDoNotLeak42"  # the roundtrip's hub_token: no saved or pushed file may hold it
 
 
@@ -145,6 +147,83 @@ def test_teacher_logits_dataset_round_trip(roundtrip, hub):
     assert roundtrip["logits_dataset"]["manifest_equal"] is True
     files = hub.files("tester/tiny-logits", repo_type="dataset")
     assert {"tmkd_manifest.json", "README.md", "data/train-00000-of-00001.parquet"} <= set(files)
+
+
+# ----- a stage-1 student published on its own, and stage 2 / the pipeline started from its repo id -----
+
+
+@pytest.fixture(scope="module")
+def stage1(hub, tmp_path_factory):
+    return run_child("stage1", hub, tmp_path_factory.mktemp("stage1"), timeout=600)
+
+
+def test_stage1_push_publishes_every_head_at_the_root_and_the_merged_student_in_merged(stage1, hub):
+    files = hub.files(STAGE1_REPO)
+    root = {p for p in files if "/" not in p}
+    assert {"tmkd_student.json", "model.safetensors", "README.md", "tokenizer.json", "tokenizer_config.json"} <= root
+    assert "config.json" not in root  # the root is the multi-head student, not a plain model
+    assert shapes_of_heads(files["model.safetensors"]) == 3  # every head: [heads, labels, hidden]
+    assert files["model.safetensors"] == Path(stage1["local_weights"]).read_bytes()  # exactly what stage 1 saved
+    assert json.loads(files["tmkd_student.json"])["num_heads"] == 3
+    assert {"merged/config.json", "merged/model.safetensors", "merged/tokenizer.json"} <= set(files)
+    assert len(safetensors_shapes(files["merged/model.safetensors"])["classifier.weight"]) == 2  # heads merged
+    assert not [p for p in files if p.startswith(("teacher_logits/", "checkpoint-", "runs/"))]  # stay local
+    assert [c["title"] for c in hub.commits(STAGE1_REPO)][-1].startswith("Upload TMKD stage-1 student")
+    token = SENTINEL_TOKEN.encode()
+    assert [p for p, data in files.items() if token in data] == []
+    # usable as it is: merged/ loads without tmkd_hf and gives the multi-head student's combined logits
+    assert stage1["merged_vs_multi_head_max_abs_diff"] <= 1e-5
+    # a plain model pushed onto it is refused: the repo would mix the two
+    assert "already holds another model" in stage1["plain_push_refused"]
+    assert "a multi-head checkpoint); this student is" in stage1["plain_push_refused"]
+    assert hub.unhandled == []
+
+
+def test_stage1_card_says_what_it_is(stage1):
+    card, text = stage1["card"], stage1["card_text"]
+    assert {"knowledge-distillation", "tmkd", "tmkd-stage1"} <= set(card["tags"])
+    assert "model-index" not in card and "library_name" not in card  # not a task model; the root needs tmkd_hf
+    assert "general question–passage (Q&A) distillation pre-trained student" in text
+    assert "**not a task model**" in text
+    assert "learned only from 3 teachers' soft labels on 24 unlabelled question–passage pairs" in text
+    for i in range(3):  # the teachers, head i <-> teacher i
+        assert f"| {i} | `named-teacher-{i}` | local, weights sha256 `" in text
+    assert "pool.tsv" in text and "rows: 24, trained on: 18, held out: 6" in text  # the pool, its name and size
+    assert "- **Architecture:** `BertForSequenceClassification`, 1 layer\n" in text
+    sizes = stage1["parameters"]
+    parameters = f"- **Parameters:** {sizes['all_heads']:,} with every head ({sizes['merged']:,} merged, in `merged/`)"
+    assert parameters in text
+    assert "- **Heads:** 3, one per teacher" in text
+    assert "- **Readout:** [CLS], through the model's own classification head" in text
+    assert "`0: entailment`, `1: not_entailment`" in text
+    assert "## Agreement with the teachers on held-out pool pairs" in text and "held-out pool teacher_agreement" in text
+    command = ("python recipes/run_glue_distill.py --model_name_or_path tester/tiny-stage1 \\\n"
+               "    --teachers <teacher_0> <teacher_1> <teacher_2> \\\n")
+    assert command in text
+    assert "--stage1_student tester/tiny-stage1" in text
+    assert 'AutoModelForSequenceClassification.from_pretrained("tester/tiny-stage1", subfolder="merged")' in text
+
+
+def test_stage2_from_the_stage1_repo_id_continues_every_head(stage1):
+    run = stage1["stage2"]
+    assert run["downloaded"] == ["model.safetensors", "tmkd_student.json"]  # from the loopback Hub, root only
+    assert run["num_heads"] == 3 and run["same_keys"] is True
+    assert run["max_abs_diff"] == 0.0  # every weight at the start of stage 2, heads included, is the pushed one
+    assert run["heads_trained"] is True  # ... and then trained
+    assert run["card_base_model"] == STAGE1_REPO  # the stage-2 card names what it continued
+
+
+def test_pipeline_with_stage1_student_skips_stage1_and_continues_from_it(stage1):
+    from test_pipeline import check_progress_lines
+
+    run = stage1["pipeline"]
+    assert run["trained"] == ["runs/stage2", "runs/labels_only"]  # no teacher, no stage-1 training
+    assert "stage1" not in run["seconds"] and not any("stage1:" in line for line in run["log"].splitlines())
+    assert run["num_heads"] == 3 and run["max_abs_diff"] == 0.0  # stage 2 starts from the pushed student
+    assert run["labelled"] == ["train"]  # the unlabelled pool is not labelled: nothing would read it
+    assert run["stage1_path"] == STAGE1_REPO and run["stage1_only_accuracy"] is not None
+    check_progress_lines(run["log"], ["labelling", "stage2", "labels_only", "evaluation", "speed", "results"])
+    assert f"stage 1 not run (continued from {STAGE1_REPO})" in run["results_md"]
 
 
 # ----- upload_student_folder: new repo, another model's repo, 401 / 403 -----
@@ -323,6 +402,129 @@ def child_roundtrip(tmp: Path) -> dict:
     }
 
 
+def _load_recipe(name: str):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+def child_stage1(tmp: Path) -> dict:
+    """Stage 1 on tiny teachers and a 24-pair pool, pushed with --push_to_hub; then stage 2 (run_glue_distill.py) and
+    the pipeline (stage1_student), both started from the repo id and downloading it from the loopback Hub."""
+    import logging
+
+    import safetensors.torch
+    import torch
+    from huggingface_hub import ModelCard, constants
+    from transformers import AutoModelForSequenceClassification
+
+    from tmkd_hf import HubPushError, MultiHeadStudent, MultiTeacherDistillationTrainer, upload_student_folder
+
+    os.environ["HF_EVALUATE_OFFLINE"] = "1"  # the metrics' local implementation: nothing else to fetch
+    tokenizer, _, pair_dataset, tiny_model, _ = _child_setup(tmp)
+    names = {"id2label": {0: "entailment", 1: "not_entailment"}, "label2id": {"entailment": 0, "not_entailment": 1}}
+    teachers = []
+    for i in range(3):  # QNLI's labels, so the pipeline (which checks them) can use them too
+        path = tmp / f"named-teacher-{i}"
+        tiny_model("bert", seed=100 + i, head_scale=20.0, **names).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        teachers.append(str(path))
+    pool = pair_dataset(24, seed=5, with_labels=False)
+    (tmp / "pool.tsv").write_text("question\tsentence\n" + "".join(
+        f"{q}\t{s}\n" for q, s in zip(pool["question"], pool["sentence"])))
+    rows = pair_dataset(32, seed=1)
+    for name, n in (("train", 32), ("dev", 16)):
+        (tmp / f"{name}.tsv").write_text("index\tquestion\tsentence\tlabel\n" + "".join(
+            f"{i}\t{q}\t{s}\t{names['id2label'][y]}\n"
+            for i, (q, s, y) in enumerate(zip(rows["question"][:n], rows["sentence"][:n], rows["label"][:n]))))
+    common = ["--per_device_train_batch_size", "8", "--learning_rate", "5e-3", "--report_to", "none", "--use_cpu",
+              "--disable_tqdm", "true", "--save_strategy", "no", "--seed", "0"]
+
+    # the weights each training run starts from, recorded as it starts
+    starts = {}
+
+    class Recording(MultiTeacherDistillationTrainer):
+        def train(self, *args, **kwargs):
+            state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+            starts[self.args.output_dir] = (state, getattr(self.model, "num_heads", 1))
+            return super().train(*args, **kwargs)
+
+    stage1_recipe = _load_recipe("run_qa_distill_pretrain")
+    stage1_recipe.main(["--dataset", str(tmp / "pool.tsv"), "--teachers", *teachers, "--student_layers", "0",
+                        "--student_init_from", teachers[0], "--output_dir", str(tmp / "stage1"),
+                        "--validation_split_percentage", "25", "--num_train_epochs", "1", *common, "--push_to_hub",
+                        "--hub_model_id", STAGE1_REPO, "--hub_token", SENTINEL_TOKEN])
+    pushed = safetensors.torch.load_file(str(tmp / "stage1" / "model.safetensors"))
+
+    def compare(run_dir: str) -> dict:
+        state, num_heads = starts[run_dir]
+        return {"num_heads": num_heads, "same_keys": set(state) == set(pushed),
+                "max_abs_diff": max((state[k] - pushed[k]).abs().max().item() for k in pushed if k in state)}
+
+    # stage 2 from the repo id: downloaded from the loopback Hub (root only), every head continued
+    glue = _load_recipe("run_glue_distill")
+    glue.MultiTeacherDistillationTrainer = Recording
+    stage2_dir = str(tmp / "stage2")
+    glue.main(["--task_name", "qnli", "--train_file", str(tmp / "train.tsv"), "--validation_file",
+               str(tmp / "dev.tsv"), "--model_name_or_path", STAGE1_REPO, "--teachers", *teachers, "--do_train",
+               "--do_eval", "--max_steps", "2", "--output_dir", stage2_dir, *common])
+    snapshots = list(Path(constants.HF_HUB_CACHE).glob("models--tester--tiny-stage1/snapshots/*"))
+    downloaded = sorted(p.name for s in snapshots for p in s.iterdir() if p.name in ("model.safetensors",
+                                                                                     "tmkd_student.json", "merged"))
+    merged_after = AutoModelForSequenceClassification.from_pretrained(stage2_dir).classifier.weight.detach()
+    start_heads = starts[stage2_dir][0]["model.classifier.weight"]
+    stage2 = {**compare(stage2_dir), "downloaded": downloaded,
+              "heads_trained": not torch.allclose(merged_after, start_heads.mean(0)),
+              "card_base_model": ModelCard.load(Path(stage2_dir) / "README.md").data.base_model}
+
+    # the pushed student used as it is: merged/ (plain transformers) against the multi-head root (tmkd_hf)
+    merged = AutoModelForSequenceClassification.from_pretrained(STAGE1_REPO, subfolder="merged").eval()
+    student = MultiHeadStudent.from_pretrained(STAGE1_REPO).eval()
+    batch = tokenizer(["what city is the capital"], ["the river of the king"], return_tensors="pt")
+    with torch.no_grad():
+        diff = (merged(**batch).logits - student(**batch).logits).abs().max().item()
+    card = ModelCard.load(STAGE1_REPO)
+    try:  # a plain (merged) model pushed where the multi-head student lives is refused, not mixed in
+        upload_student_folder(tmp / "stage1" / "merged", STAGE1_REPO, token="dummy")
+        refused = None
+    except HubPushError as err:
+        refused = str(err)
+
+    # the pipeline from the repo id: no stage 1, stage 2 from the pushed heads
+    pipeline = _load_recipe("run_tmkd_pipeline")
+    pipeline.MultiTeacherDistillationTrainer = Recording
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logging.getLogger("run_tmkd_pipeline").addHandler(handler)
+    logging.getLogger("run_tmkd_pipeline").setLevel(logging.INFO)
+    out = tmp / "pipeline"
+    results = pipeline.main(["--backbone", teachers[0], "--student_backbone", teachers[0], "--teachers", *teachers,
+                             "--stage1_student", STAGE1_REPO, "--output_dir", str(out), "--max_train_rows", "24",
+                             "--max_unlabeled_rows", "8", "--max_eval_rows", "16", "--stage2_epochs", "1",
+                             "--student_layers", "0", "--batch_size", "8", "--speed_repeats", "1"])
+    trained = [os.path.relpath(d, out) for d in starts if d.startswith(str(out))]
+    return {
+        "local_weights": str(tmp / "stage1" / "model.safetensors"),
+        "merged_vs_multi_head_max_abs_diff": diff,
+        "parameters": {"all_heads": sum(p.numel() for p in student.parameters()),
+                       "merged": sum(p.numel() for p in merged.parameters())},
+        "card": card.data.to_dict(),
+        "card_text": card.text,
+        "plain_push_refused": refused,
+        "stage2": stage2,
+        "pipeline": {**compare(str(out / "runs" / "stage2")), "trained": trained, "seconds": results["seconds"],
+                     "log": "\n".join(lines), "labelled": sorted(p.name for p in (out / "labelled").iterdir()),
+                     "stage1_path": results["paths"]["stage1_student"],
+                     "stage1_only_accuracy": results["accuracy"]["test"].get("tmkd_stage1_only"),
+                     "results_md": (out / "results.md").read_text()},
+    }
+
+
 def child_failures(tmp: Path) -> dict:
     import huggingface_hub.constants
     from huggingface_hub import HfApi
@@ -411,7 +613,6 @@ def child_publishing(tmp: Path) -> dict:
 if __name__ == "__main__":
     scenario, tmp_dir, result_file = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
     sys.path.insert(0, str(Path(__file__).resolve().parent))
-    outcome = {"roundtrip": child_roundtrip, "failures": child_failures, "publishing": child_publishing}[scenario](
-        tmp_dir
-    )
+    outcome = {"roundtrip": child_roundtrip, "failures": child_failures, "publishing": child_publishing,
+               "stage1": child_stage1}[scenario](tmp_dir)
     Path(result_file).write_text(json.dumps(outcome, default=str))
