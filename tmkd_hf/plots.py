@@ -187,26 +187,7 @@ def plot_ablation(
     names = [name for name, by_seed in rows.items() if by_seed]
     figure = _figure(max(6.0, 1.0 + 0.9 * len(names)), 4.5)
     ax = figure.add_subplot()
-    seed_x, seed_y, means, spreads = [], [], [], []
-    for i, name in enumerate(names):
-        values = [100 * v for v in rows[name].values()]
-        seed_x += [i + 0.12] * len(values)
-        seed_y += values
-        mean, std = _mean_and_std(values)
-        means.append(mean)
-        spreads.append(std)
-    ax.scatter(seed_x, seed_y, s=14, color="tab:grey", alpha=0.8, zorder=3, gid="seeds", label="one seed")
-    bars = ax.errorbar(
-        range(len(names)),
-        means,
-        yerr=spreads,
-        fmt="o",
-        color="tab:green",
-        capsize=4,
-        zorder=4,
-        label="mean ± std over seeds",
-    )
-    bars[0].set_gid("means")
+    _seeds_and_means(ax, list(range(len(names))), [list(rows[n].values()) for n in names], offset=0.12, fmt="o")
     styles = {"majority": ("grey", "--"), "ensemble": ("tab:purple", "-.")}
     for name, accuracy in (references or {}).items():
         colour, linestyle = styles.get(name, ("tab:blue", ":"))
@@ -218,6 +199,24 @@ def plot_ablation(
     ax.legend(loc="center left", bbox_to_anchor=(1.01, 0.5), fontsize=8)
     _save(figure, save_to)
     return figure
+
+
+def _seeds_and_means(ax, positions: list[float], groups: list[list[float]], offset: float, fmt: str) -> None:
+    """One grey dot per run (`gid="seeds"`, beside its position, not under the bar) and the mean ± std of each group
+    (`gid="means"`): the spread between seeds shown next to what it is the spread of. Accuracies in [0, 1]."""
+    seed_x, seed_y, means, spreads = [], [], [], []
+    for position, group in zip(positions, groups):
+        values = [100 * v for v in group]
+        seed_x += [position + offset] * len(values)
+        seed_y += values
+        mean, std = _mean_and_std(values)
+        means.append(mean)
+        spreads.append(std)
+    ax.scatter(seed_x, seed_y, s=14, color="tab:grey", alpha=0.8, zorder=3, gid="seeds", label="one seed")
+    bars = ax.errorbar(
+        positions, means, yerr=spreads, fmt=fmt, color="tab:green", capsize=4, zorder=4, label="mean ± std over seeds"
+    )
+    bars[0].set_gid("means")
 
 
 def plot_pool_curve(
@@ -234,19 +233,7 @@ def plot_pool_curve(
     percents = sorted(p for p, values in points.items() if list(values))
     figure = _figure(6.0, 4.0)
     ax = figure.add_subplot()
-    seed_x, seed_y, means, spreads = [], [], [], []
-    for percent in percents:
-        values = [100 * v for v in points[percent]]
-        seed_x += [percent + 1.5] * len(values)  # beside the mean's bar, not under it
-        seed_y += values
-        mean, std = _mean_and_std(values)
-        means.append(mean)
-        spreads.append(std)
-    ax.scatter(seed_x, seed_y, s=14, color="tab:grey", alpha=0.8, zorder=3, gid="seeds", label="one seed")
-    curve = ax.errorbar(
-        percents, means, yerr=spreads, fmt="o-", color="tab:green", capsize=4, zorder=4, label="mean ± std over seeds"
-    )
-    curve[0].set_gid("means")
+    _seeds_and_means(ax, percents, [list(points[p]) for p in percents], offset=1.5, fmt="o-")
     ax.set_xticks(percents)
     ax.set_xlim(-5, 105)
     ax.set_xlabel("unlabelled pool used in stage 1 (%; 0 = no stage 1)")
