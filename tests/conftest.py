@@ -164,3 +164,18 @@ def trained_teacher_dirs(tmp_path_factory, tokenizer):
         trainer.save_model(str(path))
         dirs.append(str(path))
     return dirs
+
+
+def count_label_shards(monkeypatch) -> list[int]:
+    """Record the rows of every shard the teachers label from now on (an empty list: nothing was relabelled)."""
+    from tmkd_hf import labelling
+
+    shards: list[int] = []
+    real_label_shard = labelling._label_shard
+
+    def counted(*args, **kwargs):
+        shards.append(len(args[2]["length"]))  # rows of the shard
+        return real_label_shard(*args, **kwargs)
+
+    monkeypatch.setattr(labelling, "_label_shard", counted)
+    return shards

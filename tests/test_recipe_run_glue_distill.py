@@ -18,11 +18,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import WORDS, keyword_dataset, tiny_model
+from conftest import WORDS, count_label_shards, keyword_dataset, tiny_model
 from safetensors.torch import load_file
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-import tmkd_hf.labelling as labelling
 from tmkd_hf import MultiHeadStudent, label_with_teachers, load_rows
 from tmkd_hf.tasks import ranking_metrics
 
@@ -245,14 +244,7 @@ def test_teachers_labelled_on_the_fly_and_cached(recipe, tmp_path, qnli_files, t
     model = assert_merged_student(out)
     assert model.config.num_hidden_layers == 1
     stamps = {p.name: p.stat().st_mtime_ns for p in cache.iterdir() if p.is_file()}
-    shards = []
-    real_label_shard = labelling._label_shard
-
-    def counted(*args, **kwargs):
-        shards.append(len(args[2]["length"]))  # rows of the shard
-        return real_label_shard(*args, **kwargs)
-
-    monkeypatch.setattr(labelling, "_label_shard", counted)
+    shards = count_label_shards(monkeypatch)
     recipe.main([*args, *common(tmp_path)])
     assert shards == []  # no teacher forward on the rerun
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir() if p.is_file()} == stamps  # reused, not relabelled

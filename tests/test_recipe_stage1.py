@@ -12,10 +12,9 @@ from pathlib import Path
 import pytest
 import safetensors.torch
 import torch
-from conftest import pair_dataset
+from conftest import count_label_shards, pair_dataset
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-import tmkd_hf.labelling as labelling
 from tmkd_hf import MultiHeadStudent, label_with_teachers, load_teacher_logits
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME
 
@@ -118,14 +117,7 @@ def test_stage1_recipe_teachers_on_the_fly_then_rerun_reuses_cache(tmp_path, tea
 
     # a rerun with the same pool and teachers (command-line flags this time) reuses the soft labels: no teacher
     # forward at all (the manifest's "created" has 1 s resolution, so an equal manifest alone would not show it)
-    shards = []
-    real_label_shard = labelling._label_shard
-
-    def counted(*args, **kwargs):
-        shards.append(len(args[2]["length"]))  # rows of the shard
-        return real_label_shard(*args, **kwargs)
-
-    monkeypatch.setattr(labelling, "_label_shard", counted)
+    shards = count_label_shards(monkeypatch)
     load_recipe().main(flags({**config, "num_train_epochs": 1}))
     assert shards == []  # not relabelled
     assert manifest.read_text() == created
