@@ -27,11 +27,13 @@ at `--model_revision`: it continues with every head), or `--student_layers 0 2 4
 `--student_init_from`. With several teachers the student gets one head per teacher (`--per_teacher_heads`, the
 default); `--per_teacher_heads false` trains one head on the averaged teachers (the 1avg-o-1 baseline). The loss is
 `alpha * soft + (1 - alpha) * hard`; the saved model is the merged plain checkpoint with its tokenizer.
+`--export_onnx` also exports it to `output_dir/onnx/` (fp32 and int8 ONNX), which `--push_to_hub` uploads with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import json
 import logging
 import math
@@ -58,6 +60,7 @@ from tmkd_hf import (
 from tmkd_hf.collator import TEACHER_LOGITS
 from tmkd_hf.cross_encoder import is_cross_encoder_dir
 from tmkd_hf.distributed import leave_process_group
+from tmkd_hf.model_card import ONNX_SUBFOLDER
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME, multihead_checkpoint_dir
 from tmkd_hf.readout import detect_readout
 from tmkd_hf.tasks import (
@@ -264,10 +267,40 @@ class DataTrainingArguments:
         }
 
 
+@dataclass
+class ExportArguments:
+    """Deployment files written beside the trained student, and pushed with it by --push_to_hub."""
+
+    export_onnx: bool = field(
+        default=False,
+        metadata={
+            "help": "After training, export the merged student to output_dir/onnx/ (model.onnx, and model_int8.onnx "
+            "unless --onnx_int8 false; tmkd_hf.export.export_onnx, checked against PyTorch). Needs pip install "
+            '"tmkd_hf[onnx]".'
+        },
+    )
+    onnx_int8: bool = field(
+        default=True,
+        metadata={"help": "With --export_onnx, also write the int8 graph (onnxruntime dynamic quantization)."},
+    )
+
+    def check(self, training_args) -> None:
+        """Before any data or model is loaded: the export needs a trained student and onnx/onnxruntime."""
+        if not self.export_onnx:
+            return
+        if not training_args.do_train:
+            raise ValueError("--export_onnx exports the student this run trains: add --do_train (or export a saved "
+                             "student with tmkd_hf.export.export_onnx).")
+        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise ImportError(f"--export_onnx needs {' and '.join(missing)}: pip install \"tmkd_hf[onnx]\" (checked "
+                              "before training, so nothing is lost).")
+
+
 def parse_args(argv: list[str] | None = None):
     """One JSON config path (like run_glue.py), or command-line flags."""
     argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, DistillationArguments))
+    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, DistillationArguments, ExportArguments))
     if len(argv) == 1 and argv[0].endswith(".json"):
         return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
     return parser.parse_args_into_dataclasses(args=argv)
@@ -384,8 +417,9 @@ def student_config(model_args: ModelArguments):
 
 
 def main(argv: list[str] | None = None) -> dict:
-    model_args, data_args, training_args = parse_args(argv)
+    model_args, data_args, training_args, export_args = parse_args(argv)
     model_args.check_locations()
+    export_args.check(training_args)
 
     logging.basicConfig(
         format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
@@ -665,6 +699,13 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.save_metrics("train", metrics)
         trainer.save_state()
         all_metrics.update(metrics)
+        if export_args.export_onnx and trainer.is_world_process_zero():  # into output_dir: pushed with the model
+            from tmkd_hf.export import export_onnx
+
+            onnx_dir = os.path.join(training_args.output_dir, ONNX_SUBFOLDER)
+            info = export_onnx(training_args.output_dir, onnx_dir, quantize=export_args.onnx_int8)
+            logger.info(f"exported the student to {onnx_dir}: max |logit difference| to PyTorch "
+                        f"{info['check']['max_abs_logit_diff_vs_torch']}")
 
     # ----- evaluate (MNLI: matched, then mismatched with the _mm suffix) -----
     if training_args.do_eval:

@@ -53,6 +53,7 @@ import sys
 import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from types import SimpleNamespace
 
 import datasets
@@ -65,6 +66,7 @@ from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
 from tmkd_hf import (
     BaselineResult,
     DistillationArguments,
+    FormatSpeed,
     MultiHeadStudent,
     MultiTeacherDistillationTrainer,
     SpeedMeasurement,
@@ -858,7 +860,10 @@ def write_student_card(results: dict, stage2_trainer, labelled_train: Dataset, s
         batch_size=speed["batch_size"],
         num_examples=speed["examples"],
         notes=f"the {len(card.teachers)}-teacher ensemble ran {speed['ensemble_examples_per_s']} examples/s "
-        f"(student speed-up over it: {speed['speedup_vs_ensemble']}x)",
+        f"(student speed-up over it: {speed['speedup_vs_ensemble']}x)"
+        + (f"; onnxruntime on {speed['onnxruntime_threads']} threads" if "onnxruntime_threads" in speed else ""),
+        ensemble_examples_per_second=speed["ensemble_examples_per_s"],
+        formats=student_formats(results, student_dir),
     )
     p_values = results["tmkd_vs_labels_only_mcnemar_p"]
     card.notes = (
@@ -870,6 +875,27 @@ def write_student_card(results: dict, stage2_trainer, labelled_train: Dataset, s
     if results.get("warnings"):
         card.notes += "\n\n" + "\n\n".join(f"**Warning:** {w}" for w in results["warnings"])
     return write_model_card(student_dir, card)
+
+
+def student_formats(results: dict, student_dir: str) -> list[FormatSpeed]:
+    """The student in every format this run timed (PyTorch, and the ONNX files with `--export_onnx`), each with its
+    throughput, file and test accuracy, for the card's speed table."""
+    speed, test = results["speed"]["examples_per_s"], results["accuracy"]["test"]
+    weights = sorted((p.relative_to(student_dir) for p in Path(student_dir).rglob("*.safetensors")),
+                     key=lambda p: (len(p.parts), p))  # model.safetensors first, then a CrossEncoder's 2_Dense/
+    weights = [p for p in weights if "onnx" not in p.parts]
+    formats = [FormatSpeed("PyTorch fp32", speed["tmkd_student"], f"torch {torch.__version__.split('+')[0]}",
+                           ", ".join(map(str, weights)) or None,
+                           sum((Path(student_dir) / p).stat().st_size for p in weights) or None,
+                           test["tmkd_student"])]
+    export = results.get("onnx_export")
+    for name, int8 in ONNX_MODELS.items():
+        if export and name in speed:
+            kind = "int8" if int8 else "fp32"
+            runtime = f"onnxruntime {export['versions'].get('onnxruntime') or ''}".strip()
+            formats.append(FormatSpeed(f"ONNX {kind}", speed[name], runtime, f"onnx/{export['files'][kind]}",
+                                       export["size_bytes"][kind], test.get(name)))
+    return formats
 
 
 def write_accuracy_vs_speed_picture(results: dict, folders: list[str]) -> list[str]:

@@ -10,6 +10,7 @@ from transformers import AutoModelForSequenceClassification
 from tmkd_hf import DistillationArguments, MultiHeadStudent, MultiTeacherDistillationTrainer, label_with_teachers
 from tmkd_hf.model_card import (
     BaselineResult,
+    FormatSpeed,
     SpeedMeasurement,
     StudentCardData,
     TeacherInfo,
@@ -64,6 +65,39 @@ def test_card_metadata_and_model_index_round_trip(tmp_path):
     assert "**1.98x**" in text and "2 CPU cores (shared)" in text
     assert "stage 1 + stage 2" in text and "@inproceedings{yang2020tmkd" in text
     assert 'pipeline("text-classification", model="me/tmkd-minilm-qnli")' in text
+
+
+def test_every_format_timed_is_one_row_and_an_onnx_export_gets_its_snippet(tmp_path):
+    """The speed table's ratios are each format's throughput over the teacher's and the ensemble's; columns nobody
+    filled are left out; an `onnx/onnx_export.json` beside the card adds the file list and the onnxruntime snippet."""
+    import json
+
+    data = full_card_data()
+    data.speed.formats = [
+        FormatSpeed("PyTorch fp32", 156.8, "torch 2.13.0", "model.safetensors", 69_600_000, 0.58),
+        FormatSpeed("ONNX int8", 400.0, "onnxruntime 1.23", "onnx/model_int8.onnx", 17_500_000, 0.576),
+    ]
+    text = render_model_card(data).text
+    assert "| format | runtime | file | size (MB) | examples/s | vs teacher | test accuracy |" in text  # no ensemble
+    assert "| PyTorch fp32 | torch 2.13.0 | `model.safetensors` | 69.6 | 156.8 | 1.98x | 58.0 |" in text
+    assert "| ONNX int8 | onnxruntime 1.23 | `onnx/model_int8.onnx` | 17.5 | 400 | 5.05x | 57.6 |" in text
+    assert "ONNX (onnxruntime" not in text  # no export in the folder
+    data.speed.ensemble_examples_per_second = 25.0
+    data.speed.formats[1].accuracy = None
+    text = render_model_card(data).text
+    assert "| ONNX int8 | onnxruntime 1.23 | `onnx/model_int8.onnx` | 17.5 | 400 | 5.05x | 16.00x |  |" in text
+
+    (tmp_path / "onnx").mkdir()
+    info = {"files": {"fp32": "model.onnx", "int8": "model_int8.onnx"}, "size_bytes": {"fp32": 70e6, "int8": 18e6},
+            "inputs": [{"name": "input_ids"}, {"name": "attention_mask"}], "opset": 17,
+            "check": {"max_abs_logit_diff_vs_torch": {"fp32": 3e-7, "int8": 0.02}}}
+    (tmp_path / "onnx" / "onnx_export.json").write_text(json.dumps(info))
+    text = render_model_card(data, model_dir=tmp_path).text
+    assert "- `onnx/model.onnx`: float32, 70.0 MB; max |logit difference| to PyTorch on the export's check batch: " \
+           "3.0e-07" in text
+    assert "- `onnx/model_int8.onnx`: int8 weights (onnxruntime dynamic quantization), 18.0 MB" in text
+    assert 'onnxruntime.InferenceSession(f"{folder}/onnx/model_int8.onnx")' in text
+    assert "for name in ['input_ids', 'attention_mask']" in text  # the graph's inputs only (no token_type_ids)
 
 
 def test_absent_numbers_are_left_out():

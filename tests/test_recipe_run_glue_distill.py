@@ -159,6 +159,7 @@ def test_plain_fine_tuning_from_a_json_config_pushed_to_the_hub(tmp_path, studen
         "push_to_hub": True,
         "hub_model_id": "tester/qnli-student",
         "hub_token": "test-token",
+        "export_onnx": True,
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
     with HubServer() as hub:
@@ -180,6 +181,15 @@ def test_plain_fine_tuning_from_a_json_config_pushed_to_the_hub(tmp_path, studen
         )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         pushed = hub.files("tester/qnli-student")
+        card = pushed["README.md"].decode()
+        snippet = card.split("### ONNX (onnxruntime, no PyTorch needed)")[1].split("```python")[1].split("```")[0]
+        snippets = {True: snippet, False: snippet.replace("model_int8.onnx", "model.onnx")}
+        user_runs = {}
+        for int8, code in snippets.items():
+            code += "\nimport sys, json\nassert 'tmkd_hf' not in sys.modules\nprint(json.dumps(logits.tolist()))\n"
+            user_env = {**env, "HF_HOME": str(tmp_path / f"user-home-{int8}")}
+            user_runs[int8] = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                             env=user_env, cwd=tmp_path, timeout=300)  # fmt: skip
     out = tmp_path / "out"
     results = json.loads((out / "all_results.json").read_text())
     assert {"train_loss", "train_samples", "eval_accuracy", "eval_loss", "eval_samples"} <= set(results)
@@ -193,6 +203,19 @@ def test_plain_fine_tuning_from_a_json_config_pushed_to_the_hub(tmp_path, studen
     assert pushed["model.safetensors"] == (out / "model.safetensors").read_bytes()
     card = pushed["README.md"].decode()
     assert "glue" in card and "qnli" in card.lower() and "text-classification" in card
+    # --export_onnx: the graphs are pushed with the model, and the card's onnxruntime snippet, run as a user would
+    # (a fresh process that never imports tmkd_hf, downloading from the Hub), gives the trained model's logits
+    for name in ("onnx/model.onnx", "onnx/model_int8.onnx", "onnx/onnx_export.json", "onnx/tokenizer.json"):
+        assert pushed[name] == (out / name).read_bytes(), name
+    assert 'snapshot_download("tester/qnli-student"' in snippets[True] and "model_int8.onnx" in snippets[True]
+    model = AutoModelForSequenceClassification.from_pretrained(out).eval()
+    tok = AutoTokenizer.from_pretrained(out)
+    with torch.no_grad():
+        expected = model(**tok(["What is the capital of France?"], ["Paris is the capital of France."],
+                               return_tensors="pt")).logits.numpy()  # fmt: skip
+    for int8, ran in user_runs.items():
+        assert ran.returncode == 0, ran.stderr[-3000:]
+        np.testing.assert_allclose(json.loads(ran.stdout), expected, atol=0.05 if int8 else 1e-4, rtol=0)
 
 
 # ----- distillation -----
@@ -382,7 +405,7 @@ def test_mnli_evaluates_matched_and_mismatched(recipe, tmp_path, tokenizer):
 @pytest.mark.parametrize("config", sorted(p.name for p in (RECIPES / "configs").glob("glue_*.json")))
 def test_example_configs_parse(recipe, config, monkeypatch):
     monkeypatch.chdir(RECIPES.parent)  # their data paths are relative to the repository root
-    model_args, data_args, training_args = recipe.parse_args([str(RECIPES / "configs" / config)])
+    model_args, data_args, training_args, _ = recipe.parse_args([str(RECIPES / "configs" / config)])
     assert data_args.task_name and training_args.do_train
     assert model_args.model_name_or_path or model_args.student_init_from
 
@@ -402,6 +425,7 @@ def test_example_configs_parse(recipe, config, monkeypatch):
         ("model_labels_differ", r"do not match the model's labels \['negative', 'positive'\]"),
         ("heads_without_teachers", r"--per_teacher_heads needs teachers"),
         ("mismatched_not_mnli", r"mnli only"),
+        ("export_without_training", r"--export_onnx exports the student this run trains: add --do_train"),
         ("eval_without_data", r"--do_eval needs evaluation data"),
         ("custom_without_columns", r"--text_columns"),
         ("student_path_typo", r"--model_name_or_path '\./no-such-student': no such directory, and it is not a Hub id"),
@@ -438,6 +462,9 @@ def test_bad_input_is_a_clear_error(recipe, tmp_path, student_dir, qnli_files, t
         argv = [*base, "--per_teacher_heads", "true"]
     elif case == "mismatched_not_mnli":
         argv = [*base, "--validation_mismatched_file", qnli_files["validation"]]
+    elif case == "export_without_training":
+        argv = ["--task_name", "qnli", "--validation_file", qnli_files["validation"], "--model_name_or_path",
+                student_dir, "--do_eval", "--export_onnx"]  # fmt: skip
     elif case == "eval_without_data":
         argv = ["--task_name", "qnli", "--train_file", qnli_files["train"], "--model_name_or_path", student_dir,
                 "--do_eval"]  # fmt: skip

@@ -9,7 +9,7 @@ from .export import OnnxClassifier, export_onnx, quantize_torch_int8
 from .hub import HubPushError, push_teacher_logits_to_hub, upload_student_folder
 from .initialization import student_from_teacher_layers
 from .labelling import label_with_teachers, load_teacher_logits, read_manifest, use_fixed_mmap_threshold
-from .model_card import BaselineResult, SpeedMeasurement, StudentCardData, TeacherInfo, write_model_card
+from .model_card import BaselineResult, FormatSpeed, SpeedMeasurement, StudentCardData, TeacherInfo, write_model_card
 from .modeling import MultiHeadStudent
 from .peft_student import LoraStudentArguments, apply_lora, merge_lora, merge_student, save_merged_student
 from .readout import detect_readout
@@ -21,6 +21,7 @@ __all__ = [
     "BaselineResult",
     "DataCollatorWithTeacherLogits",
     "DistillationArguments",
+    "FormatSpeed",
     "HubPushError",
     "LoraStudentArguments",
     "MultiHeadStudent",

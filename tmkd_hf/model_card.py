@@ -42,6 +42,7 @@ from transformers import TrainerCallback
 from .plots import ACCURACY_VS_SPEED_FILE
 
 TEMPLATE_NAME = "tmkd_student_card.md"
+ONNX_SUBFOLDER = "onnx"  # where recipes export the student for onnxruntime, inside the folder pushed to the Hub
 # The card kinds (`StudentCardData.kind`) and their templates: a distilled task model, or a stage-1 student
 # published with every head for others to continue with stage 2.
 CARD_TEMPLATES = {"student": TEMPLATE_NAME, "stage1": "tmkd_stage1_card.md"}
@@ -156,11 +157,29 @@ class BaselineResult:
 
 
 @dataclass
+class FormatSpeed:
+    """One deployable form of the student (PyTorch fp32, ONNX fp32, ONNX int8, ...), timed in the same run as the
+    teacher, so that the card can list every format measured side by side.
+
+    `accuracy` is the format's own test accuracy (a fraction), measured on the same rows as the student's.
+    """
+
+    name: str
+    examples_per_second: float
+    runtime: str | None = None
+    file: str | None = None
+    size_bytes: int | None = None
+    accuracy: float | None = None
+
+
+@dataclass
 class SpeedMeasurement:
     """Inference speed of the student against a teacher, measured on one machine in one run.
 
     `speedup` defaults to `student_examples_per_second / teacher_examples_per_second` when both are given.
     `hardware` says what it was measured on (CPU/GPU model, threads, whether the machine was shared).
+    `formats` lists every exported form timed beside the teacher (the card shows them in one table, with their
+    speed-up over the teacher and, given `ensemble_examples_per_second`, over the ensemble).
     """
 
     student_examples_per_second: float | None = None
@@ -171,6 +190,8 @@ class SpeedMeasurement:
     batch_size: int | None = None
     num_examples: int | None = None
     notes: str | None = None
+    ensemble_examples_per_second: float | None = None
+    formats: list[FormatSpeed] = field(default_factory=list)
 
     def __post_init__(self):
         if self.speedup is None and self.student_examples_per_second and self.teacher_examples_per_second:
@@ -377,6 +398,7 @@ class StudentCardData:
             "speedup_text": f"{speed.speedup:.2f}x" if speed and speed.speedup else None,
             "speed": speed,
             "speed_items": _speed_items(speed),
+            "formats_table": _formats_table(speed),
             "pretty_dataset": _pretty_dataset(self),
             "framework_versions": _framework_versions(),
             "citation": TMKD_CITATION,
@@ -458,7 +480,8 @@ def render_model_card(
     `model_cards/tmkd_student_card.md` or `model_cards/tmkd_stage1_card.md`).
 
     Pictures found in `model_dir` (the folder the card is saved in and pushed with, e.g. `accuracy_vs_speed.png`)
-    are embedded with relative links, so they show on the Hub once the folder is uploaded.
+    are embedded with relative links, so they show on the Hub once the folder is uploaded; an ONNX export in
+    `model_dir/onnx/` (`tmkd_hf.export.export_onnx`) gets its files listed and an onnxruntime usage snippet.
     """
     if template_path is None:
         template_path = _default_template_path(CARD_TEMPLATES[card_data.kind])
@@ -468,13 +491,14 @@ def render_model_card(
             f"Model card template {template_path} not found. tmkd_hf reads it from model_cards/ in a checkout, or "
             "from share/tmkd_hf/model_cards/ where a wheel installs it; pass template_path= to use your own."
         )
-    pictures = {
+    found = {
         "accuracy_vs_speed_picture": ACCURACY_VS_SPEED_FILE
         if model_dir is not None and (Path(model_dir) / ACCURACY_VS_SPEED_FILE).is_file()
-        else None
+        else None,
+        "onnx_export": _onnx_export_info(model_dir),
     }
     card = ModelCard.from_template(
-        card_data.model_card_data(), template_path=str(template_path), **card_data.template_kwargs(), **pictures
+        card_data.model_card_data(), template_path=str(template_path), **card_data.template_kwargs(), **found
     )
     # Sections that are left out leave blank lines behind: one blank line between blocks, one before headings.
     content = re.sub(r"\n{3,}", "\n\n", card.content)
@@ -586,6 +610,55 @@ def _speed_items(speed: SpeedMeasurement | None) -> list[tuple[str, str]]:
         ("notes", speed.notes),
     ]
     return [(k, v) for k, v in items if v]
+
+
+def _formats_table(speed: SpeedMeasurement | None) -> str | None:
+    """Every format timed in the run: throughput, speed-ups over the teacher and the ensemble, size, accuracy."""
+    if speed is None or not speed.formats:
+        return None
+
+    def ratio(value: float, base: float | None) -> str | None:
+        return f"{value / base:.2f}x" if base else None
+
+    header = ["format", "runtime", "file", "size (MB)", "examples/s",
+              f"vs teacher{f' ({speed.teacher})' if speed.teacher else ''}", "vs ensemble", "test accuracy"]
+    body = [
+        [
+            f.name,
+            f.runtime,
+            f"`{f.file}`" if f.file else None,
+            f"{f.size_bytes / 1e6:.1f}" if f.size_bytes else None,
+            f"{f.examples_per_second:.4g}",
+            ratio(f.examples_per_second, speed.teacher_examples_per_second),
+            ratio(f.examples_per_second, speed.ensemble_examples_per_second),
+            f"{100 * f.accuracy:.1f}" if f.accuracy is not None else None,
+        ]
+        for f in speed.formats
+    ]
+    keep = [i for i in range(len(header)) if i < 2 or i == 4 or any(row[i] for row in body)]  # no empty columns
+    return _markdown_table([header[i] for i in keep], [[row[i] for i in keep] for row in body])
+
+
+def _onnx_export_info(model_dir: str | os.PathLike | None) -> dict | None:
+    """What `tmkd_hf.export.export_onnx` recorded in `model_dir/onnx/` (pushed with the model), for the card's
+    ONNX usage snippet and file list; None without an export."""
+    import json
+
+    if model_dir is None:
+        return None
+    path = Path(model_dir) / ONNX_SUBFOLDER / "onnx_export.json"
+    if not path.is_file():
+        return None
+    info = json.loads(path.read_text())
+    files = [
+        {"kind": kind, "path": f"{ONNX_SUBFOLDER}/{name}", "size_mb": f"{info['size_bytes'][kind] / 1e6:.1f}",
+         "diff": f"{info['check']['max_abs_logit_diff_vs_torch'][kind]:.1e}"}
+        for kind, name in info["files"].items()
+    ]
+    preferred = next((f for f in files if f["kind"] == "int8"), files[0])
+    return {"dir": ONNX_SUBFOLDER, "files": files, "preferred": preferred["path"],
+            "inputs": [i["name"] for i in info["inputs"]], "opset": info.get("opset"),
+            "quantization": info.get("quantization")}
 
 
 def _pretty_dataset(data: StudentCardData) -> str | None:
