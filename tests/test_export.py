@@ -87,6 +87,7 @@ def test_files_and_the_description_land_in_the_folder(exported):
     assert info["outputs"] == [{"name": "logits", "dtype": "float32", "shape": ["batch", 2]}]
     assert info["id2label"] == {"0": "entailment", "1": "not_entailment"}
     assert info["opset"] == 17
+    assert info["source"] == os.path.basename(student_dir)  # pushed with the model: no local absolute path
     assert info["quantization"] == {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
                                     "per_channel": True}  # fmt: skip
     assert info["check"]["max_abs_logit_diff_vs_torch"]["fp32"] <= 1e-4

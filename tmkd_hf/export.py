@@ -215,7 +215,7 @@ def export_onnx(
     model.config.save_pretrained(output_dir)  # the labels (id2label) and the architecture the graph came from
     num_labels = model.config.num_labels
     info = {
-        "source": os.path.abspath(model_dir),
+        "source": os.path.basename(os.path.abspath(model_dir)),  # the folder name: this file is pushed to the Hub
         "readout": model.readout if isinstance(model, MultiHeadStudent) else "cls",
         "files": files,
         "size_bytes": {kind: os.path.getsize(os.path.join(output_dir, name)) for kind, name in files.items()},
