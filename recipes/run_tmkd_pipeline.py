@@ -52,7 +52,7 @@ import statistics
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -200,13 +200,22 @@ class PipelineArguments:
 
 
 def parse_args(argv: list[str] | None = None) -> PipelineArguments:
-    """One JSON config path (like run_glue.py), or command-line flags."""
+    """One JSON config path (like run_glue.py), command-line flags, or both: flags after the JSON path override its
+    fields (`pipeline_default.json --export_onnx true`)."""
     argv = sys.argv[1:] if argv is None else argv
     parser = HfArgumentParser(PipelineArguments)
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        (args,) = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    else:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
+    if argv and argv[0].endswith(".json"):
+        if len(argv) == 1:
+            (args,) = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
+            return args
+        with open(argv[0]) as f:
+            config = json.load(f)
+        unknown = sorted(set(config) - {f.name for f in fields(PipelineArguments)})
+        if unknown:
+            raise ValueError(f"{argv[0]} has fields the pipeline does not know: {unknown}.")
+        parser.set_defaults(**config)
+        argv = argv[1:]
+    (args,) = parser.parse_args_into_dataclasses(args=argv)
     return args
 
 

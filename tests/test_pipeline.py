@@ -9,6 +9,7 @@ import os
 import re
 import subprocess
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -282,6 +283,23 @@ def test_flags_and_clear_errors():
         recipe.parse_args(["--stage2_alpha", "1.5"])
     with pytest.raises(ValueError, match="but .*'nope'.* are needed"):
         recipe.read_tsv(os.path.join(REPO, "data", "qnli", "unlabeled.tsv"), ["question", "nope"], None)
+
+
+def test_flags_after_the_json_config_override_its_fields(tmp_path):
+    recipe = load_recipe()
+    path = os.path.join(REPO, "recipes", "configs", "pipeline_default.json")
+    base = recipe.parse_args([path])
+    args = recipe.parse_args([path, "--export_onnx", "true", "--student_layers", "0", "2", "--stage2_alpha", "0.3"])
+    assert args.export_onnx is True and args.student_layers == [0, 2] and args.stage2_alpha == 0.3
+    assert {k: v for k, v in asdict(args).items() if k not in ("export_onnx", "student_layers", "stage2_alpha")} == {
+        k: v for k, v in asdict(base).items() if k not in ("export_onnx", "student_layers", "stage2_alpha")}
+    assert base.export_onnx is False and base.student_layers != [0, 2]
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"seed": 3, "stage_2_alpha": 0.5}))
+    with pytest.raises(ValueError, match=r"fields the pipeline does not know: \['stage_2_alpha'\]"):
+        recipe.parse_args([str(bad), "--seed", "4"])
+    with pytest.raises(ValueError, match="stage2_alpha must be in"):  # the checks still run on the merged config
+        recipe.parse_args([path, "--stage2_alpha", "1.5"])
 
 
 def test_paper_scale_config_parses():
