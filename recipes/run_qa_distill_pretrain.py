@@ -51,6 +51,7 @@ import os
 import sys
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -510,8 +511,9 @@ def main(argv: list[str] | None = None) -> dict:
             repo_id = training_args.hub_model_id or os.path.basename(os.path.abspath(training_args.output_dir))
             repo_id = create_repo(repo_id, token=training_args.hub_token, private=training_args.hub_private_repo,
                                   saved_dir=training_args.output_dir)  # the full id (namespace added), for the card
-        pool = {
-            "name": data_args.dataset or model_args.teacher_logits_dir,
+        pool_name = data_args.dataset or model_args.teacher_logits_dir
+        pool = {  # a local pool by its file or folder name: the card is published, the machine's paths are not
+            "name": pool_name if _is_hub_id(pool_name) else Path(pool_name).name,
             "rows": len(labelled) + (len(eval_raw) if eval_raw is not None else 0),
             "trained on": len(labelled),
             "held out": len(eval_raw) if eval_raw is not None else None,

@@ -188,7 +188,8 @@ def test_stage1_card_says_what_it_is(stage1):
     assert "learned only from 3 teachers' soft labels on 24 unlabelled question–passage pairs" in text
     for i in range(3):  # the teachers, head i <-> teacher i
         assert f"| {i} | `named-teacher-{i}` | local, weights sha256 `" in text
-    assert "pool.tsv" in text and "rows: 24, trained on: 18, held out: 6" in text  # the pool, its name and size
+    assert "name: pool.tsv, rows: 24, trained on: 18, held out: 6" in text  # the pool, its name and size
+    assert str(Path(stage1["local_weights"]).parents[1]) not in text  # no local path is published
     assert "- **Architecture:** `BertForSequenceClassification`, 1 layer\n" in text
     sizes = stage1["parameters"]
     parameters = f"- **Parameters:** {sizes['all_heads']:,} with every head ({sizes['merged']:,} merged, in `merged/`)"
