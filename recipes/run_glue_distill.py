@@ -33,7 +33,6 @@ default); `--per_teacher_heads false` trains one head on the averaged teachers (
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
 import logging
 import math
@@ -60,7 +59,7 @@ from tmkd_hf import (
 from tmkd_hf.collator import TEACHER_LOGITS
 from tmkd_hf.cross_encoder import is_cross_encoder_dir
 from tmkd_hf.distributed import leave_process_group
-from tmkd_hf.model_card import ONNX_SUBFOLDER
+from tmkd_hf.export import ONNX_SUBFOLDER, check_onnx_installed
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME, multihead_checkpoint_dir
 from tmkd_hf.readout import detect_readout
 from tmkd_hf.tasks import (
@@ -291,10 +290,7 @@ class ExportArguments:
         if not training_args.do_train:
             raise ValueError("--export_onnx exports the student this run trains: add --do_train (or export a saved "
                              "student with tmkd_hf.export.export_onnx).")
-        missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
-        if missing:
-            raise ImportError(f"--export_onnx needs {' and '.join(missing)}: pip install \"tmkd_hf[onnx]\" (checked "
-                              "before training, so nothing is lost).")
+        check_onnx_installed("--export_onnx")
 
 
 def parse_args(argv: list[str] | None = None):

@@ -76,6 +76,7 @@ from tmkd_hf import (
     student_from_teacher_layers,
     write_model_card,
 )
+from tmkd_hf.export import ONNX_SUBFOLDER, check_onnx_installed
 from tmkd_hf.hub import trainer_card_data
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME, multihead_checkpoint_dir
 from tmkd_hf.plots import ACCURACY_VS_SPEED_FILE, MatplotlibMissing, plot_accuracy_vs_speed
@@ -490,9 +491,8 @@ def main(argv: list[str] | None = None) -> dict:
     backbone = args.backbone or default_backbone()
     student_backbone = args.student_backbone or backbone
     data_dir = resolve_data_dir(args.data_dir)
-    if args.export_onnx and not all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
-        raise ImportError('export_onnx needs onnx and onnxruntime: pip install "tmkd_hf[onnx]" (checked before '
-                          "anything is trained).")
+    if args.export_onnx:
+        check_onnx_installed("export_onnx")
     out = args.output_dir
     os.makedirs(out, exist_ok=True)
     logger.info(f"backbone={backbone} data_dir={data_dir} output_dir={out} torch threads={torch.get_num_threads()}")
@@ -637,7 +637,7 @@ def main(argv: list[str] | None = None) -> dict:
                        epochs=args.stage2_epochs, seed=args.seed, alpha=args.stage2_alpha)
         student_dir = os.path.join(out, "student")
         stage2.save_model(student_dir)  # merged: a CrossEncoder (mean readout) or a plain transformers checkpoint
-    onnx_dir, onnx_export = os.path.join(student_dir, "onnx"), None
+    onnx_dir, onnx_export = os.path.join(student_dir, ONNX_SUBFOLDER), None
     if args.export_onnx:  # the whole classifier as one graph, fp32 and int8, in the folder pushed with the student
         from tmkd_hf.export import export_onnx
 
@@ -892,7 +892,7 @@ def student_formats(results: dict, student_dir: str) -> list[FormatSpeed]:
     speed, test = results["speed"]["examples_per_s"], results["accuracy"]["test"]
     weights = sorted((p.relative_to(student_dir) for p in Path(student_dir).rglob("*.safetensors")),
                      key=lambda p: (len(p.parts), p))  # model.safetensors first, then a CrossEncoder's 2_Dense/
-    weights = [p for p in weights if "onnx" not in p.parts]
+    weights = [p for p in weights if ONNX_SUBFOLDER not in p.parts]
     formats = [FormatSpeed("PyTorch fp32", speed["tmkd_student"], f"torch {torch.__version__.split('+')[0]}",
                            ", ".join(map(str, weights)) or None,
                            sum((Path(student_dir) / p).stat().st_size for p in weights) or None,
@@ -902,8 +902,9 @@ def student_formats(results: dict, student_dir: str) -> list[FormatSpeed]:
         if export and name in speed:
             kind = "int8" if int8 else "fp32"
             runtime = f"onnxruntime {export['versions'].get('onnxruntime') or ''}".strip()
-            formats.append(FormatSpeed(f"ONNX {kind}", speed[name], runtime, f"onnx/{export['files'][kind]}",
-                                       export["size_bytes"][kind], test.get(name)))
+            file = f"{ONNX_SUBFOLDER}/{export['files'][kind]}"
+            formats.append(FormatSpeed(f"ONNX {kind}", speed[name], runtime, file, export["size_bytes"][kind],
+                                       test.get(name)))
     return formats
 
 

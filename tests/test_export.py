@@ -23,6 +23,7 @@ from tmkd_hf.export import (
     ONNX_FILE,
     ONNX_INT8_FILE,
     OnnxClassifier,
+    check_onnx_installed,
     export_onnx,
     quantize_torch_int8,
 )
@@ -211,6 +212,10 @@ def test_without_onnxruntime_the_error_says_what_to_install(tmp_path, tokenizer,
     with pytest.raises(ImportError, match=r'pip install "tmkd_hf\[onnx\]"'):
         OnnxClassifier(tmp_path / "onnx")
     assert quantize_torch_int8(student_dir) is not None  # the torch route needs neither
+    # the recipes' start-up check (--export_onnx), before anything trains: names the flag, the package, the fix
+    with pytest.raises(ImportError, match=r'--export_onnx needs onnxruntime: pip install "tmkd_hf\[onnx\]" \(checked '
+                       r"before anything is trained"):
+        check_onnx_installed("--export_onnx")
 
 
 def test_the_core_imports_without_onnx():

