@@ -178,6 +178,11 @@ def pool_row(percent: int) -> str:
 
 
 class Ablation:
+    """The ablation's teachers, soft labels and student runs. Subclasses (`bench_mpnet.py`) add teachers, teacher
+    subsets and rows through `row_recipes`, `runnable_rows`, `teacher_subsets()` and `row_training_kwargs()`."""
+
+    row_recipes = ROW_RECIPES
+    runnable_rows = STUDENT_ROWS + CONTROL_ROWS
     def __init__(self, args, out: Path):
         import run_tmkd_pipeline as pipeline
         from transformers import AutoTokenizer
@@ -236,11 +241,11 @@ class Ablation:
             result["questions_with_2plus_candidates"] = sum(n > 1 for n in sizes.values())
         return result
 
-    def training_args(self, name: str, learning_rate: float, epochs: float, seed: int, alpha: float):
+    def training_args(self, name: str, learning_rate: float, epochs: float, seed: int, alpha: float, **extra):
         from tmkd_hf import DistillationArguments
 
         s = self.settings
-        return DistillationArguments(
+        return DistillationArguments(**extra,
             output_dir=str(self.out / "work" / name), learning_rate=learning_rate, num_train_epochs=epochs,
             per_device_train_batch_size=s["batch_size"], warmup_steps=s["warmup_steps"],
             weight_decay=s["weight_decay"], seed=seed, alpha=alpha, temperature=s["temperature"],
@@ -323,8 +328,18 @@ class Ablation:
         # training sets for the students: tokenized once, teacher subsets sliced from the same logits
         train = self.tokenized(self.labelled["train"])
         pool = self.tokenized(self.labelled["pool"])
-        self.train_sets = {"all": train, "first": _first_teacher(train), None: train.remove_columns("teacher_logits")}
-        self.pool_sets = {"all": pool, "first": _first_teacher(pool)}
+        subsets = self.teacher_subsets(num_teachers)
+        self.train_sets = {"all": train, None: train.remove_columns("teacher_logits"),
+                           **{k: _teacher_subset(train, v) for k, v in subsets.items()}}
+        self.pool_sets = {"all": pool, **{k: _teacher_subset(pool, v) for k, v in subsets.items()}}
+
+    def teacher_subsets(self, num_teachers: int) -> dict[str, list[int]]:
+        """Named subsets of the teachers (by index) that rows train from, besides "all"."""
+        return {"first": [0]}
+
+    def row_training_kwargs(self, row: str) -> dict:
+        """Extra `DistillationArguments` of a row's student (both stages); none in the paper's ablation."""
+        return {}
 
     def majority_metrics(self) -> dict:
         """Accuracy of predicting the most frequent train label for every row: what "nothing learnt" scores."""
@@ -347,14 +362,15 @@ class Ablation:
         from tmkd_hf import MultiHeadStudent, student_from_teacher_layers
 
         base_row = "TMKD" if row.startswith("TMKD_pool") else row
-        teachers, heads, stage1 = ROW_RECIPES[base_row]
+        teachers, heads, stage1 = self.row_recipes[base_row]
         stage1 = stage1 and pool_percent > 0
         s, seconds = self.settings, {}
+        extra = self.row_training_kwargs(row)
         start = time.perf_counter()
         set_seed(seed)  # the same initial student (fresh head included) for every row of this seed
         student = student_from_teacher_layers(self.backbone, layers=s["student_layers"], **self.model_kwargs)
-        student = MultiHeadStudent(student, num_heads=len(s["teacher_seeds"]) if heads == "all" else 1,
-                                   readout=s["readout"])
+        num_heads = len(self.train_sets[teachers][0]["teacher_logits"]) if heads == "all" else 1
+        student = MultiHeadStudent(student, num_heads=num_heads, readout=s["readout"])
         stage2_epochs = s["stage2_epochs"]
         if row.endswith("_long"):  # as many examples as stage 1 (the whole pool) + stage 2
             pool_examples = s["stage1_epochs"] * len(self.pool_sets["all"])
@@ -365,10 +381,11 @@ class Ablation:
             pool_rows = round(len(pool) * pool_percent / 100)
             pool = pool if pool_rows == len(pool) else pool.select(range(pool_rows))
             seconds["stage1"] = self.train(f"{row}-seed{seed}-stage1", student, pool, seed=seed, alpha=1.0,
-                                           learning_rate=s["stage1_learning_rate"], epochs=s["stage1_epochs"])
+                                           learning_rate=s["stage1_learning_rate"], epochs=s["stage1_epochs"],
+                                           **extra)
         seconds["stage2"] = self.train(f"{row}-seed{seed}-stage2", student, self.train_sets[teachers], seed=seed,
                                        alpha=0.0 if teachers is None else s["alpha"],
-                                       learning_rate=s["stage2_learning_rate"], epochs=stage2_epochs)
+                                       learning_rate=s["stage2_learning_rate"], epochs=stage2_epochs, **extra)
         model = student.merge_heads()
         t0 = time.perf_counter()
         predict = self.pipeline.predict_logits
@@ -383,7 +400,7 @@ class Ablation:
                  + f" ({seconds['total']} s)")
 
     def run(self, rows: list[str], pool_percents: list[int]) -> None:
-        plan = [(row, 100 if row in ("TKD", "TMKD") else 0) for row in rows if row in STUDENT_ROWS + CONTROL_ROWS]
+        plan = [(row, 100 if self.row_recipes[row][2] else 0) for row in rows if row in self.runnable_rows]
         plan += [(pool_row(p), p) for p in pool_percents if pool_row(p) not in [r for r, _ in plan]]
         for row, percent in plan:
             for seed in self.args.seeds:
@@ -398,9 +415,9 @@ class Ablation:
                     raise StopRequested(f"stopped after {self.newly_finished} new run(s) (--stop-after)")
 
 
-def _first_teacher(dataset):
-    """The same rows with only teacher 0's logits (`[1, num_labels]` per row)."""
-    logits = np.asarray(dataset.with_format("numpy")["teacher_logits"])[:, :1]
+def _teacher_subset(dataset, teachers: list[int]):
+    """The same rows with only the logits of `teachers` (`[len(teachers), num_labels]` per row)."""
+    logits = np.asarray(dataset.with_format("numpy")["teacher_logits"])[:, teachers]
     return dataset.remove_columns("teacher_logits").add_column("teacher_logits", logits.tolist())
 
 

@@ -128,7 +128,7 @@ class Levers:
             full = a.tokenized(concatenate_datasets([pool, labelled.cast(pool.features)]))
             a.log(f"pool + {copies} augmented cop{'y' if copies == 1 else 'ies'}: {len(full)} rows "
                   f"({time.perf_counter() - start:.0f} s to augment and label)")
-            self.augmented_pools[copies] = {"all": full, "first": ablation_bench._first_teacher(full)}
+            self.augmented_pools[copies] = {"all": full, "first": ablation_bench._teacher_subset(full, [0])}
         return self.augmented_pools[copies]
 
     def run(self, grid: dict[str, list]) -> list[str]:
