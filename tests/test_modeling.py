@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -14,6 +16,8 @@ from conftest import tiny_model
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
+import tmkd_hf.modeling
+import tmkd_hf.peft_student
 from tmkd_hf import MultiHeadStudent
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME, MultiHeadLinear, find_classification_head
 
@@ -197,3 +201,21 @@ def test_multi_head_checkpoint_applies_or_refuses_every_from_pretrained_keyword(
         MultiHeadStudent.from_pretrained(str(tmp_path), revision="v2")
     with pytest.raises(ValueError, match=r"\['attn_implementation', 'ignore_mismatched_size'\] cannot be applied"):
         MultiHeadStudent.from_pretrained(str(tmp_path), ignore_mismatched_size=True, attn_implementation="eager")
+
+
+def imported_modules(path) -> set[str]:
+    """The modules a source file imports (relative ones as `.name`), at any depth, lazy imports included."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.add("." * node.level + (node.module or ""))
+    return found
+
+
+def test_the_student_module_knows_nothing_of_lora():
+    """LoRA builds on the multi-head student (tmkd_hf.peft_student imports tmkd_hf.modeling), never the reverse."""
+    modeling = imported_modules(Path(tmkd_hf.modeling.__file__))
+    assert not {m for m in modeling if "peft" in m}, modeling
+    assert ".modeling" in imported_modules(Path(tmkd_hf.peft_student.__file__))

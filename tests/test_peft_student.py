@@ -96,6 +96,22 @@ def test_multihead_trainable_parameters_and_exact_merge(family):
     assert (kept(**batch()).head_logits - student(**batch()).head_logits).abs().max().item() <= 1e-5
 
 
+def test_lora_student_with_more_heads_keeps_its_adapters_and_reloads(tmp_path):
+    """A one-head LoRA student continued with one head per teacher stays a LoRA student: its checkpoint reloads with
+    the same adapters, and its merged export is a plain model with its combined logits."""
+    one = lora_student("bert", num_heads=1)
+    perturb(one)
+    many = one.with_heads(3).eval()
+    assert many.num_heads == 3 and has_lora_layers(many.model) and many.lora_settings == one.lora_settings
+    expected = many(**batch()).logits
+    many.save_pretrained(tmp_path / "checkpoint")
+    reloaded = MultiHeadStudent.from_pretrained(str(tmp_path / "checkpoint")).eval()
+    assert has_lora_layers(reloaded.model) and reloaded.lora_settings == many.lora_settings
+    torch.testing.assert_close(reloaded(**batch()).head_logits, many(**batch()).head_logits, atol=1e-6, rtol=0)
+    merged = many.merge_heads().eval()
+    assert not has_lora_layers(merged) and (merged(**batch()).logits - expected).abs().max().item() <= 1e-5
+
+
 def test_plain_student_becomes_peft_model_and_merges_exactly():
     from peft import PeftModel
 

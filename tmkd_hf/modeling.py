@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import safetensors.torch
@@ -201,6 +202,19 @@ def _set_submodule(root: nn.Module, name: str, module: nn.Module) -> None:
     setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
 
 
+# Extensions built on the multi-head student that change its encoder in place (`tmkd_hf.peft_student`: LoRA
+# adapters) save their settings under a key of their own in tmkd_student.json and register here how to re-apply them
+# to a freshly built student before a checkpoint's weights load. This module imports none of them.
+_CHECKPOINT_EXTENSIONS: dict[str, Callable[[MultiHeadStudent, dict], MultiHeadStudent]] = {}
+
+
+def register_checkpoint_extension(key: str, restore: Callable[[MultiHeadStudent, dict], MultiHeadStudent]) -> None:
+    """Let `MultiHeadStudent.from_pretrained` reload checkpoints whose tmkd_student.json holds `key`: the student
+    built from the checkpoint's config is passed, with the settings saved under `key`, to `restore`, which returns
+    the student the saved weights are loaded into."""
+    _CHECKPOINT_EXTENSIONS[key] = restore
+
+
 class MultiHeadStudent(nn.Module):
     """A sequence classifier whose final linear layer is replicated once per teacher.
 
@@ -220,6 +234,8 @@ class MultiHeadStudent(nn.Module):
 
     # The loss is computed here (or by the trainer) per batch; it takes no `num_items_in_batch`.
     accepts_loss_kwargs = False
+    # None for this class; the LoRA students that `tmkd_hf.peft_student.apply_lora` builds on it carry their settings.
+    lora_settings: dict | None = None
 
     def __init__(
         self,
@@ -256,7 +272,6 @@ class MultiHeadStudent(nn.Module):
         self.readout = readout
         self.num_heads = num_heads
         self.register_buffer("head_weights", torch.full((num_heads,), 1.0 / num_heads))
-        self.lora_settings: dict | None = None  # set by tmkd_hf.peft_student.apply_lora (saved with the heads)
         if head_weights is not None:
             self.set_head_weights(head_weights)
 
@@ -368,10 +383,9 @@ class MultiHeadStudent(nn.Module):
                 setattr(config, key, model_kwargs[key])
         model = AutoModelForSequenceClassification.from_config(config)
         student = cls(model, meta["num_heads"], head_module=meta["head_module"], readout=saved_readout)
-        if meta.get("lora"):  # a LoRA student's checkpoint: the same adapters are injected before its weights load
-            from .peft_student import LoraStudentArguments, apply_lora
-
-            apply_lora(student, LoraStudentArguments.from_settings(meta["lora"]))
+        for key, restore in _CHECKPOINT_EXTENSIONS.items():
+            if meta.get(key):  # e.g. the same LoRA adapters, injected before the weights load
+                student = restore(student, meta[key])
         state_dict = _load_weights(os.path.join(path, WEIGHTS_NAME))
         missing, unexpected = student.load_state_dict(state_dict, strict=False)
         missing = [k for k in missing if not k.endswith("position_ids")]
@@ -408,19 +422,20 @@ class MultiHeadStudent(nn.Module):
         state_dict = self.state_dict() if state_dict is None else state_dict
         state_dict = {k: v.detach().contiguous() for k, v in state_dict.items()}
         safetensors.torch.save_file(state_dict, os.path.join(save_directory, WEIGHTS_NAME), metadata={"format": "pt"})
-        meta = {
+        with open(os.path.join(save_directory, STUDENT_CONFIG_NAME), "w") as f:
+            json.dump(self.checkpoint_config(), f, indent=2, sort_keys=True)
+        if tokenizer is not None:
+            tokenizer.save_pretrained(save_directory)
+
+    def checkpoint_config(self) -> dict:
+        """What `save_pretrained` writes to tmkd_student.json (an extension adds its settings under its own key)."""
+        return {
             "num_heads": self.num_heads,
             "head_module": self.head_module,
             "head_weights": self.head_weights.tolist(),
             "readout": self.readout,
             "base_config": self.model.config.to_dict(),
         }
-        if self.lora_settings:
-            meta["lora"] = self.lora_settings
-        with open(os.path.join(save_directory, STUDENT_CONFIG_NAME), "w") as f:
-            json.dump(meta, f, indent=2, sort_keys=True)
-        if tokenizer is not None:
-            tokenizer.save_pretrained(save_directory)
 
     # ----- heads -----
 
@@ -448,11 +463,8 @@ class MultiHeadStudent(nn.Module):
         [CLS] readout: a plain transformers model. Mean readout: a one-head mean-readout `MultiHeadStudent` (no
         transformers class reads out a mean); `save_pretrained(dir, merged=True)` writes it as a CrossEncoder.
         """
-        from .peft_student import merge_lora_layers
-
         merged = copy.deepcopy(self.model)
         _set_submodule(merged, self.head_module, self.head.merge(self.head_weights))
-        merged = merge_lora_layers(merged)  # LoRA adapters (if any) folded into the base weights: a plain model
         if self.readout == "cls":
             return merged
         return MultiHeadStudent(merged, num_heads=1, head_module=self.head_module, readout="mean")

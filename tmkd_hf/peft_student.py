@@ -3,9 +3,10 @@
 `apply_lora(student, LoraStudentArguments(...))` puts LoRA adapters on the encoder and keeps the classification head
 fully trainable:
 
-- a [`MultiHeadStudent`] gets the adapters injected *in place* (`peft.inject_adapter_in_model`): it stays a
-  `MultiHeadStudent`, so `MultiTeacherDistillationTrainer` trains it like any other (per-head losses, checkpoints
-  that keep every head and resume, `save_model()` writing the merged plain model). Its per-teacher heads
+- a [`MultiHeadStudent`] gets the adapters injected *in place* (`peft.inject_adapter_in_model`) and becomes a
+  [`LoraMultiHeadStudent`], still a `MultiHeadStudent`, so `MultiTeacherDistillationTrainer` trains it like any
+  other (per-head losses, checkpoints that keep every head and resume, `save_model()` writing the merged plain
+  model). Its per-teacher heads
   (`MultiHeadLinear`) and the rest of the head (BERT's pooler, RoBERTa's `classifier.dense`, ...) are trained in
   full (`requires_grad`), never adapted;
 - a plain `AutoModelForSequenceClassification` student becomes a standard `PeftModelForSequenceClassification`
@@ -20,6 +21,10 @@ What a training checkpoint of a LoRA `MultiHeadStudent` holds: the whole student
 matrices, every head) in `model.safetensors`, and in `tmkd_student.json` the LoRA settings, so
 `MultiHeadStudent.from_pretrained("out/checkpoint-500")` rebuilds the same adapters and
 `trainer.train(resume_from_checkpoint=...)` continues exactly (optimizer, scheduler and RNG states as in `Trainer`).
+
+LoRA support builds on `tmkd_hf.modeling`, which knows nothing of it: `LoraMultiHeadStudent` adds the settings to
+the checkpoint and the adapter merge to `merge_heads`, and registers how its checkpoints reload
+(`register_checkpoint_extension`).
 """
 
 from __future__ import annotations
@@ -33,9 +38,11 @@ from torch import nn
 from transformers import PreTrainedModel
 from transformers.utils import logging
 
-from .modeling import MultiHeadStudent, _set_submodule, find_classification_head
+from .modeling import MultiHeadStudent, _set_submodule, find_classification_head, register_checkpoint_extension
 
 logger = logging.get_logger(__name__)
+
+LORA_CONFIG_KEY = "lora"  # where a LoRA student's settings are saved in tmkd_student.json
 
 # LoRA targets per `config.model_type` (the attention query/value projections, as in the LoRA paper); model types
 # not listed fall back to peft's own table (`TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING`).
@@ -213,8 +220,8 @@ def apply_lora(student: nn.Module, args: LoraStudentArguments | None = None) -> 
     """Give `student` LoRA adapters on its encoder; its classification head stays fully trainable.
 
     Args:
-        student: a [`MultiHeadStudent`] (adapters injected in place; the same object is returned, still a
-            `MultiHeadStudent`) or a plain `AutoModelForSequenceClassification` model (returned wrapped as a
+        student: a [`MultiHeadStudent`] (adapters injected in place; the same object is returned, now a
+            [`LoraMultiHeadStudent`]) or a plain `AutoModelForSequenceClassification` model (returned wrapped as a
             `peft.PeftModelForSequenceClassification`, the head in `modules_to_save`).
         args: LoRA settings (default: `LoraStudentArguments()`). `args.use_peft` is not consulted: callers
             decide whether to call this.
@@ -235,6 +242,11 @@ def apply_lora(student: nn.Module, args: LoraStudentArguments | None = None) -> 
     if is_peft_student(student):
         raise ValueError("The student is already a PeftModel: apply_lora adds adapters once, to a model without them.")
     if isinstance(student, MultiHeadStudent):
+        if type(student) is not MultiHeadStudent and not isinstance(student, LoraMultiHeadStudent):
+            raise TypeError(
+                f"apply_lora turns a MultiHeadStudent into a LoraMultiHeadStudent; {type(student).__name__} is a "
+                "subclass of it that would lose its own behaviour. Subclass LoraMultiHeadStudent instead."
+            )
         base, head_module = student.model, student.head_module
     elif isinstance(student, PreTrainedModel):
         base = student
@@ -277,12 +289,42 @@ def apply_lora(student: nn.Module, args: LoraStudentArguments | None = None) -> 
         for name in trained:
             for param in base.get_submodule(name).parameters():
                 param.requires_grad_(True)
+        student.__class__ = LoraMultiHeadStudent  # the same object: callers holding it see the adapters
         student.lora_settings = {**args.to_settings(), "lora_target_modules": list(targets), "use_peft": True}
     logger.info(
         f"LoRA (r={args.lora_r}, alpha={args.lora_alpha}) on {targets}; trained in full: {trained}; "
         f"{count_trainable_parameters(student):,} of {sum(p.numel() for p in student.parameters()):,} parameters train."
     )
     return student
+
+
+class LoraMultiHeadStudent(MultiHeadStudent):
+    """A [`MultiHeadStudent`] whose encoder holds LoRA adapters; `apply_lora` turns a multi-head student into one,
+    in place. What it adds: `lora_settings` saved in tmkd_student.json (reloaded by `MultiHeadStudent.from_pretrained`
+    with the same adapters), `merge_heads()` that also folds the adapters into the base weights (the export is a
+    plain model), and `with_heads()` that keeps the adapters."""
+
+    lora_settings: dict
+
+    def checkpoint_config(self) -> dict:
+        return {**super().checkpoint_config(), LORA_CONFIG_KEY: self.lora_settings}
+
+    def merge_heads(self) -> PreTrainedModel | MultiHeadStudent:
+        return merge_lora(self).merge_heads()  # the one export path: adapters folded (in a copy), then the heads
+
+    def with_heads(self, num_heads: int) -> LoraMultiHeadStudent:
+        student = super().with_heads(num_heads)
+        student.__class__ = LoraMultiHeadStudent
+        student.lora_settings = dict(self.lora_settings)
+        return student
+
+
+def _restore_lora(student: MultiHeadStudent, settings: dict) -> MultiHeadStudent:
+    """A LoRA student's checkpoint: the same adapters are injected before its weights load."""
+    return apply_lora(student, LoraStudentArguments.from_settings(settings))
+
+
+register_checkpoint_extension(LORA_CONFIG_KEY, _restore_lora)
 
 
 def count_trainable_parameters(model: nn.Module) -> int:
@@ -326,7 +368,8 @@ def merge_lora(student: nn.Module) -> nn.Module:
             return student
         merged = copy.deepcopy(student)
         merge_lora_layers(merged.model)
-        merged.lora_settings = None
+        merged.__class__ = MultiHeadStudent
+        vars(merged).pop("lora_settings", None)  # the class's None
         return merged
     if is_peft_student(student):
         merged = copy.deepcopy(student).merge_and_unload()
