@@ -273,6 +273,37 @@ def test_other_model_repo_is_untouched(failures, hub):
     assert json.loads(hub.files("tester/other-model")["config.json"])["model_type"] == "roberta"
 
 
+def test_push_to_hub_without_a_token_is_a_clear_error_when_the_trainer_is_built(tmp_path, monkeypatch):
+    """`Trainer.__init__` creates the repo when `push_to_hub=True`: without a token, say how to give one (offline)."""
+    from conftest import tiny_model
+
+    from tmkd_hf import DistillationArguments, HubPushError, MultiHeadStudent, MultiTeacherDistillationTrainer, hub
+
+    monkeypatch.setattr(hub, "get_token", lambda: None)  # no token from HF_TOKEN or a stored login either
+    args = DistillationArguments(
+        output_dir=str(tmp_path / "out"), push_to_hub=True, hub_model_id="tester/no-token", report_to="none",
+        use_cpu=True,
+    )
+    with pytest.raises(HubPushError, match="needs a Hugging Face token, and none was found: pass a token"):
+        MultiTeacherDistillationTrainer(model=MultiHeadStudent(tiny_model("bert"), 3), args=args)
+
+
+def test_names_moved_out_of_the_hub_module_still_work_with_a_warning(tmp_path):
+    from conftest import tiny_model
+
+    from tmkd_hf import DistillationArguments, MultiHeadStudent, MultiTeacherDistillationTrainer, hub, model_card
+
+    student = MultiHeadStudent(tiny_model("bert"), 3)
+    with pytest.warns(FutureWarning, match="use tmkd_hf.model_card.published_num_parameters"):
+        assert hub.published_num_parameters(student) == model_card.published_num_parameters(student)
+    trainer = MultiTeacherDistillationTrainer(
+        model=student, args=DistillationArguments(output_dir=str(tmp_path), report_to="none", use_cpu=True)
+    )
+    with pytest.warns(FutureWarning, match=r"use tmkd_hf.model_card.StudentCardData.from_trainer"):
+        old = hub.trainer_card_data(trainer, license="mit")
+    assert old == model_card.StudentCardData.from_trainer(trainer, license="mit") and old.license == "mit"
+
+
 # ----- the child side (run as `python tests/test_hub.py <scenario> <tmp_dir> <result.json>`) -----
 
 

@@ -8,6 +8,7 @@ from huggingface_hub import ModelCard
 from transformers import AutoModelForSequenceClassification
 
 from tmkd_hf import DistillationArguments, MultiHeadStudent, MultiTeacherDistillationTrainer, label_with_teachers
+from tmkd_hf.arguments import DISTILLATION_FIELDS
 from tmkd_hf.model_card import (
     BaselineResult,
     FormatSpeed,
@@ -137,6 +138,21 @@ def test_hyperparameters_hide_paths_and_secrets(tmp_path):
     assert hyper["learning_rate"] == 1e-3
     assert "alpha" not in hyper  # shown under Distillation instead
     assert "secret" not in str(hyper)
+
+
+def test_distillation_fields_are_shown_in_their_section_not_among_the_hyperparameters(tmp_path):
+    args = DistillationArguments(
+        output_dir=str(tmp_path), report_to="none", use_cpu=True, alpha=0.9, temperature=4.0, soft_loss="soft_ce",
+        t2_scaling=False, teacher_weights=[1, 3], teacher_aggregation="mean_probs", learning_rate=1e-3,
+    )
+    assert not set(DISTILLATION_FIELDS) & set(non_default_hyperparameters(args))
+    trainer = MultiTeacherDistillationTrainer(model=tiny_model("bert"), args=args)
+    shown = StudentCardData.from_trainer(trainer).distillation
+    assert [key.split(" ")[0] for key in shown if key != "student heads"] == [
+        "alpha", "soft_loss", "temperature", "t2_scaling", "teacher_weights", "teacher_aggregation"
+    ]
+    assert set(DISTILLATION_FIELDS) <= {key.split(" ")[0] for key in shown}
+    assert shown["alpha (weight of the teacher loss)"] == 0.9 and shown["temperature"] == 4.0
 
 
 def test_missing_template_is_a_clear_error(tmp_path):

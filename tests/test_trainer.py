@@ -21,6 +21,7 @@ from tmkd_hf import (
     label_with_teachers,
 )
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME
+from tmkd_hf.trainer import is_checkpoint_dir
 
 
 def make_args(tmp_path, **overrides) -> DistillationArguments:
@@ -262,6 +263,25 @@ def test_evaluate_and_predict_return_combined_logits(tmp_path, tokenizer):
     with torch.no_grad():
         expected = student(**batch).logits.numpy()
     np.testing.assert_allclose(pred.predictions[:4], expected, atol=1e-5)
+
+
+def test_evaluate_after_predict_logs_its_own_loss_parts_only(tmp_path, tokenizer):
+    """`predict` runs the loss (soft parts too, on rows with teacher logits) but never logs its parts: the
+    evaluation after it logs its own only."""
+    with_teachers = tokenize(with_logits(pair_dataset(16)), tokenizer)
+    dev = tokenize(pair_dataset(16, seed=1), tokenizer)  # labels, no teacher logits: hard loss only
+    trainer = MultiTeacherDistillationTrainer(
+        model=no_dropout_student(), args=make_args(tmp_path), processing_class=tokenizer
+    )
+    trainer.predict(with_teachers)
+    metrics = trainer.evaluate(dev)
+    assert "eval_loss_hard" in metrics and "eval_loss_soft" not in metrics
+
+
+def test_only_folders_named_as_training_checkpoints_keep_every_head():
+    assert is_checkpoint_dir("out/checkpoint-12") and is_checkpoint_dir("out/run-3/checkpoint-0/")
+    for final in ("out", "out/checkpoint", "out/checkpoint-best", "checkpoint-12/merged"):
+        assert not is_checkpoint_dir(final), final
 
 
 def test_resume_from_checkpoint_continues_exactly(tmp_path, tokenizer):

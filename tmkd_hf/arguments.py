@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from transformers import TrainingArguments
 
@@ -133,3 +133,10 @@ class DistillationArguments(TrainingArguments):
             )
         total = sum(self.teacher_weights)
         return [w / total for w in self.teacher_weights]
+
+
+# The fields `DistillationArguments` adds to `TrainingArguments`: the model card shows them in its distillation section
+# (`StudentCardData.from_trainer`), not among the other non-default hyperparameters (`non_default_hyperparameters`).
+DISTILLATION_FIELDS = tuple(
+    f.name for f in fields(DistillationArguments) if f.name not in {g.name for g in fields(TrainingArguments)}
+)

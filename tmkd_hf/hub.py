@@ -5,30 +5,28 @@ loadable with `AutoModelForSequenceClassification` / `pipeline("text-classificat
 save always happens first, so a failed push (no token, a repo holding another model, a network or server error)
 raises a [`HubPushError`] that names the cause and the folder where everything is already saved.
 
-`MultiTeacherDistillationTrainer.push_to_hub`, `create_model_card`, `init_hf_repo` and `_push_from_checkpoint`
-delegate here; `upload_student_folder` and `push_teacher_logits_to_hub` are usable on their own.
+Hub I/O only: creating a repo ([`create_repo`], which checks the token), refusing a repo that holds another model
+([`check_no_other_model`]), uploading a saved student ([`upload_student_folder`]) or a teacher soft-label cache
+([`push_teacher_logits_to_hub`]), and the errors. When and what the trainer publishes is the trainer's
+(`tmkd_hf.trainer_hub`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import huggingface_hub.constants
 from huggingface_hub import HfApi, get_token
-from transformers.trainer import TRAINING_ARGS_NAME
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, HubStrategy, SaveStrategy
-from transformers.utils import PushInProgress, logging
 
+from . import model_card
 from .labelling import MANIFEST_NAME, read_manifest
-from .model_card import StudentCardData, TeacherInfo, _is_hub_id, write_model_card
-from .modeling import STUDENT_CONFIG_NAME, MultiHeadStudent
-
-logger = logging.get_logger(__name__)
+from .model_card import StudentCardData, TeacherInfo
+from .modeling import STUDENT_CONFIG_NAME
 
 TOKEN_HELP = (
     "pass a token with write access (trainer: --hub_token / DistillationArguments(hub_token=...); functions: "
@@ -282,242 +280,20 @@ def _teacher_logits_card(manifest: dict, split: str, num_rows: int) -> str:
     return "\n".join(lines)
 
 
-# ----- the trainer's side -----
+# ----- names that moved out of this module (the trainer's side is the trainer's, in tmkd_hf.trainer_hub) -----
 
 
-def trainer_card_data(
-    trainer,
-    language: str | None = None,
-    license: str | None = None,
-    tags: str | list[str] | None = None,
-    model_name: str | None = None,
-    finetuned_from: str | None = None,
-    tasks: str | list[str] | None = None,
-    dataset_tags: str | list[str] | None = None,
-    dataset: str | list[str] | None = None,
-    dataset_args: str | list[str] | None = None,
-    **unknown,
-) -> StudentCardData:
-    """A copy of `trainer.model_card_data` completed with what the trainer knows, and `Trainer.create_model_card`'s
-    arguments (`finetuned_from` -> base model, `dataset_tags` / `dataset_args` / `dataset` -> dataset id, config
-    and name, as `run_glue.py` passes them). A misspelt argument is an error, not a card without it."""
-    if unknown:
-        accepted = "language, license, tags, model_name, finetuned_from, tasks, dataset_tags, dataset, dataset_args"
-        raise TypeError(
-            f"create_model_card / push_to_hub got unknown argument(s) {sorted(unknown)}; the model card takes "
-            f"{accepted} (and push_to_hub also commit_message, blocking, token, revision, private, "
-            "replace_existing_model)."
-        )
-    data = dataclasses.replace(trainer.model_card_data)
-    student = trainer.accelerator.unwrap_model(trainer.model)
-    config = getattr(student, "config", None)
-    args = trainer.args
+def _moved(old: str, new: str) -> None:
+    warnings.warn(f"tmkd_hf.hub.{old} is deprecated: use {new}.", FutureWarning, stacklevel=3)
 
-    def first(value):
-        return value[0] if isinstance(value, (list, tuple)) and value else value
 
-    data.model_id = data.model_id or trainer.hub_model_id or args.hub_model_id
-    data.model_name = model_name or data.model_name
-    data.language = language or data.language
-    data.license = license or data.license
-    data.tags = list(dict.fromkeys([*data.tags, *([tags] if isinstance(tags, str) else tags or [])]))
-    data.base_model = finetuned_from or data.base_model
-    if isinstance(first(tasks), str) and first(tasks):
-        data.pipeline_tag = first(tasks)
-    data.dataset_id = first(dataset_tags) or data.dataset_id
-    data.dataset_config = first(dataset_args) or data.dataset_config
-    data.dataset_name = first(dataset) or data.dataset_name
-
-    if config is not None:
-        name_or_path = getattr(config, "_name_or_path", None)
-        if data.base_model is None and _is_hub_id(name_or_path):
-            data.base_model = name_or_path
-        data.model_type = data.model_type or getattr(config, "model_type", None)
-        data.num_layers = data.num_layers or next(
-            (getattr(config, k) for k in ("num_hidden_layers", "n_layers", "num_layers") if hasattr(config, k)), None
-        )
-        inner = student.model if isinstance(student, MultiHeadStudent) else student
-        if isinstance(student, MultiHeadStudent) and student.readout == "mean":
-            data.readout = "mean"
-            data.architecture = data.architecture or (
-                f"CrossEncoder ({type(inner.base_model).__name__} + mean pooling + Dense)"
-            )
-        data.architecture = data.architecture or type(inner).__name__
-        if data.label_names is None and getattr(config, "id2label", None):
-            data.label_names = [str(config.id2label[i]) for i in range(config.num_labels)]
-    if data.num_parameters is None:
-        data.num_parameters = published_num_parameters(student)
-
-    if isinstance(student, MultiHeadStudent):
-        num_heads, weights = student.num_heads, [round(w, 6) for w in student.head_weights.tolist()]
-        data.num_parameters_all_heads = data.num_parameters_all_heads or sum(p.numel() for p in student.parameters())
-    else:
-        num_heads, weights = 1, None
-    data.num_heads = data.num_heads or num_heads
-    if not data.teachers:
-        train_dataset = getattr(trainer, "train_dataset", None)
-        manifest = read_manifest(train_dataset) if hasattr(train_dataset, "info") else None
-        data.teachers = TeacherInfo.from_manifest(manifest)
-        if not data.teachers and trainer.teachers:
-            data.teachers = [
-                TeacherInfo(getattr(t.config, "_name_or_path", None) or f"online teacher {i}")
-                for i, t in enumerate(trainer.teachers)
-            ]
-    if not data.distillation and hasattr(args, "alpha"):
-        num_teachers = len(data.teachers) or num_heads
-        soft = args.soft_loss
-        data.distillation = {
-            "alpha (weight of the teacher loss)": args.alpha,
-            "soft_loss": soft,
-            "temperature": args.temperature if soft != "mse" else None,
-            "t2_scaling": args.t2_scaling if soft != "mse" else None,
-            "student heads": num_heads,
-            "teacher_weights": weights or (args.normalized_teacher_weights(num_teachers) if num_teachers > 1 else None),
-            "teacher_aggregation": args.teacher_aggregation if num_heads == 1 and num_teachers > 1 else None,
-        }
-    if not data.train_datasets:
-        train_dataset = getattr(trainer, "train_dataset", None)
-        if train_dataset is not None and hasattr(train_dataset, "__len__"):
-            info = getattr(train_dataset, "info", None)
-            data.train_datasets = [
-                {
-                    "name": getattr(info, "dataset_name", None) or data.dataset_name or "train_dataset",
-                    "config": getattr(info, "config_name", None),
-                    "rows": len(train_dataset),
-                    "teacher_logits": "cached (label_with_teachers)"
-                    if "teacher_logits" in (getattr(train_dataset, "column_names", None) or [])
-                    else None,
-                }
-            ]
-    return data
+def trainer_card_data(trainer, **kwargs) -> StudentCardData:
+    """Deprecated alias of [`StudentCardData.from_trainer`]."""
+    _moved("trainer_card_data", "tmkd_hf.model_card.StudentCardData.from_trainer(trainer, ...)")
+    return StudentCardData.from_trainer(trainer, **kwargs)
 
 
 def published_num_parameters(model) -> int | None:
-    """Parameters of the published model: a multi-head student counts its merged head once."""
-    try:
-        total = sum(p.numel() for p in model.parameters())
-    except AttributeError:
-        return None
-    if isinstance(model, MultiHeadStudent):
-        head = model.head
-        per_head = head.in_features * head.out_features + (head.out_features if head.bias is not None else 0)
-        total -= (model.num_heads - 1) * per_head
-    return total
-
-
-def trainer_create_model_card(trainer, **kwargs):
-    if not trainer.is_world_process_zero():
-        return None
-    data = trainer_card_data(trainer, **kwargs)
-    return write_model_card(trainer.args.output_dir, data, trainer.model_card_template_path)
-
-
-def trainer_init_hf_repo(trainer, token=None, private: bool | None = None, saved_dir=None) -> None:
-    """`Trainer.init_hf_repo` with a token check and clear errors."""
-    if not trainer.is_world_process_zero():
-        return
-    repo_name = trainer.args.hub_model_id or Path(trainer.args.output_dir).absolute().name
-    token = token if token is not None else trainer.args.hub_token
-    private = private if private is not None else trainer.args.hub_private_repo
-    trainer.hub_model_id = create_repo(repo_name, token=token, private=private, saved_dir=saved_dir)
-    trainer.push_in_progress = None
-
-
-def trainer_push_to_hub(
-    trainer,
-    commit_message: str | None = "End of training",
-    blocking: bool = True,
-    token: str | None = None,
-    revision: str | None = None,
-    private: bool | None = None,
-    replace_existing_model: bool = False,
-    **kwargs,
-):
-    """`Trainer.push_to_hub`, reordered so nothing is lost: save the merged model, tokenizer and card locally
-    first, then create the repo and upload (any failure is a `HubPushError` naming the saved folder)."""
-    args = trainer.args
-    trainer.callback_handler.on_push_begin(args, trainer.state, trainer.control)
-    token = token if token is not None else args.hub_token
-    trainer.save_model(_internal_call=True)  # every process (FSDP / DeepSpeed gather); writes the merged student
-    if not trainer.is_world_process_zero():
-        return None
-    output_dir = args.output_dir
-    repo_id = trainer.hub_model_id or args.hub_model_id or Path(output_dir).absolute().name
-    kwargs.setdefault("model_name", repo_id.split("/")[-1])
-    tags = kwargs.get("tags")
-    tags = [tags] if isinstance(tags, str) else list(tags or [])
-    for tag in getattr(trainer.model, "model_tags", None) or []:
-        if tag not in tags:
-            tags.append(tag)
-    kwargs["tags"] = tags
-    trainer.create_model_card(**kwargs)
-    token = require_token(token, output_dir)
-    if trainer.hub_model_id is None:
-        trainer_init_hf_repo(trainer, token=token, private=private, saved_dir=output_dir)
-        if trainer.hub_model_id != repo_id:  # the namespace was added by the Hub: name it in the card's snippet
-            trainer.create_model_card(**kwargs)
-    trainer._finish_current_push()
-    return upload_student_folder(
-        output_dir,
-        trainer.hub_model_id,
-        token=token,
-        revision=revision if revision is not None else args.hub_revision,
-        commit_message=commit_message,
-        run_as_future=not blocking,
-        ignore_patterns=["_*", f"{PREFIX_CHECKPOINT_DIR}-*"],
-        replace_existing_model=replace_existing_model,
-    )
-
-
-def trainer_push_multihead_checkpoint(trainer, checkpoint_folder: str) -> None:
-    """`Trainer._push_from_checkpoint` for a multi-head student: the repo root gets the *merged* plain model (built
-    from the checkpoint's files, so it works under any distribution strategy); `last-checkpoint/` (or
-    `checkpoint-N/`) gets the checkpoint itself, with every head, for `resume_from_checkpoint`."""
-    args = trainer.args
-    if not trainer.is_world_process_zero() or args.hub_strategy == HubStrategy.END:
-        return
-    if not args.hub_always_push and trainer.push_in_progress is not None and not trainer.push_in_progress.is_done():
-        return
-    trainer.callback_handler.on_push_begin(args, trainer.state, trainer.control)
-    output_dir = args.output_dir
-    MultiHeadStudent.from_pretrained(checkpoint_folder).save_pretrained(output_dir, merged=True)
-    if trainer.processing_class is not None:
-        trainer.processing_class.save_pretrained(output_dir)
-    import torch
-
-    torch.save(args, os.path.join(output_dir, TRAINING_ARGS_NAME))
-    if args.save_strategy == SaveStrategy.STEPS:
-        commit_message = f"Training in progress, step {trainer.state.global_step}"
-    else:
-        commit_message = f"Training in progress, epoch {int(trainer.state.epoch)}"
-    api = HfApi()
-    jobs = [
-        api.upload_folder(
-            repo_id=trainer.hub_model_id,
-            folder_path=output_dir,
-            commit_message=commit_message,
-            token=args.hub_token,
-            run_as_future=True,
-            ignore_patterns=["_*", f"{PREFIX_CHECKPOINT_DIR}-*"],
-            revision=args.hub_revision,
-        )
-    ]
-    if args.hub_strategy in (HubStrategy.CHECKPOINT, HubStrategy.ALL_CHECKPOINTS):
-        path_in_repo = (
-            "last-checkpoint" if args.hub_strategy == HubStrategy.CHECKPOINT else Path(checkpoint_folder).name
-        )
-        jobs.append(
-            api.upload_folder(
-                repo_id=trainer.hub_model_id,
-                folder_path=checkpoint_folder,
-                path_in_repo=path_in_repo,
-                commit_message=commit_message + ", checkpoint",
-                token=args.hub_token,
-                run_as_future=True,
-                revision=args.hub_revision,
-            )
-        )
-    if trainer.push_in_progress is None or trainer.push_in_progress.is_done():
-        trainer.push_in_progress = PushInProgress(jobs)
-    else:
-        trainer.push_in_progress.jobs.extend(jobs)
+    """Deprecated alias of [`tmkd_hf.model_card.published_num_parameters`]."""
+    _moved("published_num_parameters", "tmkd_hf.model_card.published_num_parameters")
+    return model_card.published_num_parameters(model)

@@ -40,7 +40,10 @@ from typing import Any
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from transformers import TrainerCallback
 
+from .arguments import DISTILLATION_FIELDS, DistillationArguments
 from .export import EXPORT_INFO_FILE, ONNX_SUBFOLDER
+from .labelling import read_manifest
+from .modeling import MultiHeadStudent
 from .plots import ACCURACY_VS_SPEED_FILE
 
 TEMPLATE_NAME = "tmkd_student_card.md"
@@ -69,14 +72,16 @@ TMKD_CITATION = """@inproceedings{yang2020tmkd,
 
 # Trainer metrics that describe the evaluation run, not the model: never in `model-index`.
 _RUN_METRICS = ("runtime", "samples_per_second", "steps_per_second", "epoch", "model_preparation_time")
-# TrainingArguments fields that are bookkeeping (paths, logging, hub, hardware) or secret: never in the card.
+# TrainingArguments fields that are bookkeeping (paths, logging, hub, hardware) or secret: never in the card. (The
+# distillation fields, `DISTILLATION_FIELDS`, are shown in their own section instead of among the hyperparameters.)
 _HIDDEN_ARGS = re.compile(
     r"^(output_dir|overwrite_output_dir|logging_.*|log_.*|run_name|report_to|disable_tqdm|push_to_hub.*|hub_.*|"
     r".*token.*|resume_from_checkpoint|do_train|do_eval|do_predict|local_rank|use_cpu|no_cuda|save_.*|"
     r"dataloader_.*|ddp_.*|fsdp.*|deepspeed|accelerator_config|tpu_.*|include_.*|label_names|eval_strategy|"
-    r"eval_steps|eval_delay|remove_unused_columns|trackio_.*|project|debug|torch_compile.*|_n_gpu|"
-    r"alpha|temperature|soft_loss|t2_scaling|teacher_weights|teacher_aggregation)$"
+    r"eval_steps|eval_delay|remove_unused_columns|trackio_.*|project|debug|torch_compile.*|_n_gpu)$"
 )
+# How the distillation section names a field, where it says more than the field's name.
+_DISTILLATION_LABELS = {"alpha": "alpha (weight of the teacher loss)"}
 _PRETTY_METRICS = {
     "accuracy": "Accuracy",
     "f1": "F1",
@@ -282,6 +287,121 @@ class StudentCardData:
 
     # ----- filling in from a run -----
 
+    @classmethod
+    def from_trainer(
+        cls,
+        trainer,
+        language: str | None = None,
+        license: str | None = None,
+        tags: str | list[str] | None = None,
+        model_name: str | None = None,
+        finetuned_from: str | None = None,
+        tasks: str | list[str] | None = None,
+        dataset_tags: str | list[str] | None = None,
+        dataset: str | list[str] | None = None,
+        dataset_args: str | list[str] | None = None,
+        **unknown,
+    ) -> StudentCardData:
+        """A copy of `trainer.model_card_data` (what [`StudentCardCallback`] gathered during the run, and what a
+        script set on it) completed with what the trainer knows, and `Trainer.create_model_card`'s arguments
+        (`finetuned_from` -> base model, `dataset_tags` / `dataset_args` / `dataset` -> dataset id, config and name,
+        as `run_glue.py` passes them). A misspelt argument is an error, not a card without it."""
+        if unknown:
+            accepted = "language, license, tags, model_name, finetuned_from, tasks, dataset_tags, dataset, dataset_args"
+            raise TypeError(
+                f"create_model_card / push_to_hub got unknown argument(s) {sorted(unknown)}; the model card takes "
+                f"{accepted} (and push_to_hub also commit_message, blocking, token, revision, private, "
+                "replace_existing_model)."
+            )
+        data = dataclasses.replace(trainer.model_card_data)
+        student = trainer.accelerator.unwrap_model(trainer.model)
+        config = getattr(student, "config", None)
+        args = trainer.args
+
+        def first(value):
+            return value[0] if isinstance(value, (list, tuple)) and value else value
+
+        data.model_id = data.model_id or trainer.hub_model_id or args.hub_model_id
+        data.model_name = model_name or data.model_name
+        data.language = language or data.language
+        data.license = license or data.license
+        data.tags = list(dict.fromkeys([*data.tags, *([tags] if isinstance(tags, str) else tags or [])]))
+        data.base_model = finetuned_from or data.base_model
+        if isinstance(first(tasks), str) and first(tasks):
+            data.pipeline_tag = first(tasks)
+        data.dataset_id = first(dataset_tags) or data.dataset_id
+        data.dataset_config = first(dataset_args) or data.dataset_config
+        data.dataset_name = first(dataset) or data.dataset_name
+
+        if config is not None:
+            name_or_path = getattr(config, "_name_or_path", None)
+            if data.base_model is None and _is_hub_id(name_or_path):
+                data.base_model = name_or_path
+            data.model_type = data.model_type or getattr(config, "model_type", None)
+            data.num_layers = data.num_layers or next(
+                (getattr(config, k) for k in ("num_hidden_layers", "n_layers", "num_layers") if hasattr(config, k)),
+                None,
+            )
+            inner = student.model if isinstance(student, MultiHeadStudent) else student
+            if isinstance(student, MultiHeadStudent) and student.readout == "mean":
+                data.readout = "mean"
+                data.architecture = data.architecture or (
+                    f"CrossEncoder ({type(inner.base_model).__name__} + mean pooling + Dense)"
+                )
+            data.architecture = data.architecture or type(inner).__name__
+            if data.label_names is None and getattr(config, "id2label", None):
+                data.label_names = [str(config.id2label[i]) for i in range(config.num_labels)]
+        if data.num_parameters is None:
+            data.num_parameters = published_num_parameters(student)
+
+        if isinstance(student, MultiHeadStudent):
+            num_heads, weights = student.num_heads, [round(w, 6) for w in student.head_weights.tolist()]
+            data.num_parameters_all_heads = data.num_parameters_all_heads or sum(
+                p.numel() for p in student.parameters()
+            )
+        else:
+            num_heads, weights = 1, None
+        data.num_heads = data.num_heads or num_heads
+        train_dataset = getattr(trainer, "train_dataset", None)
+        if not data.teachers:
+            manifest = read_manifest(train_dataset) if hasattr(train_dataset, "info") else None
+            data.teachers = TeacherInfo.from_manifest(manifest)
+            if not data.teachers and trainer.teachers:
+                data.teachers = [
+                    TeacherInfo(getattr(t.config, "_name_or_path", None) or f"online teacher {i}")
+                    for i, t in enumerate(trainer.teachers)
+                ]
+        if not data.distillation and isinstance(args, DistillationArguments):
+            num_teachers = len(data.teachers) or num_heads
+            mse = args.soft_loss == "mse"  # no temperature: the logits are compared as they are
+            shown = {
+                "alpha": args.alpha,
+                "soft_loss": args.soft_loss,
+                "temperature": None if mse else args.temperature,
+                "t2_scaling": None if mse else args.t2_scaling,
+                "student heads": num_heads,
+                "teacher_weights": weights
+                or (args.normalized_teacher_weights(num_teachers) if num_teachers > 1 else None),
+                "teacher_aggregation": args.teacher_aggregation if num_heads == 1 and num_teachers > 1 else None,
+            }
+            # every distillation field is shown here (and only here: `non_default_hyperparameters` leaves them out)
+            shown.update({name: _plain(getattr(args, name)) for name in DISTILLATION_FIELDS if name not in shown})
+            data.distillation = {_DISTILLATION_LABELS.get(k, k): v for k, v in shown.items()}
+        if not data.train_datasets and train_dataset is not None and hasattr(train_dataset, "__len__"):
+            info = getattr(train_dataset, "info", None)
+            data.train_datasets = [
+                {
+                    "name": getattr(info, "dataset_name", None) or data.dataset_name or "train_dataset",
+                    "config": getattr(info, "config_name", None),
+                    "rows": len(train_dataset),
+                    "teacher_logits": "cached (label_with_teachers)"
+                    if "teacher_logits" in (getattr(train_dataset, "column_names", None) or [])
+                    else None,
+                }
+            ]
+        return data
+
+
     def add_eval_metrics(self, metrics: dict[str, float], split: str | None = None) -> None:
         """Record Trainer metrics (`{"eval_accuracy": 0.8, "eval_runtime": ...}`) under their split.
 
@@ -456,7 +576,7 @@ def non_default_hyperparameters(args) -> dict[str, Any]:
     """Training arguments that differ from their defaults, without paths, logging, hub settings or secrets."""
     out = {}
     for f in dataclasses.fields(args):
-        if not f.init or _HIDDEN_ARGS.match(f.name):
+        if not f.init or _HIDDEN_ARGS.match(f.name) or f.name in DISTILLATION_FIELDS:
             continue
         if f.default is not dataclasses.MISSING:
             default = f.default
@@ -470,6 +590,19 @@ def non_default_hyperparameters(args) -> dict[str, Any]:
         if _plain(value) != _plain(default):
             out[f.name] = _plain(value)
     return out
+
+
+def published_num_parameters(model) -> int | None:
+    """Parameters of the published model: a multi-head student counts its merged head once."""
+    try:
+        total = sum(p.numel() for p in model.parameters())
+    except AttributeError:
+        return None
+    if isinstance(model, MultiHeadStudent):
+        head = model.head
+        per_head = head.in_features * head.out_features + (head.out_features if head.bias is not None else 0)
+        total -= (model.num_heads - 1) * per_head
+    return total
 
 
 def render_model_card(

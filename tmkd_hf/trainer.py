@@ -3,9 +3,9 @@
 Soft labels come from the batch (`teacher_logits`, cached once by `label_with_teachers`) or, for data without
 a cache, from online teachers run on each batch. The `Trainer` methods overridden are: the loss
 (`compute_loss`, `prediction_step`), keeping the `teacher_logits` column (`_set_signature_columns_if_needed`),
-exact loss normalisation under gradient accumulation (`get_batch_samples`), per-component logging (`log`,
-`evaluation_loop`) and what gets saved (`_save`, `_save_checkpoint`: checkpoints keep every head, the final
-model is merged).
+exact loss normalisation under gradient accumulation (`get_batch_samples`), per-component logging (`log`) and what
+gets saved (`_save`: checkpoints keep every head, the final model is merged). What gets published (`push_to_hub`,
+`create_model_card`, `_push_from_checkpoint`) is in `tmkd_hf.trainer_hub`.
 """
 
 from __future__ import annotations
@@ -13,16 +13,19 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import re
 import tempfile
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
 import transformers
 from datasets import Dataset
 from torch import nn
-from transformers import Trainer, TrainingArguments
+from transformers import Trainer, TrainerCallback, TrainingArguments
 from transformers.trainer import TRAINING_ARGS_NAME
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
 from . import hub
@@ -35,6 +38,7 @@ from .modeling import MultiHeadStudent, find_classification_head
 from .peft_student import is_peft_student, merge_student
 from .readout import CONFIG_KEY, warn_if_nearly_constant
 from .teachers import has_named_labels, label_names, label_permutation, load_teacher, teacher_forward
+from .trainer_hub import TrainerHubMixin
 
 logger = logging.get_logger(__name__)
 
@@ -42,7 +46,7 @@ LABEL_COLUMNS = ("label", "labels", "label_ids")
 READOUT_CHECK_ROWS = 64  # training rows the readout check runs the student on (once, at construction)
 
 
-class MultiTeacherDistillationTrainer(Trainer):
+class MultiTeacherDistillationTrainer(TrainerHubMixin, Trainer):
     """`Trainer` for multi-teacher knowledge distillation (TMKD).
 
     Args:
@@ -87,6 +91,8 @@ class MultiTeacherDistillationTrainer(Trainer):
             args = self.args_class(**init_fields)
         if data_collator is None and processing_class is not None and hasattr(processing_class, "pad"):
             data_collator = self.data_collator_class(processing_class)
+        if args.push_to_hub and args.process_index == 0:  # `Trainer.__init__` creates the repo: say how to give a token
+            hub.require_token(args.hub_token)
         super().__init__(
             model=model,
             args=args,
@@ -110,7 +116,6 @@ class MultiTeacherDistillationTrainer(Trainer):
             "train": defaultdict(list),
             "eval": defaultdict(list),
         }
-        self._saving_checkpoint = False
         self._warned_regression_soft_loss = False
 
         student = self._student()
@@ -132,6 +137,7 @@ class MultiTeacherDistillationTrainer(Trainer):
         # Model-card data gathered during the run (eval results, hyperparameters), rendered by `create_model_card`.
         self.model_card_data = self.model_card_data_class()
         self.add_callback(StudentCardCallback(self.model_card_data))
+        self.add_callback(_DropUnloggedLossParts(self._metrics["eval"]))
 
     # ----- set-up helpers -----
 
@@ -236,7 +242,7 @@ class MultiTeacherDistillationTrainer(Trainer):
         warn_if_nearly_constant(student, head, {k: v.to(device) for k, v in batch.items()}, "student")
 
     def _set_signature_columns_if_needed(self) -> None:
-        """Keep `teacher_logits` (and the wrapped model's inputs) under the default `remove_unused_columns=True`."""
+        """`Trainer` keeps only `forward`'s arguments: keep `teacher_logits` (and the wrapped model's inputs) too."""
         if self._signature_columns is None:
             super()._set_signature_columns_if_needed()
             student = self._student()
@@ -261,7 +267,8 @@ class MultiTeacherDistillationTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ):
-        """`alpha * soft + (1 - alpha) * hard` per example, normalised by the examples in the accumulated batch."""
+        """`Trainer` takes the model's own loss; this is TMKD's: `alpha * soft + (1 - alpha) * hard` per example,
+        normalised by the examples in the accumulated batch."""
         inputs = dict(inputs)
         teacher_logits = inputs.pop(TEACHER_LOGITS, None)
         labels = inputs.pop("labels", None)
@@ -321,7 +328,8 @@ class MultiTeacherDistillationTrainer(Trainer):
         return (loss, outputs) if return_outputs else loss
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
-        """Count the examples of the whole accumulated batch so `compute_loss` normalises exactly."""
+        """`Trainer` counts label tokens, and only for a model's or `compute_loss_func`'s loss; count the examples of
+        the whole accumulated batch, which `compute_loss` divides by, so gradient accumulation is exact."""
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         if not batch_samples:
             return batch_samples, None
@@ -331,7 +339,8 @@ class MultiTeacherDistillationTrainer(Trainer):
         return batch_samples, num_items
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
-        """Evaluate like `Trainer`, returning the combined logits (never teacher logits or per-head logits)."""
+        """Like `Trainer`'s, but a batch with teacher logits and no labels is scored too, and only the combined logits
+        are returned (`Trainer` would return every output: per-head logits too)."""
         inputs = self._prepare_inputs(inputs)
         labels = inputs.get("labels")
         can_score = labels is not None or TEACHER_LOGITS in inputs or bool(self.teachers)
@@ -345,12 +354,9 @@ class MultiTeacherDistillationTrainer(Trainer):
             return loss, None, None
         return loss, outputs.logits.detach(), labels
 
-    def evaluation_loop(self, *args, **kwargs):
-        self._metrics["eval"].clear()  # loss parts of this evaluation only (not of an earlier `predict`)
-        return super().evaluation_loop(*args, **kwargs)
-
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
-        """Add the mean soft/hard/per-teacher losses since the last log, averaged over processes."""
+        """`Trainer` logs the total loss only: add the mean soft/hard/per-teacher losses since the last log,
+        averaged over processes."""
         is_train = "loss" in logs or "train_runtime" in logs
         mode = "train" if is_train else "eval"
         prefix = "" if is_train else next((k[: -len("loss")] for k in logs if k.endswith("_loss")), "eval_")
@@ -363,26 +369,22 @@ class MultiTeacherDistillationTrainer(Trainer):
 
     # ----- saving: checkpoints keep every head, the final model is merged -----
 
-    def _save_checkpoint(self, model, trial):
-        self._saving_checkpoint = True
-        try:
-            super()._save_checkpoint(model, trial)
-        finally:
-            self._saving_checkpoint = False
-
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        """`Trainer` saves the model as it is; a multi-head (or LoRA) student is published merged, and only its
+        training checkpoints (`checkpoint-<step>/`, to resume) keep every head (or the adapter)."""
         student = self._student()
-        lora_final = not self._saving_checkpoint and is_peft_student(student)
+        output_dir = output_dir if output_dir is not None else self.args.output_dir
+        checkpoint = is_checkpoint_dir(output_dir)
+        lora_final = not checkpoint and is_peft_student(student)
         if not isinstance(student, MultiHeadStudent) and not lora_final:
             return super()._save(output_dir, state_dict)  # checkpoints of a PeftModel student: its adapter
-        output_dir = output_dir if output_dir is not None else self.args.output_dir
         if not self.args.should_save:
             return
         os.makedirs(output_dir, exist_ok=True)
         if lora_final and not isinstance(student, MultiHeadStudent):
             logger.info(f"Saving the merged LoRA student (adapters folded into the base weights) to {output_dir}")
             merge_student(student).save_pretrained(output_dir)
-        elif self._saving_checkpoint:
+        elif checkpoint:
             student.save_pretrained(output_dir, state_dict=state_dict)
         elif state_dict is not None:
             # FSDP / DeepSpeed hand the full weights as `state_dict` (the module holds shards): merge those, through
@@ -399,39 +401,21 @@ class MultiTeacherDistillationTrainer(Trainer):
             tokenizer.save_pretrained(output_dir)
         torch.save(self.args, os.path.join(output_dir, TRAINING_ARGS_NAME))
 
-    # ----- the Hub: the merged student, its card, clear errors; the local save always comes first -----
 
-    def create_model_card(self, **kwargs):
-        """Write `output_dir/README.md` from `model_cards/` with this run's data (see `tmkd_hf.model_card`).
+class _DropUnloggedLossParts(TrainerCallback):
+    """`predict` runs the loss like `evaluate` but never logs its parts: drop them, so that the next evaluation logs
+    its own only."""
 
-        Accepts `Trainer.create_model_card`'s arguments (`language`, `license`, `tags`, `model_name`,
-        `finetuned_from`, `tasks`, `dataset_tags`, `dataset`, `dataset_args`); returns the `ModelCard`.
-        """
-        return hub.trainer_create_model_card(self, **kwargs)
+    def __init__(self, eval_parts: dict):
+        self.eval_parts = eval_parts
 
-    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
-        hub.trainer_init_hf_repo(self, token=token, private=private)
+    def on_predict(self, args, state, control, **kwargs):
+        self.eval_parts.clear()
 
-    def push_to_hub(
-        self,
-        commit_message: str | None = "End of training",
-        blocking: bool = True,
-        token=None,
-        revision: str | None = None,
-        private: bool | None = None,
-        **kwargs,
-    ):
-        """Save the merged student, tokenizer and card to `output_dir`, then upload them (see `tmkd_hf.hub`).
 
-        Failures raise `tmkd_hf.hub.HubPushError` naming the cause and the saved folder. A repo that already holds
-        a different model is refused unless `replace_existing_model=True`; other kwargs go to `create_model_card`.
-        """
-        return hub.trainer_push_to_hub(self, commit_message, blocking, token, revision, private, **kwargs)
-
-    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
-        if not isinstance(self._student(), MultiHeadStudent):
-            return super()._push_from_checkpoint(checkpoint_folder)
-        hub.trainer_push_multihead_checkpoint(self, checkpoint_folder)
+def is_checkpoint_dir(output_dir: str | os.PathLike) -> bool:
+    """Whether `output_dir` is a training checkpoint, named as `Trainer._save_checkpoint` names them."""
+    return re.fullmatch(rf"{PREFIX_CHECKPOINT_DIR}-\d+", Path(output_dir).name) is not None
 
 
 def check_deepspeed_stage(plugin) -> None:

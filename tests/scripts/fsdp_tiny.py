@@ -21,6 +21,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from conftest import WORDS, pair_dataset, tiny_model, tokenize  # noqa: E402
 from transformers import BertTokenizerFast  # noqa: E402
+from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR  # noqa: E402
 
 from tmkd_hf import (  # noqa: E402
     DataCollatorWithTeacherLogits,
@@ -79,9 +80,10 @@ def main(output_dir: str, batch_size: int) -> None:
     else:
         state_dict = None
     if rank == 0:
-        trainer._saving_checkpoint = True  # as inside Trainer._save_checkpoint
-        trainer._save(str(Path(output_dir) / "checkpoint"), state_dict=state_dict)
-        trainer._saving_checkpoint = False
+        # a folder named as Trainer._save_checkpoint names it keeps every head; any other is the merged student
+        checkpoint = Path(output_dir) / f"{PREFIX_CHECKPOINT_DIR}-{STEPS}"
+        trainer._save(str(checkpoint), state_dict=state_dict)
+        checkpoint.rename(Path(output_dir) / "checkpoint")
         trainer._save(str(Path(output_dir) / "merged"), state_dict=state_dict)
         Path(output_dir, "losses.txt").write_text("\n".join(map(str, losses)))
     leave_process_group()
