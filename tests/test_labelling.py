@@ -2,17 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import os
-import platform
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 import torch
 from conftest import WORDS, pair_dataset, tiny_model, tokenize
-from datasets import load_from_disk
 from transformers import AutoModelForSequenceClassification, BertTokenizerFast
 
 import tmkd_hf.labelling as labelling
@@ -21,9 +16,8 @@ from tmkd_hf import (
     MultiHeadStudent,
     MultiTeacherDistillationTrainer,
     label_with_teachers,
-    use_fixed_mmap_threshold,
 )
-from tmkd_hf.labelling import MANIFEST_NAME, WORK_DIR, load_teacher_logits, read_manifest
+from tmkd_hf.labelling import WORK_DIR, read_manifest
 from tmkd_hf.teachers import TeacherSpec
 
 
@@ -219,25 +213,6 @@ def test_damaged_shards_are_named_and_recomputed_on_resume(tmp_path, teacher_dir
     np.testing.assert_array_equal(np.asarray(resumed["teacher_logits"]), np.asarray(clean["teacher_logits"]))
 
 
-@pytest.mark.parametrize("damage", ["manifest", "arrow"])
-def test_a_damaged_finished_cache_is_named_and_rebuilt(tmp_path, teacher_dirs, damage, caplog):
-    ds = pair_dataset(16, seed=3)
-    out = tmp_path / "cache"
-    clean = np.asarray(label_with_teachers(ds, teacher_dirs, output_dir=out, show_progress=False)["teacher_logits"])
-    target = out / MANIFEST_NAME if damage == "manifest" else sorted(out.glob("data-*.arrow"))[0]
-    target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])  # a copy cut short
-    expected = "is damaged"
-    with pytest.raises(labelling.DamagedCacheError, match=expected) as raised:
-        load_teacher_logits(out)
-    assert (str(target) if damage == "manifest" else target.name) in str(raised.value)
-    assert "Rebuild" in str(raised.value)
-    with caplog.at_level("WARNING", logger="tmkd_hf.labelling"):
-        rebuilt = label_with_teachers(ds, teacher_dirs, output_dir=out, show_progress=False)
-    assert any("Relabelling" in r.getMessage() and expected in r.getMessage() for r in caplog.records)
-    np.testing.assert_array_equal(np.asarray(rebuilt["teacher_logits"]), clean)
-    np.testing.assert_array_equal(np.asarray(load_teacher_logits(out)["teacher_logits"]), clean)  # whole again
-
-
 def test_half_written_shard_is_never_read_back(tmp_path, teacher_dirs, monkeypatch):
     ds = pair_dataset(16, seed=10)
     real_save = np.save
@@ -253,56 +228,6 @@ def test_half_written_shard_is_never_read_back(tmp_path, teacher_dirs, monkeypat
     monkeypatch.setattr(labelling.np, "save", real_save)
     labelled = label_with_teachers(ds, teacher_dirs[:1], output_dir=tmp_path, shard_size=8, show_progress=False)
     assert np.isfinite(np.asarray(labelled["teacher_logits"])).all()
-
-
-def test_manifest_on_disk_and_mismatch_errors(tmp_path, teacher_dirs, tokenizer):
-    ds = pair_dataset(20, seed=11)
-    (tmp_path / "notes.txt").write_text("a user's file beside the cache")
-    label_with_teachers(ds, teacher_dirs, output_dir=tmp_path, show_progress=False)
-    manifest = json.loads((tmp_path / MANIFEST_NAME).read_text())
-    assert {
-        "teachers",
-        "label_names",
-        "text_columns",
-        "max_length",
-        "dtype",
-        "num_rows",
-        "source_fingerprint",
-        "tmkd_hf_version",
-    } <= set(manifest)
-    assert len(manifest["teachers"]) == 3 and all("weights_sha256" in t for t in manifest["teachers"])
-    reloaded = load_from_disk(str(tmp_path))
-    assert read_manifest(reloaded) == manifest
-
-    other = pair_dataset(20, seed=12)
-    with pytest.raises(ValueError, match="already holds teacher logits built from other rows or teachers"):
-        label_with_teachers(other, teacher_dirs, output_dir=tmp_path, show_progress=False)
-    with pytest.raises(ValueError, match="computed on other rows than the given dataset"):
-        load_teacher_logits(tmp_path, other)
-    assert len(load_teacher_logits(tmp_path, ds)) == 20
-    relabelled = label_with_teachers(other, teacher_dirs, output_dir=tmp_path, overwrite=True, show_progress=False)
-    assert list(relabelled["question"]) == list(other["question"])
-    assert (tmp_path / "notes.txt").exists() and all(os.path.isdir(d) for d in teacher_dirs)  # nothing else removed
-
-    # training refuses a cache whose rows were swapped for others behind its back
-    swapped = relabelled.remove_columns(["question", "sentence"]).add_column("question", list(ds["question"]))
-    swapped = swapped.add_column("sentence", list(ds["sentence"]))
-    swapped.info.description = relabelled.info.description
-    tokenized = swapped.map(lambda b: tokenizer(b["question"], b["sentence"]), batched=True)
-    args = DistillationArguments(output_dir=str(tmp_path / "train"), report_to="none", use_cpu=True)
-    with pytest.raises(ValueError, match="computed on other rows than train_dataset"):
-        MultiTeacherDistillationTrainer(
-            model=MultiHeadStudent(tiny_model("bert"), 3),
-            args=args,
-            train_dataset=tokenized,
-            processing_class=tokenizer,
-        )
-    # the genuine cache passes, shuffled or not
-    good = relabelled.map(lambda b: tokenizer(b["question"], b["sentence"]), batched=True)
-    for train in (good, good.shuffle(seed=0)):
-        MultiTeacherDistillationTrainer(
-            model=MultiHeadStudent(tiny_model("bert"), 3), args=args, train_dataset=train, processing_class=tokenizer
-        )
 
 
 def test_bfloat16_autocast_is_close_to_float32(teacher_dirs):
@@ -409,51 +334,6 @@ def test_trainer_refuses_a_cache_in_another_label_order(tokenizer):
     student.config.id2label = {0: "entailment", 1: "not_entailment"}
     MultiTeacherDistillationTrainer(model=MultiHeadStudent(student, 1), args=args, train_dataset=train,
                                     processing_class=tokenizer)
-
-
-_ALLOCATOR_PROBE = r"""
-import ctypes, json, sys
-
-from tmkd_hf import use_fixed_mmap_threshold
-
-
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(name, ctypes.c_size_t) for name in (
-        "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-
-libc = ctypes.CDLL(None)
-libc.mallinfo2.restype = MallInfo2
-libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
-libc.free.argtypes = [ctypes.c_void_p]
-applied = use_fixed_mmap_threshold() if sys.argv[1] == "fixed" else None
-
-
-def mmapped_while_held(size):
-    before = libc.mallinfo2().hblks
-    block = libc.malloc(size)
-    held = libc.mallinfo2().hblks - before
-    libc.free(block)
-    return held
-
-
-print(json.dumps({"applied": applied, "first": mmapped_while_held(4 << 20), "second": mmapped_while_held(4 << 20)}))
-"""
-
-
-@pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="glibc's mallopt / mallinfo2 only")
-def test_use_fixed_mmap_threshold_keeps_large_blocks_out_of_the_heap(tmp_path):
-    """glibc's dynamic threshold puts a 4 MiB block on the heap once one was freed; the fixed one keeps mmapping it."""
-    def probe(mode):
-        done = subprocess.run([sys.executable, "-c", _ALLOCATOR_PROBE, mode], capture_output=True, text=True,
-                              timeout=300, check=True)
-        return json.loads(done.stdout.strip().splitlines()[-1])
-
-    dynamic, fixed = probe("dynamic"), probe("fixed")
-    assert dynamic["second"] == 0  # the threshold rose to the freed block's size: the next one came from the heap
-    assert fixed == {"applied": True, "first": 1, "second": 1}
-    with pytest.raises(ValueError, match="positive"):
-        use_fixed_mmap_threshold(0)
 
 
 def test_nan_from_the_third_teacher_names_it_and_its_rows(tmp_path, teacher_dirs, tokenizer):

@@ -2,17 +2,19 @@
 
 __version__ = "0.1.0"
 
+from ._allocator import use_fixed_mmap_threshold
 from .arguments import DistillationArguments
 from .augmentation import augment_pairs, word_neighbours
 from .collator import DataCollatorWithTeacherLogits
 from .export import OnnxClassifier, export_onnx, quantize_torch_int8
 from .hub import HubPushError, push_teacher_logits_to_hub, upload_student_folder
 from .initialization import student_from_teacher_layers
-from .labelling import label_with_teachers, load_teacher_logits, read_manifest, use_fixed_mmap_threshold
+from .labelling import label_with_teachers
 from .model_card import BaselineResult, FormatSpeed, SpeedMeasurement, StudentCardData, TeacherInfo, write_model_card
 from .modeling import MultiHeadStudent
 from .peft_student import LoraStudentArguments, apply_lora, merge_lora, merge_student, save_merged_student
 from .readout import detect_readout
+from .soft_label_cache import load_teacher_logits, read_manifest
 from .tasks import TaskSpec, build_compute_metrics, get_task, load_rows
 from .teachers import TeacherSpec, load_classifier
 from .trainer import MultiTeacherDistillationTrainer

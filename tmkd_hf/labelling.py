@@ -14,7 +14,9 @@ student costs. How the pass is made fast and safe:
   the original row order;
 - a manifest (teachers and their weights' hashes, label order, text columns, max_length, dtype, row count, a
   fingerprint of the source rows) is saved with the output and carried in `dataset.info`, so a cache built from
-  other rows or other teachers is refused.
+  other rows or other teachers is refused. The format and its checks: `tmkd_hf.soft_label_cache`.
+
+The heap is trimmed after every batch so memory stays flat as the corpus grows (`tmkd_hf._allocator`).
 """
 
 from __future__ import annotations
@@ -39,7 +41,22 @@ from tqdm.auto import tqdm
 from transformers import AutoConfig, PreTrainedTokenizerBase
 from transformers.utils import logging
 
+from ._allocator import trim_heap as _trim_heap
+from ._allocator import use_fixed_mmap_threshold
 from .collator import TEACHER_LOGITS
+from .soft_label_cache import (
+    MANIFEST_FORMAT,
+    MANIFEST_NAME,
+    DamagedCacheError,
+    atomic_write_text,
+    attach_manifest,
+    load_cache,
+    load_teacher_logits,
+    read_manifest,
+    save_cache,
+    source_fingerprint,
+    verify_rows,
+)
 from .teachers import (
     TeacherSpec,
     has_named_labels,
@@ -50,105 +67,26 @@ from .teachers import (
     teacher_forward,
 )
 
+# The cache format (`tmkd_hf.soft_label_cache`) and the memory controls (`tmkd_hf._allocator`) were defined here
+# before; their names stay importable from this module.
+__all__ = [
+    "MANIFEST_FORMAT",
+    "MANIFEST_NAME",
+    "WORK_DIR",
+    "DamagedCacheError",
+    "label_with_teachers",
+    "load_teacher_logits",
+    "read_manifest",
+    "source_fingerprint",
+    "use_fixed_mmap_threshold",
+    "verify_rows",
+]
+
 logger = logging.get_logger(__name__)
 
-MANIFEST_NAME = "tmkd_manifest.json"
-MANIFEST_FORMAT = "tmkd_hf/teacher-logits/v1"
 WORK_DIR = "_tmkd_work"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 TeacherLike = str | os.PathLike | dict | TeacherSpec | tuple[nn.Module, PreTrainedTokenizerBase]
-
-
-# ----- fingerprints and manifests -----
-
-
-def source_fingerprint(dataset: Dataset, text_columns: Sequence[str]) -> str:
-    """SHA-256 over the text columns, row by row and in order: identifies the rows a cache was built from."""
-    digest = hashlib.sha256()
-    for batch in dataset.select_columns(list(text_columns)).iter(batch_size=4096):
-        for values in zip(*(batch[c] for c in text_columns)):
-            digest.update(json.dumps(values, ensure_ascii=False).encode())
-            digest.update(b"\n")
-    return digest.hexdigest()
-
-
-def read_manifest(dataset_or_dir: Dataset | str | os.PathLike) -> dict | None:
-    """The teacher-logits manifest of a labelled dataset (carried in `dataset.info`) or of a cache directory."""
-    if isinstance(dataset_or_dir, Dataset):
-        text = dataset_or_dir.info.description or ""
-        try:
-            manifest = json.loads(text)
-        except ValueError:
-            return None
-        return manifest if isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT else None
-    path = Path(dataset_or_dir) / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        manifest = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise DamagedCacheError(
-            f"{path} is damaged ({path.stat().st_size} bytes, not valid JSON: {err}). Rebuild the cache: "
-            "label_with_teachers(..., output_dir=...) relabels it (overwrite=True is not needed for a damaged one)."
-        ) from None
-    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
-        raise DamagedCacheError(f"{path} is not a tmkd_hf teacher-logits manifest (no format {MANIFEST_FORMAT!r}).")
-    return manifest
-
-
-class DamagedCacheError(ValueError):
-    """A teacher-logits cache whose manifest or data files do not read back (a copy cut short, a full disk)."""
-
-
-def _load_cache(cache_dir: Path, manifest: dict) -> Dataset:
-    """The saved labelled dataset, checked against its manifest; a damaged data file is named, never half-read."""
-    try:
-        labelled = load_from_disk(str(cache_dir))
-        if len(labelled) != manifest["num_rows"] or TEACHER_LOGITS not in labelled.column_names:
-            raise ValueError(
-                f"{len(labelled)} rows with columns {labelled.column_names}, the manifest says "
-                f"{manifest['num_rows']} rows with {TEACHER_LOGITS!r}"
-            )
-        labelled.with_format("numpy")[len(labelled) - 1]  # the last row reads back: the data file is whole
-    except Exception as err:  # noqa: BLE001 - datasets / pyarrow raise many kinds; all mean "damaged"
-        files = sorted(p.name for p in cache_dir.glob("data-*.arrow"))
-        raise DamagedCacheError(
-            f"The teacher-logits cache in {cache_dir} is damaged (data files {files}): {type(err).__name__}: "
-            f"{err}. Rebuild it: label_with_teachers(..., output_dir={str(cache_dir)!r}) relabels a damaged cache."
-        ) from None
-    return labelled
-
-
-def verify_rows(dataset: Dataset, manifest: dict, what: str = "this dataset") -> None:
-    """Refuse teacher logits computed on other rows than `dataset`'s (same text columns, same order)."""
-    columns = manifest["text_columns"]
-    missing = [c for c in columns if c not in dataset.column_names]
-    if missing:
-        raise ValueError(f"{what} lacks the text columns {missing} the teacher logits were computed from.")
-    if len(dataset) != manifest["num_rows"] or source_fingerprint(dataset, columns) != manifest["source_fingerprint"]:
-        raise ValueError(
-            f"The teacher logits were computed on other rows than {what}: the cache has {manifest['num_rows']} rows "
-            f"with fingerprint {manifest['source_fingerprint'][:12]}…, {what} has {len(dataset)} rows with "
-            f"fingerprint {source_fingerprint(dataset, columns)[:12]}…. The logits would be misaligned with the "
-            "text: relabel this data with tmkd_hf.label_with_teachers (or point to the cache built from it)."
-        )
-
-
-def load_teacher_logits(cache_dir: str | os.PathLike, dataset: Dataset | None = None) -> Dataset:
-    """Load a labelled dataset saved by `label_with_teachers(..., output_dir=cache_dir)`.
-
-    With `dataset`, first check that the cache was built from exactly its rows (clear error otherwise).
-    """
-    manifest = read_manifest(cache_dir)
-    if manifest is None:
-        raise ValueError(
-            f"{cache_dir} holds no finished teacher-logits cache ({MANIFEST_NAME} is missing): run "
-            "tmkd_hf.label_with_teachers(..., output_dir=...) (an interrupted run resumes where it stopped)."
-        )
-    labelled = _load_cache(Path(cache_dir), manifest)
-    if dataset is not None:
-        verify_rows(dataset, manifest, "the given dataset")
-    return labelled
 
 
 # ----- the labelling pass -----
@@ -160,13 +98,6 @@ def _atomic_save(path: Path, array: np.ndarray) -> None:
         np.save(f, array)
         f.flush()
         os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
     os.replace(tmp, path)
 
 
@@ -216,32 +147,9 @@ def _pad(rows: dict[str, list], order: np.ndarray, tokenizer) -> dict[str, torch
     return batch
 
 
-def _libc_function(name: str):
-    """A function of the process's C library by name, or None where it has none (glibc extensions elsewhere)."""
-    try:
-        import ctypes
-
-        return getattr(ctypes.CDLL(None), name)
-    except (AttributeError, OSError, TypeError):
-        return None
-
-
-_MALLOC_TRIM = _libc_function("malloc_trim")
 # When to hand the heap's free pages back to the OS: "batch" (the default) or "shard". An internal switch, for
 # benchmarks/bench_labelling.py to measure both.
 _TRIM_EVERY = "batch"
-
-
-def _trim_heap() -> None:
-    """Give the heap's free pages back to the OS (glibc's `malloc_trim`; elsewhere a no-op).
-
-    Why: the teachers' activations change shape with every batch width; once glibc has raised its dynamic mmap
-    threshold they are carved from the heap, and the holes they leave stay resident. Peak RSS growth from 10k to 100k
-    rows, one MiniLM teacher (`benchmarks/RESULTS.md`): +267 MB untrimmed, +224 MB trimmed after each shard, +81 MB
-    trimmed after each batch (the default), which costs 1.043x the labelling time of trimming per shard.
-    """
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
 
 
 @torch.inference_mode()
@@ -265,34 +173,6 @@ def _label_shard(model, tokenizer, rows: dict[str, list], batch_size: int, dtype
     if _TRIM_EVERY == "shard":
         _trim_heap()
     return out
-
-
-_M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter number (malloc.h)
-
-
-def use_fixed_mmap_threshold(threshold: int = 128 * 1024) -> bool:
-    """Keep glibc's mmap threshold fixed at `threshold` bytes for the rest of this process.
-
-    Why: glibc raises its threshold to the size of every mmapped block it frees (up to 32 MiB). From then on the
-    teachers' activations, a different size for every batch width, are carved from the heap and fragment it. The
-    default per-batch `malloc_trim` of `label_with_teachers` already keeps the growth of peak RSS from 10k to 100k rows
-    at +81 MB; a fixed 128 KiB threshold gave +62 MB (with per-shard trimming), but labelling took 1.32x as long, as
-    every large activation becomes a fresh mmap (`benchmarks/RESULTS.md`). For when memory, not time, is short. Same
-    effect as `MALLOC_MMAP_THRESHOLD_=131072` in the environment, but callable once the process runs.
-
-    Process-wide and irreversible (glibc has no way back to the dynamic threshold), so nothing calls it by default:
-    `recipes/label_teachers.py --fixed_mmap_threshold` does. Returns False where the C library has no `mallopt` (not
-    glibc) or refuses the value.
-    """
-    if not isinstance(threshold, int) or threshold <= 0:
-        raise ValueError(f"threshold must be a positive number of bytes, got {threshold!r}.")
-    mallopt = _libc_function("mallopt")
-    if mallopt is None:
-        return False
-    import ctypes
-
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return mallopt(_M_MMAP_THRESHOLD, threshold) == 1
 
 
 def _resolve(teachers: Sequence[TeacherLike]) -> list[tuple[TeacherSpec | None, nn.Module | None, object]]:
@@ -463,7 +343,7 @@ def label_with_teachers(
             same = {k: previous.get(k) for k in plan} == plan
             if same:
                 try:
-                    labelled = _load_cache(out, previous)
+                    labelled = load_cache(out, previous)
                     logger.info(f"Teacher logits for these rows and teachers are already in {out}; loading them.")
                     return labelled
                 except DamagedCacheError as err:
@@ -481,7 +361,7 @@ def label_with_teachers(
                 logger.warning(f"Discarding unfinished labelling work in {work}: it was for other rows or teachers.")
                 shutil.rmtree(work)
             work.mkdir(parents=True, exist_ok=True)
-            _atomic_write_text(plan_file, json.dumps(plan, indent=2))
+            atomic_write_text(plan_file, json.dumps(plan, indent=2))
         state.wait_for_everyone()
         tmp_holder = None
     else:
@@ -702,7 +582,7 @@ def _with_column(dataset: Dataset, logits: np.ndarray, manifest: dict) -> Datase
         dataset = dataset.remove_columns(TEACHER_LOGITS)
     feature = Array2D(shape=logits.shape[1:], dtype="float32")
     labelled = dataset.add_column(TEACHER_LOGITS, logits.tolist(), feature=feature)
-    labelled.info.description = json.dumps(manifest)
+    attach_manifest(labelled, manifest)
     return labelled
 
 
@@ -720,22 +600,5 @@ def _assemble_to_disk(dataset, work, num_teachers, shard_size, num_labels, manif
     source = dataset.remove_columns(TEACHER_LOGITS) if TEACHER_LOGITS in dataset.column_names else dataset
     if source._indices is not None:
         source = source.flatten_indices()
-    labelled = concatenate_datasets([source, column], axis=1)
-    labelled.info.description = json.dumps(manifest)
-    staging = out.parent / f".{out.name}.saving"
-    if staging.exists():
-        shutil.rmtree(staging)
-    labelled.save_to_disk(str(staging))
-    _atomic_write_text(staging / MANIFEST_NAME, json.dumps(manifest, indent=2))
-    # swap in: the manifest (the "finished" mark) goes first and comes back last; only files of an earlier
-    # `save_to_disk` are replaced, anything else the user keeps in output_dir is left alone
-    (out / MANIFEST_NAME).unlink(missing_ok=True)
-    for entry in out.iterdir():
-        if entry.is_file() and (entry.name in ("dataset_info.json", "state.json") or entry.name.startswith("data-")):
-            entry.unlink()
-    for entry in staging.iterdir():
-        if entry.name != MANIFEST_NAME:
-            os.replace(entry, out / entry.name)
-    os.replace(staging / MANIFEST_NAME, out / MANIFEST_NAME)
-    staging.rmdir()
+    save_cache(concatenate_datasets([source, column], axis=1), manifest, out)
     shutil.rmtree(work, ignore_errors=True)

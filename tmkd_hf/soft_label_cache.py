@@ -1,0 +1,166 @@
+"""The soft-label cache: the teachers' logits, computed once, kept with a manifest of what they were computed from.
+
+TMKD trains on soft labels that the teachers produce once (`tmkd_hf.labelling.label_with_teachers`), not every
+step. What that pass leaves, and what training reads back, is this format (`tmkd_hf/teacher-logits/v1`):
+
+- a `datasets` Arrow dataset (`save_to_disk`): the source rows plus a `teacher_logits` column, float32
+  `[num_teachers, num_labels]` per row, in the label order `label_names`;
+- a manifest, `tmkd_manifest.json` beside the data files and the same JSON in `dataset.info.description` (so a
+  labelled dataset in memory carries it too): the teachers and their weights' hashes or revisions, `label_names`,
+  the text columns, max_length, dtype, row count and a fingerprint of the source rows. It is written last: a
+  directory without it holds no finished cache.
+
+Reading checks the cache before anything trains on it: a cache built from other rows (`verify_rows`) or damaged,
+e.g. a copy cut short (`DamagedCacheError`), is refused with an error that names the problem and the fix.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from datasets import Dataset, load_from_disk
+
+from .collator import TEACHER_LOGITS
+
+MANIFEST_NAME = "tmkd_manifest.json"
+MANIFEST_FORMAT = "tmkd_hf/teacher-logits/v1"
+
+
+class DamagedCacheError(ValueError):
+    """A teacher-logits cache whose manifest or data files do not read back (a copy cut short, a full disk)."""
+
+
+# ----- the manifest -----
+
+
+def source_fingerprint(dataset: Dataset, text_columns: Sequence[str]) -> str:
+    """SHA-256 over the text columns, row by row and in order: identifies the rows a cache was built from."""
+    digest = hashlib.sha256()
+    for batch in dataset.select_columns(list(text_columns)).iter(batch_size=4096):
+        for values in zip(*(batch[c] for c in text_columns)):
+            digest.update(json.dumps(values, ensure_ascii=False).encode())
+            digest.update(b"\n")
+    return digest.hexdigest()
+
+
+def attach_manifest(dataset: Dataset, manifest: dict) -> None:
+    """Carry `manifest` in `dataset.info` (where `read_manifest` finds it, and `save_to_disk` keeps it)."""
+    dataset.info.description = json.dumps(manifest)
+
+
+def read_manifest(dataset_or_dir: Dataset | str | os.PathLike) -> dict | None:
+    """The teacher-logits manifest of a labelled dataset (carried in `dataset.info`) or of a cache directory."""
+    if isinstance(dataset_or_dir, Dataset):
+        text = dataset_or_dir.info.description or ""
+        try:
+            manifest = json.loads(text)
+        except ValueError:
+            return None
+        return manifest if isinstance(manifest, dict) and manifest.get("format") == MANIFEST_FORMAT else None
+    path = Path(dataset_or_dir) / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DamagedCacheError(
+            f"{path} is damaged ({path.stat().st_size} bytes, not valid JSON: {err}). Rebuild the cache: "
+            "label_with_teachers(..., output_dir=...) relabels it (overwrite=True is not needed for a damaged one)."
+        ) from None
+    if not isinstance(manifest, dict) or manifest.get("format") != MANIFEST_FORMAT:
+        raise DamagedCacheError(f"{path} is not a tmkd_hf teacher-logits manifest (no format {MANIFEST_FORMAT!r}).")
+    return manifest
+
+
+# ----- checks: the rows the logits belong to -----
+
+
+def verify_rows(dataset: Dataset, manifest: dict, what: str = "this dataset") -> None:
+    """Refuse teacher logits computed on other rows than `dataset`'s (same text columns, same order)."""
+    columns = manifest["text_columns"]
+    missing = [c for c in columns if c not in dataset.column_names]
+    if missing:
+        raise ValueError(f"{what} lacks the text columns {missing} the teacher logits were computed from.")
+    if len(dataset) != manifest["num_rows"] or source_fingerprint(dataset, columns) != manifest["source_fingerprint"]:
+        raise ValueError(
+            f"The teacher logits were computed on other rows than {what}: the cache has {manifest['num_rows']} rows "
+            f"with fingerprint {manifest['source_fingerprint'][:12]}…, {what} has {len(dataset)} rows with "
+            f"fingerprint {source_fingerprint(dataset, columns)[:12]}…. The logits would be misaligned with the "
+            "text: relabel this data with tmkd_hf.label_with_teachers (or point to the cache built from it)."
+        )
+
+
+# ----- reading and writing a cache directory -----
+
+
+def load_cache(cache_dir: Path, manifest: dict) -> Dataset:
+    """The saved labelled dataset, checked against its manifest; a damaged data file is named, never half-read."""
+    try:
+        labelled = load_from_disk(str(cache_dir))
+        if len(labelled) != manifest["num_rows"] or TEACHER_LOGITS not in labelled.column_names:
+            raise ValueError(
+                f"{len(labelled)} rows with columns {labelled.column_names}, the manifest says "
+                f"{manifest['num_rows']} rows with {TEACHER_LOGITS!r}"
+            )
+        labelled.with_format("numpy")[len(labelled) - 1]  # the last row reads back: the data file is whole
+    except Exception as err:  # noqa: BLE001 - datasets / pyarrow raise many kinds; all mean "damaged"
+        files = sorted(p.name for p in cache_dir.glob("data-*.arrow"))
+        raise DamagedCacheError(
+            f"The teacher-logits cache in {cache_dir} is damaged (data files {files}): {type(err).__name__}: "
+            f"{err}. Rebuild it: label_with_teachers(..., output_dir={str(cache_dir)!r}) relabels a damaged cache."
+        ) from None
+    return labelled
+
+
+def load_teacher_logits(cache_dir: str | os.PathLike, dataset: Dataset | None = None) -> Dataset:
+    """Load a labelled dataset saved by `label_with_teachers(..., output_dir=cache_dir)`.
+
+    With `dataset`, first check that the cache was built from exactly its rows (clear error otherwise).
+    """
+    manifest = read_manifest(cache_dir)
+    if manifest is None:
+        raise ValueError(
+            f"{cache_dir} holds no finished teacher-logits cache ({MANIFEST_NAME} is missing): run "
+            "tmkd_hf.label_with_teachers(..., output_dir=...) (an interrupted run resumes where it stopped)."
+        )
+    labelled = load_cache(Path(cache_dir), manifest)
+    if dataset is not None:
+        verify_rows(dataset, manifest, "the given dataset")
+    return labelled
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write `path` through a temporary file and a rename: a reader sees the old file or the whole new one."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def save_cache(labelled: Dataset, manifest: dict, out: Path) -> None:
+    """Save `labelled` (rows + `teacher_logits`) as the cache in `out`, its manifest committed last.
+
+    The dataset is saved beside `out` first; then the manifest (the "finished" mark) goes first and comes back last,
+    and only the files of an earlier `save_to_disk` are replaced: anything else the user keeps in `out` stays.
+    """
+    attach_manifest(labelled, manifest)
+    staging = out.parent / f".{out.name}.saving"
+    if staging.exists():
+        shutil.rmtree(staging)
+    labelled.save_to_disk(str(staging))
+    atomic_write_text(staging / MANIFEST_NAME, json.dumps(manifest, indent=2))
+    (out / MANIFEST_NAME).unlink(missing_ok=True)
+    for entry in out.iterdir():
+        if entry.is_file() and (entry.name in ("dataset_info.json", "state.json") or entry.name.startswith("data-")):
+            entry.unlink()
+    for entry in staging.iterdir():
+        if entry.name != MANIFEST_NAME:
+            os.replace(entry, out / entry.name)
+    os.replace(staging / MANIFEST_NAME, out / MANIFEST_NAME)
+    staging.rmdir()
