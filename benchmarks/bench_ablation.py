@@ -255,20 +255,20 @@ class Ablation:
             disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
         )
 
-    def train(self, name: str, model, dataset, **kwargs) -> float:
+    def train(self, name: str, model, dataset, tokenizer=None, **kwargs) -> float:
         from tmkd_hf import MultiTeacherDistillationTrainer
 
         start = time.perf_counter()
         trainer = MultiTeacherDistillationTrainer(model=model, args=self.training_args(name, **kwargs),
-                                                  train_dataset=dataset, processing_class=self.tokenizer)
+                                                  train_dataset=dataset, processing_class=tokenizer or self.tokenizer)
         trainer.train()
         shutil.rmtree(self.out / "work" / name, ignore_errors=True)
         return round(time.perf_counter() - start, 1)
 
-    def tokenized(self, dataset):
-        cols = self.text_columns
-        return dataset.map(lambda b: self.tokenizer(*[b[c] for c in cols], truncation=True,
-                                                    max_length=self.settings["max_length"]),
+    def tokenized(self, dataset, tokenizer=None):
+        cols, tokenizer = self.text_columns, tokenizer or self.tokenizer
+        return dataset.map(lambda b: tokenizer(*[b[c] for c in cols], truncation=True,
+                                               max_length=self.settings["max_length"]),
                            batched=True, remove_columns=cols)
 
     # ----- teachers and soft labels (saved, reused) -----
@@ -300,19 +300,24 @@ class Ablation:
             self.log(f"teacher_{i}: trained in {seconds} s (seed {seed}, lr {lr:g})")
         return dirs
 
-    def label(self, teacher_dirs: list[str]) -> None:
+    def label_splits(self, teacher_dirs: list[str], cache: Path) -> dict:
+        """Every split labelled by `teacher_dirs` (cached under `cache/<split>`), and the seconds each split took."""
         from tmkd_hf import label_with_teachers
 
-        self.labelled = {}
+        labelled, seconds = {}, {}
         for split, dataset in self.raw.items():
             start = time.perf_counter()
-            self.labelled[split] = label_with_teachers(
+            labelled[split] = label_with_teachers(
                 dataset, teacher_dirs, text_columns=tuple(self.text_columns),
                 batch_size=self.settings["eval_batch_size"], max_length=self.settings["max_length"],
-                output_dir=str(self.out / "labelled" / split),
-                label_names_order=self.label_names, show_progress=False,
+                output_dir=str(cache / split), label_names_order=self.label_names, show_progress=False,
             )
-            self.log(f"soft labels of {split} ({len(dataset)} rows): {time.perf_counter() - start:.1f} s")
+            seconds[split] = round(time.perf_counter() - start, 1)
+            self.log(f"soft labels of {split} ({len(dataset)} rows): {seconds[split]:.1f} s")
+        return labelled, seconds
+
+    def label(self, teacher_dirs: list[str]) -> None:
+        self.labelled, _ = self.label_splits(teacher_dirs, self.out / "labelled")
         logits = {s: np.asarray(self.labelled[s].with_format("numpy")["teacher_logits"]) for s in self.eval_splits}
         num_teachers = len(teacher_dirs)
         for i in range(num_teachers):
@@ -394,7 +399,7 @@ class Ablation:
         seconds["evaluation"] = round(time.perf_counter() - t0, 1)
         seconds["total"] = round(time.perf_counter() - start, 1)
         self.save_run(row, seed, metrics, seconds, pool_percent=pool_percent if stage1 else 0,
-                      stage1_rows=pool_rows, stage2_rows=len(self.train_sets[teachers]),
+                      stage1_rows=pool_rows, stage2_rows=len(self.train_sets[teachers]), num_heads=num_heads,
                       stage2_epochs=round(stage2_epochs, 4))
         self.log(f"{row} seed {seed}: " + ", ".join(f"{sp} acc {m['accuracy']:.4f}" for sp, m in metrics.items())
                  + f" ({seconds['total']} s)")
