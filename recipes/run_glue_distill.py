@@ -62,6 +62,7 @@ from tmkd_hf.distributed import leave_process_group
 from tmkd_hf.export import ONNX_SUBFOLDER, check_onnx_installed
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME, multihead_checkpoint_dir
 from tmkd_hf.readout import detect_readout
+from tmkd_hf.soft_label_cache import check_label_order
 from tmkd_hf.tasks import (
     FILE_EXTENSIONS,
     TaskSpec,
@@ -412,6 +413,13 @@ def student_config(model_args: ModelArguments):
     return config, False
 
 
+def check_cache_label_order(teacher_logits_dir: str, label_list: list[str] | None) -> None:
+    """The cached teacher logits must be in this run's label order: the rule of
+    `tmkd_hf.soft_label_cache.check_label_order`, which the trainer applies to the student's id2label too."""
+    cached = (read_manifest(teacher_logits_dir) or {}).get("label_names")
+    check_label_order(cached, label_list, "this run's labels are", f"The teacher logits in {teacher_logits_dir}")
+
+
 def main(argv: list[str] | None = None) -> dict:
     model_args, data_args, training_args, export_args = parse_args(argv)
     model_args.check_locations()
@@ -518,14 +526,7 @@ def main(argv: list[str] | None = None) -> dict:
     elif "train" in splits and TEACHER_LOGITS in splits["train"].column_names:
         first = np.asarray(splits["train"][0][TEACHER_LOGITS])
         num_teachers = first.shape[0] if first.ndim == 2 else 1
-        cached = (read_manifest(model_args.teacher_logits_dir) or {}).get("label_names")
-        if label_list and cached and not all(str(n).startswith("LABEL_") for n in cached):
-            if [str(n).lower() for n in cached] != [n.lower() for n in label_list]:
-                raise ValueError(
-                    f"The teacher logits in {model_args.teacher_logits_dir} are in label order {cached} but this run's "
-                    f"labels are {label_list}. Relabel with label_names_order={label_list} (or train the student "
-                    "with the cache's label order)."
-                )
+        check_cache_label_order(model_args.teacher_logits_dir, label_list)
     if num_teachers == 0 and training_args.alpha != 0.0:
         logger.info(f"No teachers: plain fine-tuning on the labels (alpha {training_args.alpha} -> 0).")
         training_args.alpha = 0.0

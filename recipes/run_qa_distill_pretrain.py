@@ -82,7 +82,7 @@ from tmkd_hf.teachers import check_argument_locations
 
 logger = logging.getLogger(__name__)
 
-LABEL_COLUMNS = ("label", "labels", "label_ids")
+LABEL_COLUMNS = tasks.LABEL_COLUMNS  # the golden-label columns, defined once in tmkd_hf.tasks
 MERGED_SUBDIR = "merged"
 TEACHER_LOGITS_SUBDIR = "teacher_logits"
 # what stays local when the stage-1 student is pushed: the soft-label cache, training checkpoints, logs

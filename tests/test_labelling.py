@@ -319,23 +319,6 @@ def test_labelled_dataset_trains(tmp_path, teacher_dirs, tokenizer):
     assert os.path.isdir(tmp_path / "cache")
 
 
-def test_trainer_refuses_a_cache_in_another_label_order(tokenizer):
-    teacher = tiny_model("bert", seed=3, num_labels=2)
-    teacher.config.id2label = {0: "entailment", 1: "not_entailment"}
-    teacher.config.label2id = {"entailment": 0, "not_entailment": 1}
-    labelled = label_with_teachers(pair_dataset(8), [(teacher, tokenizer)], show_progress=False)
-    train = labelled.map(lambda b: tokenizer(b["question"], b["sentence"]), batched=True)
-    args = DistillationArguments(output_dir="unused", report_to="none", use_cpu=True)
-    student = tiny_model("bert", num_labels=2)
-    student.config.id2label = {0: "not_entailment", 1: "entailment"}
-    with pytest.raises(ValueError, match=r"label order \['entailment', 'not_entailment'\] but the student"):
-        MultiTeacherDistillationTrainer(model=MultiHeadStudent(student, 1), args=args, train_dataset=train,
-                                        processing_class=tokenizer)
-    student.config.id2label = {0: "entailment", 1: "not_entailment"}
-    MultiTeacherDistillationTrainer(model=MultiHeadStudent(student, 1), args=args, train_dataset=train,
-                                    processing_class=tokenizer)
-
-
 def test_nan_from_the_third_teacher_names_it_and_its_rows(tmp_path, teacher_dirs, tokenizer):
     from datasets import Dataset
 

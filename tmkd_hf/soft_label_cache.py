@@ -10,8 +10,9 @@ step. What that pass leaves, and what training reads back, is this format (`tmkd
   the text columns, max_length, dtype, row count and a fingerprint of the source rows. It is written last: a
   directory without it holds no finished cache.
 
-Reading checks the cache before anything trains on it: a cache built from other rows (`verify_rows`) or damaged,
-e.g. a copy cut short (`DamagedCacheError`), is refused with an error that names the problem and the fix.
+Reading checks the cache before anything trains on it: a cache built from other rows (`verify_rows`), in another
+label order than the student's (`check_label_order`), or damaged, e.g. a copy cut short (`DamagedCacheError`), is
+refused with an error that names the problem and the fix.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from pathlib import Path
 from datasets import Dataset, load_from_disk
 
 from .collator import TEACHER_LOGITS
+from .teachers import are_default_label_names
 
 MANIFEST_NAME = "tmkd_manifest.json"
 MANIFEST_FORMAT = "tmkd_hf/teacher-logits/v1"
@@ -78,7 +80,7 @@ def read_manifest(dataset_or_dir: Dataset | str | os.PathLike) -> dict | None:
     return manifest
 
 
-# ----- checks: the rows the logits belong to -----
+# ----- checks: the rows and the label order the logits belong to -----
 
 
 def verify_rows(dataset: Dataset, manifest: dict, what: str = "this dataset") -> None:
@@ -94,6 +96,34 @@ def verify_rows(dataset: Dataset, manifest: dict, what: str = "this dataset") ->
             f"fingerprint {source_fingerprint(dataset, columns)[:12]}…. The logits would be misaligned with the "
             "text: relabel this data with tmkd_hf.label_with_teachers (or point to the cache built from it)."
         )
+
+
+def same_label_order(cached: Sequence[str] | None, names: Sequence[str] | None) -> bool:
+    """Whether teacher logits in the label order `cached` (a manifest's `label_names`) line up with `names` (a
+    student's id2label, or a run's labels).
+
+    The one rule, for the trainer and the recipes: nothing to compare when either side is missing or is
+    transformers' default `LABEL_0`, `LABEL_1`, ... (labels known by position only, as `label_permutation` treats
+    them when labelling); named labels must be the same, in the same order, ignoring case.
+    """
+    if not cached or not names or are_default_label_names(cached) or are_default_label_names(names):
+        return True
+    return [str(n).lower() for n in cached] == [str(n).lower() for n in names]
+
+
+def check_label_order(
+    cached: Sequence[str] | None, names: Sequence[str] | None, names_are: str, cache: str = "The teacher logits"
+) -> None:
+    """Refuse teacher logits whose label order is not `names`' (`same_label_order`): the logits of one label would
+    teach another. `names_are` says whose labels `names` are ("the student's id2label is"), `cache` where the
+    logits come from."""
+    if same_label_order(cached, names):
+        return
+    cached, names = list(cached), list(names)
+    raise ValueError(
+        f"{cache} are in label order {cached} but {names_are} {names}. Relabel with label_names_order={names}, or "
+        f"build the student with id2label={dict(enumerate(cached))} (the cache's label order)."
+    )
 
 
 # ----- reading and writing a cache directory -----

@@ -32,6 +32,8 @@ from .teachers import has_named_labels, label_names
 logger = logging.get_logger(__name__)
 
 FILE_EXTENSIONS = ("csv", "tsv", "json", "jsonl", "parquet")
+# The columns that hold golden labels, under the names `Trainer` and `DataCollatorWithPadding` accept.
+LABEL_COLUMNS = ("label", "labels", "label_ids")
 MetricSpec = tuple[str, str | None]  # (evaluate module, config name)
 
 

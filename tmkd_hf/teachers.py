@@ -247,10 +247,15 @@ def load_tokenizer(spec: TeacherSpec):
     return AutoTokenizer.from_pretrained(spec.tokenizer_source(), revision=None if spec.adapter else spec.revision)
 
 
+def are_default_label_names(names) -> bool:
+    """True when every name is one of transformers' `LABEL_0`, `LABEL_1`, ... defaults: labels known by position."""
+    return all(_DEFAULT_LABEL.match(str(n)) for n in names)
+
+
 def has_named_labels(config) -> bool:
     """True when `config.id2label` carries real names (not transformers' `LABEL_0`, `LABEL_1`, ... defaults)."""
     id2label = getattr(config, "id2label", None) or {}
-    return bool(id2label) and not all(_DEFAULT_LABEL.match(str(v)) for v in id2label.values())
+    return bool(id2label) and not are_default_label_names(id2label.values())
 
 
 def label_names(config) -> list[str]:
@@ -272,7 +277,7 @@ def label_permutation(teacher_config, reference_names: list[str] | None, teacher
         )
     if reference_names is None or not has_named_labels(teacher_config):
         return None
-    if all(_DEFAULT_LABEL.match(str(s)) for s in reference_names):
+    if are_default_label_names(reference_names):
         return None
     names = [s.lower() for s in label_names(teacher_config)]
     ref = [str(s).lower() for s in reference_names]

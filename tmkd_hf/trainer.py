@@ -37,12 +37,13 @@ from .model_card import StudentCardCallback, StudentCardData
 from .modeling import MultiHeadStudent, find_classification_head
 from .peft_student import is_peft_student, merge_student
 from .readout import CONFIG_KEY, warn_if_nearly_constant
+from .soft_label_cache import check_label_order
+from .tasks import LABEL_COLUMNS
 from .teachers import has_named_labels, label_names, label_permutation, load_teacher, teacher_forward
 from .trainer_hub import TrainerHubMixin
 
 logger = logging.get_logger(__name__)
 
-LABEL_COLUMNS = ("label", "labels", "label_ids")
 READOUT_CHECK_ROWS = 64  # training rows the readout check runs the student on (once, at construction)
 
 
@@ -432,18 +433,8 @@ def check_deepspeed_stage(plugin) -> None:
 def _check_label_order(manifest: dict, student) -> None:
     """Named labels must be in the same order in the cache and in the student, or logits and heads disagree."""
     config = getattr(student, "config", None)
-    cached = manifest.get("label_names")
-    if config is None or not cached or not has_named_labels(config):
-        return
-    student_names = label_names(config)
-    if [n.lower() for n in student_names] == [str(n).lower() for n in cached]:
-        return
-    if all(n.startswith("LABEL_") for n in cached):
-        return  # the teachers' labels were unnamed: positional, nothing to compare
-    raise ValueError(
-        f"The teacher logits are in label order {cached} but the student's id2label is {student_names}. Build the "
-        f"student with id2label={dict(enumerate(cached))}, or relabel with label_names_order={student_names}."
-    )
+    if config is not None and has_named_labels(config):
+        check_label_order(manifest.get("label_names"), label_names(config), "the student's id2label is")
 
 
 def _rows_are_checkable(dataset, manifest: dict) -> bool:
