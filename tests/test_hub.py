@@ -288,6 +288,22 @@ def test_push_to_hub_without_a_token_is_a_clear_error_when_the_trainer_is_built(
         MultiTeacherDistillationTrainer(model=MultiHeadStudent(tiny_model("bert"), 3), args=args)
 
 
+def test_a_hub_failure_when_the_trainer_is_built_is_a_clear_error(tmp_path, monkeypatch):
+    """With a token but no way to reach the Hub (this session is offline), the repo creation in `Trainer.__init__`
+    says why in a `HubPushError` instead of huggingface_hub's raw exception."""
+    from conftest import tiny_model
+
+    from tmkd_hf import DistillationArguments, HubPushError, MultiHeadStudent, MultiTeacherDistillationTrainer, hub
+
+    monkeypatch.setattr(hub, "get_token", lambda: "hf_not_a_real_token")
+    args = DistillationArguments(
+        output_dir=str(tmp_path / "out"), push_to_hub=True, hub_model_id="tester/offline", report_to="none",
+        use_cpu=True,
+    )
+    with pytest.raises(HubPushError, match="Could not create or access the Hub repository 'tester/offline'"):
+        MultiTeacherDistillationTrainer(model=MultiHeadStudent(tiny_model("bert"), 3), args=args)
+
+
 def test_names_moved_out_of_the_hub_module_still_work_with_a_warning(tmp_path):
     from conftest import tiny_model
 

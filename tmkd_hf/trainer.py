@@ -28,7 +28,6 @@ from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from transformers.utils import logging
 
-from . import hub
 from .arguments import DistillationArguments
 from .collator import TEACHER_LOGITS, DataCollatorWithTeacherLogits, check_finite_teacher_logits
 from .labelling import read_manifest, verify_rows
@@ -92,8 +91,6 @@ class MultiTeacherDistillationTrainer(TrainerHubMixin, Trainer):
             args = self.args_class(**init_fields)
         if data_collator is None and processing_class is not None and hasattr(processing_class, "pad"):
             data_collator = self.data_collator_class(processing_class)
-        if args.push_to_hub and args.process_index == 0:  # `Trainer.__init__` creates the repo: say how to give a token
-            hub.require_token(args.hub_token)
         super().__init__(
             model=model,
             args=args,

@@ -43,6 +43,20 @@ class TrainerHubMixin:
         data = self.model_card_data_class.from_trainer(self, **kwargs)
         return write_model_card(self.args.output_dir, data, self.model_card_template_path)
 
+    def init_hf_repo(self, token: str | None = None, private: bool | None = None) -> None:
+        """Create the repo (`Trainer.__init__` with `push_to_hub=True`) through `tmkd_hf.hub.create_repo`.
+
+        Overrides `Trainer.init_hf_repo`, which fails with huggingface_hub's raw error; ours names the cause (no
+        token, no network, no write access) in a `HubPushError`.
+        """
+        if not self.is_world_process_zero():
+            return
+        repo_id = self.args.hub_model_id or Path(self.args.output_dir).absolute().name
+        token = token if token is not None else self.args.hub_token
+        private = private if private is not None else self.args.hub_private_repo
+        self.hub_model_id = hub.create_repo(repo_id, token=token, private=private)
+        self.push_in_progress = None
+
     def push_to_hub(
         self,
         commit_message: str | None = "End of training",
