@@ -203,6 +203,45 @@ def test_a_model_without_token_type_ids_and_the_dynamo_exporter(tmp_path, tokeni
     assert 0 < np.abs(int8 - expected).max() <= 0.3 * np.abs(expected).max()
 
 
+@needs_onnxruntime
+@pytest.mark.parametrize("readout", KINDS)
+def test_optimize_fuses_the_transformer_blocks_and_keeps_the_logits(tmp_path, tokenizer, readout):
+    """`optimize=True`: onnxruntime's optimizer fuses every layer's attention (the graph is exported with eager
+    attention for it), the embeddings and the LayerNorms; the fused graph gives PyTorch's logits on rows of other
+    lengths than the traced ones, and the int8 file is made from it."""
+    import onnx
+
+    student_dir = save_student(tmp_path / "student", tokenizer, readout)
+    info = export_onnx(student_dir, tmp_path / "onnx", quantize=True, optimize=True)
+    fused = info["optimization"]["fused_operators"]
+    layers = tiny_config("bert").num_hidden_layers
+    assert fused.get("Attention") == layers and fused.get("SkipLayerNormalization") == 2 * layers, fused
+    assert fused.get("EmbedLayerNormalization") == 1, fused
+    ops = {n.op_type for n in onnx.load(tmp_path / "onnx" / ONNX_FILE).graph.node}
+    assert "Attention" in ops and "Softmax" not in ops  # attention is one node, not its parts
+    batch = pairs_batch(tokenizer, 9, seed=4)
+    expected = torch_logits(load_classifier(student_dir), batch)
+    np.testing.assert_allclose(OnnxClassifier(tmp_path / "onnx")(**batch), expected, atol=1e-4, rtol=0)
+    int8 = OnnxClassifier(tmp_path / "onnx", int8=True)(**batch)
+    assert 0 < np.abs(int8 - expected).max() <= 0.3 * np.abs(expected).max()
+    int8_ops = {n.op_type for n in onnx.load(tmp_path / "onnx" / ONNX_INT8_FILE).graph.node}
+    assert "Attention" in int8_ops or "QAttention" in int8_ops
+    # a plain export of the same student stays standard ONNX
+    plain = export_onnx(student_dir, tmp_path / "plain")
+    assert plain["optimization"] is None
+    assert "Attention" not in {n.op_type for n in onnx.load(tmp_path / "plain" / ONNX_FILE).graph.node}
+
+
+@needs_onnxruntime
+def test_optimize_refuses_what_it_cannot_fuse(tmp_path, tokenizer):
+    student_dir = save_student(tmp_path / "mpnet", tokenizer, "cls", family="mpnet")
+    with pytest.raises(ValueError, match=r"optimize=True knows the transformer blocks of .*not 'mpnet'"):
+        export_onnx(student_dir, tmp_path / "onnx", optimize=True)
+    with pytest.raises(ValueError, match="use it with dynamo=False"):
+        export_onnx(save_student(tmp_path / "bert", tokenizer, "cls"), tmp_path / "onnx2", optimize=True,
+                    dynamo=True)
+
+
 def test_without_onnxruntime_the_error_says_what_to_install(tmp_path, tokenizer, monkeypatch):
     student_dir = save_student(tmp_path / "student", tokenizer, "cls")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` now raises ImportError

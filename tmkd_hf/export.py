@@ -59,6 +59,9 @@ DEFAULT_OPSET = 17  # the first opset with a fused LayerNormalization; loaded by
 EXPORT_TOLERANCE = 1e-4  # max |logit difference| allowed between the fp32 graph and PyTorch on the check batch
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")  # the graph's inputs, those the model reads
 INSTALL_HINT = 'pip install "tmkd_hf[onnx]"'
+# export_onnx(optimize=True): config.model_type -> onnxruntime's optimizer model type (BERT-style encoder blocks)
+OPTIMIZER_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert",
+                         "electra": "bert"}
 WEIGHT_TYPES = {"uint8": "QUInt8", "int8": "QInt8"}  # export_onnx(weight_type=...) -> onnxruntime's QuantType
 
 # Pairs to trace the graph with (2 rows: a dimension of size 1 would be fixed by torch.export), and a check batch
@@ -99,6 +102,38 @@ def _version(package: str) -> str | None:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _use_eager_attention(model: nn.Module) -> None:
+    """Every transformers model inside `model` computes attention eagerly (matmul, softmax, matmul), the pattern
+    onnxruntime's optimizer fuses into one `Attention` node; same numbers as SDPA."""
+    for module in model.modules():
+        config = getattr(module, "config", None)
+        if config is not None and hasattr(config, "_attn_implementation"):
+            if hasattr(module, "set_attn_implementation"):
+                module.set_attn_implementation("eager")
+            else:
+                config._attn_implementation = "eager"
+
+
+def _fuse(path: str, config, model_type: str) -> dict:
+    """Rewrite the graph at `path` with onnxruntime's transformer optimizer; the fused operators it made."""
+    import logging
+
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    quiet = logging.getLogger("onnxruntime.transformers")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
+    try:
+        optimized = optimize_model(path, model_type=model_type, num_heads=config.num_attention_heads,
+                                   hidden_size=config.hidden_size)
+        fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
+        optimized.save_model_to_file(path)
+    finally:
+        quiet.setLevel(level)
+    return {"method": f"onnxruntime.transformers.optimizer.optimize_model(model_type={model_type!r})",
+            "fused_operators": fused}
 
 
 class _LogitsOnly(nn.Module):
@@ -153,6 +188,7 @@ def export_onnx(
     weight_type: str = "uint8",
     opset: int | None = None,
     dynamo: bool = False,
+    optimize: bool = False,
 ) -> dict:
     """Export the merged student in `model_dir` (a plain checkpoint or a CrossEncoder export, anything
     `tmkd_hf.load_classifier` loads, with its tokenizer) to `output_dir/model.onnx`, and with `quantize=True` also
@@ -165,6 +201,11 @@ def export_onnx(
             CPUs with VNNI, can saturate on AVX2-only x86 CPUs; see the module docstring).
         opset: ONNX opset (default 17 with the TorchScript exporter, torch's own default with `dynamo=True`).
         dynamo: use the torch.export-based exporter instead of the TorchScript one (needs onnxscript).
+        optimize: fuse the transformer blocks with onnxruntime's transformer optimizer (`Attention`,
+            `EmbedLayerNormalization`, `SkipLayerNormalization`, `BiasGelu`: onnxruntime's own operators, so the graph
+            then runs only in onnxruntime) before the int8 file is made from it. The model is exported with eager
+            attention for this (the optimizer recognises that pattern, not SDPA's). BERT-style encoders (bert,
+            roberta, distilbert, ...; `OPTIMIZER_MODEL_TYPES`).
     """
     if weight_type not in WEIGHT_TYPES:
         raise ValueError(f"weight_type must be one of {sorted(WEIGHT_TYPES)}, not {weight_type!r}.")
@@ -178,6 +219,17 @@ def export_onnx(
 
     model_dir, output_dir = str(model_dir), str(output_dir)
     model = load_classifier(model_dir).float().eval()
+    optimizer_type = None
+    if optimize:
+        if dynamo:
+            raise ValueError("optimize=True fuses the TorchScript exporter's graph; use it with dynamo=False.")
+        optimizer_type = OPTIMIZER_MODEL_TYPES.get(model.config.model_type)
+        if optimizer_type is None:
+            raise ValueError(
+                f"optimize=True knows the transformer blocks of {sorted(OPTIMIZER_MODEL_TYPES)}, not "
+                f"{model.config.model_type!r}: export with optimize=False."
+            )
+        _use_eager_attention(model)
     try:
         tokenizer = AutoTokenizer.from_pretrained(model_dir)
     except (OSError, ValueError) as error:
@@ -210,6 +262,9 @@ def export_onnx(
                 opset_version=opset or DEFAULT_OPSET, dynamo=False,
                 dynamic_axes={**axes, "logits": {0: "batch"}},
             )  # fmt: skip
+    optimization = None
+    if optimizer_type is not None:
+        optimization = _fuse(path, model.config, optimizer_type)
     with torch.inference_mode():
         expected = wrapper(**check).numpy()
     fp32_logits = OnnxClassifier(path)(**check)
@@ -226,7 +281,11 @@ def export_onnx(
 
         int8_path = os.path.join(output_dir, ONNX_INT8_FILE)
         quant_type = getattr(QuantType, WEIGHT_TYPES[weight_type])
-        quantize_dynamic(path, int8_path, weight_type=quant_type, per_channel=per_channel)
+        # a fused graph holds onnxruntime's own operators, whose outputs shape inference cannot type: float32
+        extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if optimization else None
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*pre-processing before quantization.*")
+            quantize_dynamic(path, int8_path, weight_type=quant_type, per_channel=per_channel, extra_options=extra)
         int8_logits = OnnxClassifier(int8_path)(**check)
         files["int8"] = ONNX_INT8_FILE
         check_diff["int8"] = _max_diff(int8_logits, expected)
@@ -249,6 +308,7 @@ def export_onnx(
         "id2label": {str(i): model.config.id2label[i] for i in range(num_labels)},
         "exporter": "torch.onnx.export(dynamo=True)" if dynamo else "torch.onnx.export(dynamo=False) (TorchScript)",
         "opset": _opset(onnx.load(path, load_external_data=False)),
+        "optimization": optimization,
         "quantization": quantization,
         "check": {
             "rows": len(_CHECK_PAIRS),
