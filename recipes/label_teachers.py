@@ -18,10 +18,13 @@ from dataclasses import dataclass, field
 
 import transformers
 from datasets import Dataset
-from transformers import HfArgumentParser
 
 from tmkd_hf import label_with_teachers, tasks, use_fixed_mmap_threshold
 from tmkd_hf.distributed import leave_process_group
+
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded by its path: recipe_utils.py is beside it
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from recipe_utils import parse_recipe_args  # noqa: E402
 
 logger = logging.getLogger(__name__)
 
@@ -65,13 +68,8 @@ def load_rows(args: LabellingArguments) -> Dataset:
     return tasks.load_rows(args.dataset, split=args.split, config_name=args.dataset_config, max_rows=args.max_rows)
 
 
-def main(argv: list[str] | None = None) -> Dataset:
-    parser = HfArgumentParser(LabellingArguments)
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        (args,) = parser.parse_json_file(os.path.abspath(argv[0]))
-    else:
-        (args,) = parser.parse_args_into_dataclasses(args=argv)
+def main(argv: list[str] | dict | None = None) -> Dataset:
+    (args,) = parse_recipe_args(LabellingArguments, argv, "label_teachers.py")
     logging.basicConfig(format="%(asctime)s - %(levelname)s - %(name)s - %(message)s", level=logging.INFO)
     transformers.utils.logging.set_verbosity_warning()
 

@@ -42,19 +42,16 @@ from dataclasses import dataclass, field
 
 import datasets
 import numpy as np
-import transformers
 from datasets import Dataset
-from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, HfArgumentParser, set_seed
+from transformers import AutoConfig, AutoModelForSequenceClassification
 
 from tmkd_hf import (
     DataCollatorWithTeacherLogits,
     DistillationArguments,
     MultiHeadStudent,
     MultiTeacherDistillationTrainer,
-    label_with_teachers,
     load_teacher_logits,
     read_manifest,
-    student_from_teacher_layers,
 )
 from tmkd_hf.collator import TEACHER_LOGITS
 from tmkd_hf.cross_encoder import is_cross_encoder_dir
@@ -74,14 +71,28 @@ from tmkd_hf.tasks import (
     load_rows,
     resolve_label_names,
 )
-from tmkd_hf.teachers import check_argument_locations
+
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded by its path: recipe_utils.py is beside it
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from recipe_utils import (  # noqa: E402
+    TEACHER_LOGITS_SUBDIR,
+    StudentModelArguments,
+    TextDataArguments,
+    label_config,
+    label_on_the_fly,
+    parse_recipe_args,
+    setup_run,
+    tokenize_texts,
+    train_and_save_metrics,
+)
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
-class ModelArguments:
-    """The student, and the teachers it learns from."""
+class ModelArguments(StudentModelArguments):
+    """The student, and the teachers it learns from (the fields both stage recipes have, `StudentModelArguments`,
+    and stage 2's own)."""
 
     model_name_or_path: str | None = field(
         default=None,
@@ -91,33 +102,6 @@ class ModelArguments:
             "--push_to_hub, at --model_revision): it continues with every head."
         },
     )
-    student_layers: list[int] | None = field(
-        default=None,
-        metadata={"help": "Build the student from these layers of --student_init_from (e.g. 0 2 4), as DistilBERT."},
-    )
-    student_init_from: str | None = field(
-        default=None, metadata={"help": "Model whose layers --student_layers copies (default: --model_name_or_path)."}
-    )
-    teachers: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Teachers labelled on the fly (checkpoint dirs, Hub ids id@revision, PEFT adapter dirs); their "
-            "logits are cached under output_dir/teacher_logits and reused by a rerun."
-        },
-    )
-    teacher_logits_dir: str | None = field(
-        default=None,
-        metadata={"help": "Training data already labelled by the teachers (recipes/label_teachers.py output)."},
-    )
-    readout: str | None = field(
-        default=None,
-        metadata={
-            "help": "How the student reads out: 'cls' (the model's own head) or 'mean' (the mean of the last hidden "
-            "states; exported as a sentence-transformers CrossEncoder). Default: what the checkpoint was trained "
-            "with (a sentence-transformers backbone with mean pooling: 'mean'; otherwise 'cls').",
-            "choices": ["cls", "mean"],
-        },
-    )
     per_teacher_heads: bool | None = field(
         default=None,
         metadata={
@@ -125,55 +109,17 @@ class ModelArguments:
             "one head learning from the averaged teachers (1avg-o-1)."
         },
     )
-    teacher_dtype: str = field(
-        default="float32",
-        metadata={
-            "help": "Teacher compute dtype when labelling on the fly.",
-            "choices": ["float32", "bfloat16", "float16"],
-        },
-    )
-    tokenizer_name: str | None = field(default=None, metadata={"help": "Tokenizer, if not the student's."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub models and datasets are cached."})
-    model_revision: str = field(default="main", metadata={"help": "Revision (branch, tag, commit) of the student."})
-    token: str | None = field(default=None, metadata={"help": "Hub token (default: the one from `hf auth login`)."})
     trust_remote_code: bool = field(default=False, metadata={"help": "Allow custom model code from the Hub."})
     ignore_mismatched_sizes: bool = field(
         default=False,
         metadata={"help": "Start a new classification head when the checkpoint's labels are not the task's."},
     )
 
-    def __post_init__(self):
-        if self.teachers is not None and len(self.teachers) == 0:
-            self.teachers = None
-        if self.teachers and self.teacher_logits_dir:
-            raise ValueError(
-                "Give the teachers one way: --teachers (labelled on the fly) or --teacher_logits_dir (already "
-                "labelled), not both."
-            )
-        if self.student_init_from and not self.student_layers:
-            raise ValueError("--student_init_from needs --student_layers (the layers to copy, e.g. 0 2 4).")
-        if self.student_init_from and self.model_name_or_path:
-            raise ValueError(
-                "Give the student one way: --model_name_or_path, or --student_layers with --student_init_from "
-                "(or with --model_name_or_path as the layer source), not both sources."
-            )
-        if not self.model_name_or_path and not self.student_init_from:
-            raise ValueError(
-                "No student: pass --model_name_or_path <checkpoint or stage-1 student dir>, or --student_layers 0 2 4 "
-                "--student_init_from <teacher>."
-            )
-        if self.student_layers is not None and len(self.student_layers) == 0:
-            raise ValueError("--student_layers is empty: give the layer indices to copy, e.g. 0 2 4.")
-
-    def check_locations(self) -> None:
-        """A mistyped path fails first, naming its flag, before any tokenizer or model is loaded (at the start of
-        `main`, not at parsing: a config may name models that only the machine it runs on has)."""
-        check_argument_locations(self)
-
 
 @dataclass
-class DataTrainingArguments:
-    """What data to train and evaluate on (as run_glue.py, plus columns for your own files)."""
+class DataTrainingArguments(TextDataArguments):
+    """What data to train and evaluate on (as run_glue.py, plus columns for your own files); the text fields both
+    stage recipes have are `TextDataArguments`'."""
 
     task_name: str | None = field(
         default=None,
@@ -213,20 +159,16 @@ class DataTrainingArguments:
     is_regression: bool | None = field(
         default=None, metadata={"help": "Custom data: a regression task (default: when the labels are floats)."}
     )
-    max_seq_length: int = field(default=128, metadata={"help": "Longest tokenized input; longer ones are truncated."})
     pad_to_max_length: bool = field(
         default=False, metadata={"help": "Pad every row to max_seq_length (default: pad each batch to its longest)."}
     )
-    overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the tokenized datasets."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N training rows."})
     max_eval_samples: int | None = field(default=None, metadata={"help": "Use only the first N evaluation rows."})
     max_predict_samples: int | None = field(default=None, metadata={"help": "Use only the first N prediction rows."})
 
     def __post_init__(self):
         if self.task_name is not None:
             self.task_name = get_task(self.task_name).name  # unknown task: the error lists the known ones
-        if self.text_columns is not None and not 1 <= len(self.text_columns) <= 2:
-            raise ValueError(f"--text_columns must name one or two columns, got {self.text_columns}.")
+        super().__post_init__()
         if self.dataset_name and self.files:
             raise ValueError(
                 f"Give the data one way: --dataset_name {self.dataset_name} or local files ({sorted(self.files)}), "
@@ -294,13 +236,11 @@ class ExportArguments:
         check_onnx_installed("--export_onnx")
 
 
-def parse_args(argv: list[str] | None = None):
-    """One JSON config path (like run_glue.py), or command-line flags."""
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ModelArguments, DataTrainingArguments, DistillationArguments, ExportArguments))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+def parse_args(argv: list[str] | dict | None = None):
+    """One JSON config path (like run_glue.py), command-line flags, or both (`recipe_utils.parse_recipe_args`)."""
+    return parse_recipe_args(
+        (ModelArguments, DataTrainingArguments, DistillationArguments, ExportArguments), argv, "run_glue_distill.py"
+    )
 
 
 def load_splits(data_args: DataTrainingArguments, model_args: ModelArguments, task: TaskSpec | None) -> dict:
@@ -420,28 +360,15 @@ def check_cache_label_order(teacher_logits_dir: str, label_list: list[str] | Non
     check_label_order(cached, label_list, "this run's labels are", f"The teacher logits in {teacher_logits_dir}")
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | dict | None = None, return_trainer: bool = False):
+    """The run; returns its metrics (train, eval, predict), and with `return_trainer` also the trainer, as
+    `(metrics, trainer)`: what run_tmkd_pipeline.py, which runs stage 2 through this function, reads the student's
+    card data from."""
     model_args, data_args, training_args, export_args = parse_args(argv)
     model_args.check_locations()
     export_args.check(training_args)
-
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    if training_args.should_log:
-        transformers.utils.logging.set_verbosity_info()
-    log_level = training_args.get_process_log_level()
-    logger.setLevel(log_level)
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    logger.warning(
-        f"Process rank: {training_args.local_process_index}, device: {training_args.device}, n_gpu: "
-        f"{training_args.n_gpu}, distributed training: {training_args.parallel_mode.value == 'distributed'}"
-    )
+    setup_run(logger, training_args, verbose_libraries=True)
     logger.info(f"Training/evaluation parameters {training_args}")
-    set_seed(training_args.seed)
 
     # ----- data -----
     task = get_task(data_args.task_name) if data_args.task_name else None
@@ -538,9 +465,7 @@ def main(argv: list[str] | None = None) -> dict:
     per_teacher_heads = model_args.per_teacher_heads
     if per_teacher_heads is None:
         per_teacher_heads = num_teachers > 1 or (multi_head_source and num_teachers == 0)
-    label_kwargs = {}
-    if label_list is not None:
-        label_kwargs = {"id2label": dict(enumerate(label_list)), "label2id": {n: i for i, n in enumerate(label_list)}}
+    label_kwargs = label_config(label_list)
     if multi_head_source:  # every head continues (a local dir, or a Hub repo downloaded at --model_revision)
         student = MultiHeadStudent.from_pretrained(
             model_args.model_name_or_path,
@@ -563,17 +488,7 @@ def main(argv: list[str] | None = None) -> dict:
         model = student.model if isinstance(student, MultiHeadStudent) else student
         model.config.update(label_kwargs)
     elif model_args.student_layers:
-        source = model_args.student_init_from or model_args.model_name_or_path
-        model = student_from_teacher_layers(
-            source,
-            layers=list(model_args.student_layers),
-            num_labels=num_labels,
-            revision=model_args.model_revision,
-            cache_dir=model_args.cache_dir,
-            token=model_args.token,
-            **label_kwargs,
-        )
-        student = model
+        model = student = model_args.student_from_layers(num_labels, label_list)
     else:
         config = AutoConfig.from_pretrained(
             model_args.model_name_or_path,
@@ -620,49 +535,31 @@ def main(argv: list[str] | None = None) -> dict:
     # ----- soft labels: every teacher once over the training rows, cached under output_dir (a rerun reuses it) -----
     if model_args.teachers and training_args.do_train:
         text_columns = columns["train"][0]
-        cache_dir = os.path.join(training_args.output_dir, "teacher_logits", "train")
+        cache_dir = os.path.join(training_args.output_dir, TEACHER_LOGITS_SUBDIR, "train")
         logger.info(
             f"Labelling {len(splits['train'])} training rows with {len(model_args.teachers)} teachers -> {cache_dir}"
         )
-        splits["train"] = label_with_teachers(
+        splits["train"] = label_on_the_fly(
             splits["train"],
-            model_args.teachers,
-            text_columns=tuple(text_columns),
-            batch_size=training_args.per_device_eval_batch_size,
+            model_args,
+            training_args,
+            text_columns=text_columns,
+            cache_dir=cache_dir,
             max_length=data_args.max_seq_length,
-            dtype=model_args.teacher_dtype,
-            output_dir=cache_dir,
-            label_names_order=label_list,
+            batch_size=training_args.per_device_eval_batch_size,
             # every process gets at least one shard: label_with_teachers' tokenization barrier is only entered by
             # processes with shards to label, so a process without any would fall out of step with the others
             shard_size=max(1, min(4096, math.ceil(len(splits["train"]) / training_args.world_size))),
-            overwrite=True,  # this run's own cache: the same rows and teachers are reused, anything else relabelled
-            show_progress=not training_args.disable_tqdm,
+            label_names_order=label_list,
         )
 
     # ----- tokenize (once, under main_process_first, cached by datasets) -----
-    tokenizer_source = model_args.tokenizer_name or model_args.model_name_or_path or model_args.student_init_from
-    tokenizer = AutoTokenizer.from_pretrained(
-        tokenizer_source,
-        cache_dir=model_args.cache_dir,
-        revision=model_args.model_revision,
-        token=model_args.token,
-        trust_remote_code=model_args.trust_remote_code,
-    )
-    max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
+    tokenizer = model_args.load_tokenizer()
     padding = "max_length" if data_args.pad_to_max_length else False
 
     def tokenized(dataset: Dataset, text_columns: list[str]) -> Dataset:
-        def preprocess(batch):
-            texts = [[("" if t is None else str(t)) for t in batch[c]] for c in text_columns]
-            return tokenizer(*texts, padding=padding, max_length=max_seq_length, truncation=True)
-
-        return dataset.map(
-            preprocess,
-            batched=True,
-            load_from_cache_file=not data_args.overwrite_cache,
-            desc="Running tokenizer on dataset",
-        )
+        return tokenize_texts(dataset, tokenizer, text_columns, data_args.max_seq_length, padding=padding,
+                              overwrite_cache=data_args.overwrite_cache)
 
     with training_args.main_process_first(desc="dataset map pre-processing"):
         train_dataset = tokenized(splits["train"], columns["train"][0]) if "train" in splits else None
@@ -688,14 +585,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     # ----- train -----
     if training_args.do_train:
-        train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-        metrics = train_result.metrics
-        metrics["train_samples"] = len(train_dataset)
+        all_metrics.update(train_and_save_metrics(trainer, training_args, train_dataset))
         trainer.save_model()  # the merged plain checkpoint, with the tokenizer
-        trainer.log_metrics("train", metrics)
-        trainer.save_metrics("train", metrics)
-        trainer.save_state()
-        all_metrics.update(metrics)
         if export_args.export_onnx and trainer.is_world_process_zero():  # into output_dir: pushed with the model
             from tmkd_hf.export import export_onnx
 
@@ -758,7 +649,7 @@ def main(argv: list[str] | None = None) -> dict:
         trainer.create_model_card(**kwargs)
 
     leave_process_group()  # every process waits for the writer, then leaves the group cleanly
-    return all_metrics
+    return (all_metrics, trainer) if return_trainer else all_metrics
 
 
 def drop_unlabelled(dataset: Dataset, task: TaskSpec, what: str) -> Dataset:

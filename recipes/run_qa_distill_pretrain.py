@@ -55,9 +55,7 @@ from pathlib import Path
 
 import datasets
 import numpy as np
-import transformers
 from datasets import Dataset
-from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from tmkd_hf import (
     DistillationArguments,
@@ -65,11 +63,9 @@ from tmkd_hf import (
     MultiHeadStudent,
     MultiTeacherDistillationTrainer,
     apply_lora,
-    label_with_teachers,
     load_teacher_logits,
     merge_lora,
     read_manifest,
-    student_from_teacher_layers,
     tasks,
 )
 from tmkd_hf.collator import TEACHER_LOGITS
@@ -78,20 +74,33 @@ from tmkd_hf.distributed import leave_process_group
 from tmkd_hf.hub import create_repo, published_num_parameters, trainer_card_data, upload_student_folder
 from tmkd_hf.model_card import TeacherInfo, _is_hub_id, write_model_card
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME
-from tmkd_hf.teachers import check_argument_locations
+
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded by its path: recipe_utils.py is beside it
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from recipe_utils import (  # noqa: E402
+    TEACHER_LOGITS_SUBDIR,
+    StudentModelArguments,
+    TextDataArguments,
+    label_config,
+    label_on_the_fly,
+    parse_recipe_args,
+    setup_run,
+    tokenize_texts,
+    train_and_save_metrics,
+)
 
 logger = logging.getLogger(__name__)
 
 LABEL_COLUMNS = tasks.LABEL_COLUMNS  # the golden-label columns, defined once in tmkd_hf.tasks
 MERGED_SUBDIR = "merged"
-TEACHER_LOGITS_SUBDIR = "teacher_logits"
 # what stays local when the stage-1 student is pushed: the soft-label cache, training checkpoints, logs
 NOT_PUSHED = ["_*", "checkpoint-*", f"{TEACHER_LOGITS_SUBDIR}/*", "runs/*"]
 
 
 @dataclass
-class ModelArguments:
-    """The student, and the teachers it learns from."""
+class ModelArguments(StudentModelArguments):
+    """The student, and the teachers it learns from (the fields both stage recipes have, `StudentModelArguments`);
+    stage 1 needs teachers."""
 
     model_name_or_path: str | None = field(
         default=None,
@@ -101,81 +110,20 @@ class ModelArguments:
             "whose layers are copied."
         },
     )
-    student_layers: list[int] | None = field(
-        default=None,
-        metadata={"help": "Build the student from these layers of --student_init_from (e.g. 0 2 4), as DistilBERT."},
-    )
-    student_init_from: str | None = field(
-        default=None, metadata={"help": "Model whose layers --student_layers copies (default: --model_name_or_path)."}
-    )
-    teachers: list[str] | None = field(
-        default=None,
-        metadata={
-            "help": "Teachers that label the pool on the fly (checkpoint dirs, Hub ids id@revision, PEFT adapters); "
-            f"their logits are cached in output_dir/{TEACHER_LOGITS_SUBDIR} and reused by a rerun."
-        },
-    )
-    teacher_logits_dir: str | None = field(
-        default=None,
-        metadata={"help": "The pool already labelled by the teachers (a label_with_teachers / label_teachers.py dir)."},
-    )
-    teacher_dtype: str = field(
-        default="float32",
-        metadata={
-            "help": "Teacher compute dtype when labelling on the fly.",
-            "choices": ["float32", "bfloat16", "float16"],
-        },
-    )
-    readout: str | None = field(
-        default=None,
-        metadata={
-            "help": "'cls' or 'mean' (the mean of the last hidden states, exported as a CrossEncoder). Default: what "
-            "the student's checkpoint was trained with.",
-            "choices": ["cls", "mean"],
-        },
-    )
-    tokenizer_name: str | None = field(default=None, metadata={"help": "The student's tokenizer, if not its model's."})
-    cache_dir: str | None = field(default=None, metadata={"help": "Where Hub models and datasets are cached."})
-    model_revision: str = field(default="main", metadata={"help": "Revision (branch, tag, commit) of the student."})
-    token: str | None = field(default=None, metadata={"help": "Hub token (default: the one from `hf auth login`)."})
 
     def __post_init__(self):
-        if self.teachers is not None and len(self.teachers) == 0:
-            self.teachers = None
-        if self.teachers and self.teacher_logits_dir:
-            raise ValueError(
-                "Give the teachers one way: --teachers (labelled on the fly) or --teacher_logits_dir (already "
-                "labelled), not both."
-            )
         if not self.teachers and not self.teacher_logits_dir:
             raise ValueError(
                 "Stage 1 learns from teachers only: give --teachers <dir or Hub id> ... (labelled on the fly) or "
                 "--teacher_logits_dir <labelled pool>."
             )
-        if self.student_init_from and not self.student_layers:
-            raise ValueError("--student_init_from needs --student_layers (the layers to copy, e.g. 0 2 4).")
-        if self.student_init_from and self.model_name_or_path:
-            raise ValueError(
-                "Give the student one way: --model_name_or_path, or --student_layers with --student_init_from "
-                "(or with --model_name_or_path as the layer source), not both sources."
-            )
-        if not self.model_name_or_path and not self.student_init_from:
-            raise ValueError(
-                "No student: pass --model_name_or_path <checkpoint or multi-head student dir>, or --student_layers "
-                "0 2 4 --student_init_from <teacher>."
-            )
-        if self.student_layers is not None and len(self.student_layers) == 0:
-            raise ValueError("--student_layers is empty: give the layer indices to copy, e.g. 0 2 4.")
-
-    def check_locations(self) -> None:
-        """A mistyped path fails first, naming its flag, before any tokenizer or model is loaded (at the start of
-        `main`, not at parsing: a config may name models that only the machine it runs on has)."""
-        check_argument_locations(self)
+        super().__post_init__()
 
 
 @dataclass
-class DataArguments:
-    """The unlabelled pool of question–passage pairs."""
+class DataArguments(TextDataArguments):
+    """The unlabelled pool of question–passage pairs (and the text fields both stage recipes have,
+    `TextDataArguments`)."""
 
     dataset: str | None = field(
         default=None,
@@ -194,8 +142,6 @@ class DataArguments:
             "else question sentence."
         },
     )
-    max_seq_length: int = field(default=128, metadata={"help": "Longest tokenized input; longer ones are truncated."})
-    max_train_samples: int | None = field(default=None, metadata={"help": "Use only the first N rows of the pool."})
     validation_split_percentage: float = field(
         default=0.0,
         metadata={"help": "Percent of the pool held out to report the soft loss and agreement with the teachers."},
@@ -204,7 +150,6 @@ class DataArguments:
     labelling_shard_size: int = field(
         default=4096, metadata={"help": "Rows per labelling shard (the unit of resumption and of the work split)."}
     )
-    overwrite_cache: bool = field(default=False, metadata={"help": "Recompute the tokenized datasets."})
     augment_copies: int = field(
         default=0,
         metadata={
@@ -224,8 +169,7 @@ class DataArguments:
     def __post_init__(self):
         if self.augment_copies < 0:
             raise ValueError(f"--augment_copies must be >= 0, got {self.augment_copies}.")
-        if self.text_columns is not None and not 1 <= len(self.text_columns) <= 2:
-            raise ValueError(f"--text_columns must name one or two columns, got {self.text_columns}.")
+        super().__post_init__()
         if not 0.0 <= self.validation_split_percentage < 100.0:
             raise ValueError(
                 f"--validation_split_percentage must be in [0, 100), got {self.validation_split_percentage}."
@@ -254,13 +198,11 @@ class Stage1Arguments(DistillationArguments):
             )
 
 
-def parse_args(argv: list[str] | None = None):
-    """One JSON config path (like run_glue.py), or command-line flags."""
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser((ModelArguments, DataArguments, Stage1Arguments, LoraStudentArguments))
-    if len(argv) == 1 and argv[0].endswith(".json"):
-        return parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-    return parser.parse_args_into_dataclasses(args=argv)
+def parse_args(argv: list[str] | dict | None = None):
+    """One JSON config path (like run_glue.py), command-line flags, or both (`recipe_utils.parse_recipe_args`)."""
+    return parse_recipe_args(
+        (ModelArguments, DataArguments, Stage1Arguments, LoraStudentArguments), argv, "run_qa_distill_pretrain.py"
+    )
 
 
 def load_pool(data_args: DataArguments, cache_dir: str | None) -> Dataset:
@@ -325,27 +267,11 @@ def stage1_card_data(trainer, saved, source: str, pool: dict, manifest: dict, me
     return card
 
 
-def main(argv: list[str] | None = None) -> dict:
+def main(argv: list[str] | dict | None = None) -> dict:
+    """The run; returns its metrics (train, and eval with --validation_split_percentage)."""
     model_args, data_args, training_args, lora_args = parse_args(argv)
     model_args.check_locations()
-
-    logging.basicConfig(
-        format="%(asctime)s - %(levelname)s - %(name)s - %(message)s",
-        datefmt="%m/%d/%Y %H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stdout)],
-    )
-    log_level = training_args.get_process_log_level()  # --log_level / --log_level_replica (default: warning)
-    logger.setLevel(logging.INFO if training_args.should_log else log_level)  # this recipe's steps, main process
-    datasets.utils.logging.set_verbosity(log_level)
-    transformers.utils.logging.set_verbosity(log_level)
-    if training_args.disable_tqdm:
-        datasets.disable_progress_bars()
-        transformers.utils.logging.disable_progress_bar()
-    logger.warning(
-        f"Process rank: {training_args.local_process_index}, device: {training_args.device}, distributed training: "
-        f"{training_args.parallel_mode.value == 'distributed'}"
-    )
-    set_seed(training_args.seed)
+    setup_run(logger, training_args)  # libraries at --log_level (default: warning), this recipe's steps at info
     # The trainer's own pushes would put a merged model at the repo root during training (and on save_model); stage 1
     # publishes its multi-head student once, at the end, with its own card.
     push_to_hub, training_args.push_to_hub = training_args.push_to_hub, False
@@ -376,17 +302,15 @@ def main(argv: list[str] | None = None) -> dict:
             pool = with_augmented_copies(pool, text_columns, data_args, model_args)
         cache = os.path.join(training_args.output_dir, TEACHER_LOGITS_SUBDIR)
         logger.info(f"Soft labels of {len(pool)} rows from {len(model_args.teachers)} teachers -> {cache}")
-        labelled = label_with_teachers(
+        labelled = label_on_the_fly(
             pool,
-            model_args.teachers,
-            text_columns=tuple(text_columns),
-            batch_size=data_args.labelling_batch_size,
+            model_args,
+            training_args,
+            text_columns=text_columns,
+            cache_dir=cache,
             max_length=data_args.max_seq_length,
-            dtype=model_args.teacher_dtype,
-            output_dir=cache,
+            batch_size=data_args.labelling_batch_size,
             shard_size=data_args.labelling_shard_size,
-            overwrite=True,  # this run's own cache: the same rows and teachers are reused, anything else relabelled
-            show_progress=not training_args.disable_tqdm,
         )
         manifest = read_manifest(cache)
     if TEACHER_LOGITS not in labelled.column_names:
@@ -416,13 +340,9 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     # ----- the student: one head per teacher, labels in the teachers' order -----
-    label_kwargs = {"id2label": dict(enumerate(label_list)), "label2id": {n: i for i, n in enumerate(label_list)}}
-    hub_kwargs = {"cache_dir": model_args.cache_dir, "revision": model_args.model_revision, "token": model_args.token}
-    source = model_args.student_init_from or model_args.model_name_or_path
+    source = model_args.student_source
     if model_args.student_layers:
-        model = student_from_teacher_layers(
-            source, layers=list(model_args.student_layers), num_labels=len(label_list), **hub_kwargs, **label_kwargs
-        )
+        model = model_args.student_from_layers(len(label_list), label_list)
         student = MultiHeadStudent(model, num_heads=num_teachers, readout=model_args.readout)
     elif os.path.isfile(os.path.join(source, STUDENT_CONFIG_NAME)):
         student = MultiHeadStudent.from_pretrained(source, num_teachers=num_teachers, num_labels=len(label_list),
@@ -432,8 +352,8 @@ def main(argv: list[str] | None = None) -> dict:
         student = student.with_heads(num_teachers) if student.num_heads != num_teachers else student
     else:
         student = MultiHeadStudent.from_pretrained(
-            source, num_teachers=num_teachers, num_labels=len(label_list), readout=model_args.readout, **hub_kwargs,
-            **label_kwargs
+            source, num_teachers=num_teachers, num_labels=len(label_list), readout=model_args.readout,
+            **model_args.hub_kwargs(), **label_config(label_list)
         )
     if student.lora_settings:  # a LoRA training checkpoint given as --model_name_or_path: it keeps its adapters
         logger.info(f"Continuing with the student's own LoRA adapters ({student.lora_settings}).")
@@ -445,21 +365,11 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     # ----- tokenize once, on the main process first (the others read datasets' cache) -----
-    tokenizer = AutoTokenizer.from_pretrained(model_args.tokenizer_name or source, **hub_kwargs)
-    max_seq_length = min(data_args.max_seq_length, tokenizer.model_max_length)
+    tokenizer = model_args.load_tokenizer()
 
     def tokenized(dataset: Dataset) -> Dataset:
-        def preprocess(batch):
-            texts = [["" if t is None else str(t) for t in batch[c]] for c in text_columns]
-            return tokenizer(*texts, truncation=True, max_length=max_seq_length)
-
-        return dataset.map(
-            preprocess,
-            batched=True,
-            remove_columns=text_columns,
-            load_from_cache_file=not data_args.overwrite_cache,
-            desc="Tokenizing the pool",
-        )
+        return tokenize_texts(dataset, tokenizer, text_columns, data_args.max_seq_length, remove_text=True,
+                              overwrite_cache=data_args.overwrite_cache, desc="Tokenizing the pool")
 
     with training_args.main_process_first(desc="tokenizing"):
         train_dataset = tokenized(labelled)
@@ -473,11 +383,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_dataset=eval_dataset,
         processing_class=tokenizer,
     )
-    train_result = trainer.train(resume_from_checkpoint=training_args.resume_from_checkpoint)
-    metrics = {**train_result.metrics, "train_samples": len(train_dataset)}
-    trainer.log_metrics("train", metrics)
-    trainer.save_metrics("train", metrics)
-    trainer.save_state()
+    metrics = train_and_save_metrics(trainer, training_args, train_dataset)
 
     # ----- evaluate on the held-out pool: soft loss, agreement with the teachers -----
     if eval_dataset is not None:
