@@ -3,10 +3,13 @@
 
 1. Fine-tune N diverse teachers (seeds / learning rates) from a backbone on the labelled train split.
 2. Label the train split and the unlabelled pool with every teacher once (`label_with_teachers`).
-3. Stage 1: a shallow student (chosen backbone layers, `student_from_teacher_layers`) with one head per teacher
-   learns from the teachers' soft labels on the unlabelled pool (alpha = 1: no golden labels).
-4. Stage 2: the stage-1 student (every head, reloaded) continues on the labelled split with
-   `alpha * soft + (1 - alpha) * hard`.
+3. Stage 1, `run_qa_distill_pretrain.main` (the recipe users run, given the labelled pool as
+   `teacher_logits_dir`): a shallow student (chosen backbone layers, `student_from_teacher_layers`) with one head per
+   teacher learns from the teachers' soft labels on the unlabelled pool (alpha = 1: no golden labels); saved with
+   every head in `stage1_student/` (its heads merged in `stage1_student/merged/`, with its stage-1 card).
+4. Stage 2, `run_glue_distill.main` (given the labelled train split as `teacher_logits_dir`): the stage-1 student
+   (every head, reloaded) continues on the labelled split with `alpha * soft + (1 - alpha) * hard`; the merged
+   student is saved in `student/`.
 5. Baseline: the same student architecture and initialisation trained on the labels only, with stage 2's budget.
 6. Accuracy on validation and test of every teacher, their ensemble (mean of probabilities), both students and the
    majority class (with a warning when the teachers do not beat it: then there is nothing to distil).
@@ -41,7 +44,6 @@ Data: a directory with `train.tsv`, `validation.tsv`, `test.tsv` (text columns +
 (text columns only), plain TSV with one header line and no quoting.
 """
 
-import csv
 import importlib.util
 import json
 import logging
@@ -52,7 +54,7 @@ import statistics
 import sys
 import time
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -60,8 +62,8 @@ import datasets
 import numpy as np
 import torch
 import transformers
-from datasets import Dataset
-from transformers import AutoConfig, AutoTokenizer, HfArgumentParser, set_seed
+from datasets import ClassLabel, Dataset, Features, Value
+from transformers import AutoConfig, AutoTokenizer, set_seed
 
 from tmkd_hf import (
     BaselineResult,
@@ -80,7 +82,14 @@ from tmkd_hf.export import ONNX_SUBFOLDER, check_onnx_installed
 from tmkd_hf.hub import trainer_card_data
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME, multihead_checkpoint_dir
 from tmkd_hf.plots import ACCURACY_VS_SPEED_FILE, MatplotlibMissing, plot_accuracy_vs_speed
+from tmkd_hf.tasks import load_rows, local_metric
 from tmkd_hf.teachers import _DEFAULT_LABEL, load_classifier
+
+if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded by its path: the recipes are beside it
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import run_glue_distill  # noqa: E402  (stage 2, as users run it)
+import run_qa_distill_pretrain  # noqa: E402  (stage 1, as users run it)
+from recipe_utils import check_text_column_count, label_config, parse_recipe_args, tokenize_texts  # noqa: E402
 
 logger = logging.getLogger("run_tmkd_pipeline")
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -192,8 +201,7 @@ class PipelineArguments:
             raise ValueError("At least one teacher is needed: give teacher_seeds and teacher_learning_rates.")
         if not 0.0 <= self.stage2_alpha <= 1.0:
             raise ValueError(f"stage2_alpha must be in [0, 1], got {self.stage2_alpha}.")
-        if not 1 <= len(self.text_columns) <= 2:
-            raise ValueError(f"text_columns must name one or two columns, got {self.text_columns}.")
+        check_text_column_count(self.text_columns, "text_columns")
         if self.readout not in (None, "cls", "mean"):
             raise ValueError(f"readout must be 'cls', 'mean' or null (the backbone's own), got {self.readout!r}.")
         if self.speed_repeats < 1:
@@ -203,20 +211,7 @@ class PipelineArguments:
 def parse_args(argv: list[str] | None = None) -> PipelineArguments:
     """One JSON config path (like run_glue.py), command-line flags, or both: flags after the JSON path override its
     fields (`pipeline_default.json --export_onnx true`)."""
-    argv = sys.argv[1:] if argv is None else argv
-    parser = HfArgumentParser(PipelineArguments)
-    if argv and argv[0].endswith(".json"):
-        if len(argv) == 1:
-            (args,) = parser.parse_json_file(json_file=os.path.abspath(argv[0]))
-            return args
-        with open(argv[0]) as f:
-            config = json.load(f)
-        unknown = sorted(set(config) - {f.name for f in fields(PipelineArguments)})
-        if unknown:
-            raise ValueError(f"{argv[0]} has fields the pipeline does not know: {unknown}.")
-        parser.set_defaults(**config)
-        argv = argv[1:]
-    (args,) = parser.parse_args_into_dataclasses(args=argv)
+    (args,) = parse_recipe_args(PipelineArguments, argv, "the pipeline")
     return args
 
 
@@ -239,19 +234,20 @@ def resolve_data_dir(data_dir: str) -> str:
 
 
 def read_tsv(path: str, columns: list[str], limit: int | None) -> Dataset:
-    """A plain TSV (one header, no quoting) as a `Dataset` of the wanted columns; a clear error on a missing one."""
+    """The wanted columns of a plain TSV (one header, no quoting: `tmkd_hf.tasks.load_rows`), as text, its first
+    `limit` rows; a clear error on a missing file or column."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} does not exist: data_dir needs train/validation/test/unlabeled.tsv.")
-    with open(path, encoding="utf-8", newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
-    if rows and any(c not in rows[0] for c in columns):
-        raise ValueError(f"{path} has columns {list(rows[0])}, but {columns} are needed.")
-    rows = rows[:limit] if limit is not None else rows
-    return Dataset.from_dict({c: [r[c] for r in rows] for c in columns})
+    rows = load_rows(path, max_rows=limit)
+    if any(c not in rows.column_names for c in columns):
+        raise ValueError(f"{path} has columns {rows.column_names}, but {columns} are needed.")
+    # every column as text: one that pandas reads as numbers comes back as their text (1, 0.5)
+    return rows.select_columns(columns).cast(Features({c: Value("string") for c in columns}))
 
 
 def accuracy(logits_or_probs: np.ndarray, labels: np.ndarray) -> float:
-    return float((np.asarray(logits_or_probs).argmax(-1) == labels).mean())
+    """Accuracy of the argmax, as `tmkd_hf.tasks` scores a task."""
+    return local_metric(("accuracy", None), np.asarray(logits_or_probs).argmax(-1), labels)["accuracy"]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -453,9 +449,7 @@ def load_stage1_student(spec: str, num_teachers: int, label_names: list[str], re
     """The given stage-1 student with every head and its local directory (a directory, or a Hub id[@revision]
     downloaded at that revision), checked against this run before any teacher trains: one head per teacher (a
     one-head student gives every head its head) and the task's labels, which it then carries."""
-    name, revision = spec, None
-    if not os.path.exists(spec) and "@" in spec:
-        name, _, revision = spec.rpartition("@")
+    name, revision = split_revision(spec)
     local = multihead_checkpoint_dir(name, revision=revision)
     if local is None:
         raise ValueError(
@@ -475,9 +469,16 @@ def load_stage1_student(spec: str, num_teachers: int, label_names: list[str], re
     if len(names) != len(label_names) or (names != label_names and not all(_DEFAULT_LABEL.match(n) for n in names)):
         raise ValueError(f"stage1_student {spec!r} predicts the labels {names}; this task's are {label_names} (in "
                          "this order). A stage-1 student keeps its labels: label the pool in the task's label order.")
-    student.config.update({"id2label": dict(enumerate(label_names)),
-                           "label2id": {n: i for i, n in enumerate(label_names)}})
+    student.config.update(label_config(label_names))
     return student, local
+
+
+def split_revision(spec: str) -> tuple[str, str | None]:
+    """`id@revision` -> (id, revision); a path (even one with an @) or an id without one -> (spec, None)."""
+    if not os.path.exists(spec) and "@" in spec:
+        name, _, revision = spec.rpartition("@")
+        return name, revision
+    return spec, None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -497,7 +498,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.makedirs(out, exist_ok=True)
     logger.info(f"backbone={backbone} data_dir={data_dir} output_dir={out} torch threads={torch.get_num_threads()}")
 
-    # ----- data -----
+    # ----- data: the label names travel with the rows (ClassLabel), ids in sorted-name order -----
     text_cols, label_col = list(args.text_columns), args.label_column
     limits = {"train": args.max_train_rows, "unlabeled": args.max_unlabeled_rows}
     raw = {
@@ -512,12 +513,11 @@ def main(argv: list[str] | None = None) -> dict:
     unknown = {s: sorted(set(raw[s][label_col]) - set(label_names)) for s in ("validation", "test")}
     if any(unknown.values()):
         raise ValueError(f"Evaluation labels not seen in train: {unknown} (train has {label_names}).")
-    label2id = {name: i for i, name in enumerate(label_names)}
     id2label = dict(enumerate(label_names))
     for split in ("train", "validation", "test"):
-        raw[split] = raw[split].map(lambda b: {"label": [label2id[v] for v in b[label_col]]}, batched=True)
+        raw[split] = raw[split].cast_column(label_col, ClassLabel(names=label_names))
         if label_col != "label":
-            raw[split] = raw[split].remove_columns(label_col)
+            raw[split] = raw[split].rename_column(label_col, "label")
     labels = {s: np.asarray(list(raw[s]["label"])) for s in ("validation", "test")}
     logger.info(f"rows: { {s: len(d) for s, d in raw.items()} }, labels: {id2label}")
 
@@ -538,16 +538,13 @@ def main(argv: list[str] | None = None) -> dict:
     )
 
     def tokenized(dataset: Dataset, with_tokenizer=None) -> Dataset:
-        encode = with_tokenizer or tokenizer
-        return dataset.map(
-            lambda b: encode(*[b[c] for c in text_cols], truncation=True, max_length=args.max_length),
-            batched=True,
-            remove_columns=text_cols,
-        )
+        return tokenize_texts(dataset, with_tokenizer or tokenizer, text_cols, args.max_length, remove_text=True)
 
-    def training_args(name: str, learning_rate: float, epochs: float, seed: int, alpha: float):
-        return DistillationArguments(
-            output_dir=os.path.join(out, "runs", name),
+    def training_arguments(output_dir: str, learning_rate: float, epochs: float, seed: int, alpha: float) -> dict:
+        """The `DistillationArguments` of every training run: the teachers' and the baseline's here, stage 1's and
+        stage 2's as part of their recipe's arguments."""
+        return dict(
+            output_dir=output_dir,
             learning_rate=learning_rate,
             num_train_epochs=epochs,
             per_device_train_batch_size=args.batch_size,
@@ -567,10 +564,11 @@ def main(argv: list[str] | None = None) -> dict:
         )
 
     def train(name: str, model, dataset: Dataset, with_tokenizer=None, **kwargs) -> MultiTeacherDistillationTrainer:
+        """A teacher or the labels-only baseline (what the stage recipes do not train), in `runs/<name>`."""
         t0 = time.perf_counter()
         trainer = MultiTeacherDistillationTrainer(
             model=model,
-            args=training_args(name, **kwargs),
+            args=DistillationArguments(**training_arguments(os.path.join(out, "runs", name), **kwargs)),
             train_dataset=dataset,
             processing_class=with_tokenizer or tokenizer,
         )
@@ -579,9 +577,18 @@ def main(argv: list[str] | None = None) -> dict:
         logger.info(f"{name}: trained in {timings[name]} s, {result.metrics}")
         return trainer
 
+    def run_stage(name: str, recipe, arguments: dict, **kwargs):
+        """A stage recipe's `main`, as users run it, with its arguments given as a dict; quiet libraries."""
+        t0 = time.perf_counter()
+        returned = recipe.main({**arguments, "log_level": "warning"}, **kwargs)
+        timings[name] = round(time.perf_counter() - t0, 1)
+        metrics = returned[0] if isinstance(returned, tuple) else returned
+        logger.info(f"{name}: ran {recipe.__name__}.py in {timings[name]} s, {metrics}")
+        return returned
+
     train_plain = tokenized(raw["train"])
     teacher_train = train_plain if student_backbone == backbone else tokenized(raw["train"], teacher_tokenizer)
-    model_kwargs = dict(num_labels=len(label_names), id2label=id2label, label2id=label2id)
+    model_kwargs = dict(num_labels=len(label_names), **label_config(label_names))
 
     # ----- 1. teachers: the backbone fine-tuned with different seeds and learning rates (alpha = 0: labels only) ---
     teacher_dirs = list(args.teachers or [])
@@ -595,48 +602,58 @@ def main(argv: list[str] | None = None) -> dict:
             trainer.save_model(teacher_dirs[-1])
 
     # ----- 2. soft labels, computed once per teacher and row (the unlabelled pool only for this run's stage 1) -----
+    labelled_dirs = {split: os.path.join(out, "labelled", split)
+                     for split in (("train",) if stage1_given else ("train", "unlabeled"))}
     with progress.stage("labelling"):
         t0 = time.perf_counter()
         labelled = {
             split: label_with_teachers(
                 raw[split], teacher_dirs, text_columns=tuple(text_cols), batch_size=args.eval_batch_size,
-                max_length=args.max_length, output_dir=os.path.join(out, "labelled", split),
-                label_names_order=label_names,
+                max_length=args.max_length, output_dir=cache, label_names_order=label_names,
                 overwrite=True,  # a cache from this run's earlier teachers is replaced; one from these teachers reused
                 show_progress=show_bars,
             )
-            for split in (("train",) if stage1_given else ("train", "unlabeled"))
+            for split, cache in labelled_dirs.items()
         }
         timings["labelling"] = round(time.perf_counter() - t0, 1)
         logger.info(f"labelled {sum(len(d) for d in labelled.values())} rows with {num_teachers} teachers "
                     f"in {timings['labelling']} s")
 
-    def new_student(num_heads: int) -> MultiHeadStudent:
-        set_seed(args.seed)  # the same initial student (fresh head included) for TMKD and the baseline
-        layers = student_from_teacher_layers(student_backbone, layers=args.student_layers, **model_kwargs)
-        return MultiHeadStudent(layers, num_heads=num_heads, readout=args.readout)
-
-    # ----- 3. stage 1: soft labels of the unlabelled pool only (or the given stage-1 student) -----
+    # ----- 3. stage 1 (run_qa_distill_pretrain.py): soft labels of the unlabelled pool only, one head per teacher,
+    # a student from the student backbone's layers; saved with every head (or the given stage-1 student) -----
     if stage1_given:
-        student, stage1_dir = stage1_given[0], args.stage1_student
+        stage1_dir = args.stage1_student
+        stage1_source, stage1_revision = split_revision(args.stage1_student)
     else:
         with progress.stage("stage1"):
-            student = new_student(num_teachers)
-            train("stage1", student, tokenized(labelled["unlabeled"]), learning_rate=args.stage1_learning_rate,
-                  epochs=args.stage1_epochs, seed=args.seed, alpha=1.0)
-            stage1_dir = os.path.join(out, "stage1_student")
-            student.save_pretrained(stage1_dir)  # every head: stage 2 starts from the multi-head state
-            tokenizer.save_pretrained(stage1_dir)
-            student = MultiHeadStudent.from_pretrained(stage1_dir)
-    stage1_merged = student.merge_heads()
+            stage1_dir = stage1_source = os.path.join(out, "stage1_student")
+            stage1_revision = None
+            run_stage("stage1", run_qa_distill_pretrain, {
+                **training_arguments(stage1_dir, args.stage1_learning_rate, args.stage1_epochs, args.seed, alpha=1.0),
+                "teacher_logits_dir": labelled_dirs["unlabeled"],
+                "text_columns": text_cols,
+                "model_name_or_path": student_backbone,
+                "student_layers": list(args.student_layers),
+                "readout": args.readout,
+                "max_seq_length": args.max_length,
+            })
 
-    # ----- 4. stage 2: golden labels and soft labels on the labelled split, every head continued -----
+    # ----- 4. stage 2 (run_glue_distill.py): golden labels and soft labels on the labelled split, every head of the
+    # stage-1 student continued; the merged student saved in student/ -----
     with progress.stage("stage2"):
-        stage2 = train("stage2", student, tokenized(labelled["train"], student_tokenizer),
-                       with_tokenizer=student_tokenizer, learning_rate=args.stage2_learning_rate,
-                       epochs=args.stage2_epochs, seed=args.seed, alpha=args.stage2_alpha)
         student_dir = os.path.join(out, "student")
-        stage2.save_model(student_dir)  # merged: a CrossEncoder (mean readout) or a plain transformers checkpoint
+        _, stage2 = run_stage("stage2", run_glue_distill, {
+            **training_arguments(student_dir, args.stage2_learning_rate, args.stage2_epochs, args.seed,
+                                 alpha=args.stage2_alpha),
+            "do_train": True,
+            "teacher_logits_dir": labelled_dirs["train"],
+            "text_columns": text_cols,
+            "model_name_or_path": stage1_source,
+            "model_revision": stage1_revision or "main",
+            "per_teacher_heads": True,
+            "readout": args.readout,
+            "max_seq_length": args.max_length,
+        }, return_trainer=True)
     onnx_dir, onnx_export = os.path.join(student_dir, ONNX_SUBFOLDER), None
     if args.export_onnx:  # the whole classifier as one graph, fp32 and int8, in the folder pushed with the student
         from tmkd_hf.export import export_onnx
@@ -647,10 +664,13 @@ def main(argv: list[str] | None = None) -> dict:
             timings["onnx_export"] = round(time.perf_counter() - t0, 1)
             logger.info(f"exported the student to {onnx_dir} in {timings['onnx_export']} s: {onnx_export['check']}")
 
-    # ----- 5. baseline: the same student on the labels only, stage 2's budget -----
+    # ----- 5. baseline: the same student on the labels only, stage 2's budget (as stage 1 starts it: same seed,
+    # same layers, fresh head) -----
     with progress.stage("labels_only"):
-        trainer = train("labels_only", new_student(1), train_plain, learning_rate=args.stage2_learning_rate,
-                        epochs=args.stage2_epochs, seed=args.seed, alpha=0.0)
+        set_seed(args.seed)
+        layers = student_from_teacher_layers(student_backbone, layers=args.student_layers, **model_kwargs)
+        trainer = train("labels_only", MultiHeadStudent(layers, num_heads=1, readout=args.readout), train_plain,
+                        learning_rate=args.stage2_learning_rate, epochs=args.stage2_epochs, seed=args.seed, alpha=0.0)
         baseline_dir = os.path.join(out, "labels_only_student")
         trainer.save_model(baseline_dir)
 
@@ -658,6 +678,9 @@ def main(argv: list[str] | None = None) -> dict:
     progress.start("evaluation")
     t0 = time.perf_counter()
     models = {f"teacher_{i}": d for i, d in enumerate(teacher_dirs)}
+    # stage 1 only: its heads merged (run_qa_distill_pretrain.py saves that in merged/; the given one here)
+    stage1_merged = stage1_given[0].merge_heads() if stage1_given else os.path.join(
+        stage1_dir, run_qa_distill_pretrain.MERGED_SUBDIR)
     models.update(tmkd_student=student_dir, tmkd_stage1_only=stage1_merged, labels_only_student=baseline_dir)
     if args.export_onnx:  # read with the student's tokenizer (`tokenizer`, saved with it), on torch's thread count
         from tmkd_hf.export import OnnxClassifier

@@ -218,7 +218,9 @@ def test_pipeline_with_stage1_student_skips_stage1_and_continues_from_it(stage1)
     from test_pipeline import check_progress_lines
 
     run = stage1["pipeline"]
-    assert run["trained"] == ["runs/stage2", "runs/labels_only"]  # no teacher, no stage-1 training
+    # no teacher, no stage-1 training: stage 2 (run_glue_distill.py, its output_dir the student's folder) and the
+    # labels-only baseline
+    assert run["trained"] == ["student", "runs/labels_only"]
     assert "stage1" not in run["seconds"] and not any("stage1:" in line for line in run["log"].splitlines())
     assert run["num_heads"] == 3 and run["max_abs_diff"] == 0.0  # stage 2 starts from the pushed student
     assert run["labelled"] == ["train"]  # the unlabelled pool is not labelled: nothing would read it
@@ -544,6 +546,8 @@ def child_stage1(tmp: Path) -> dict:
 
     # the pipeline from the repo id: no stage 1, stage 2 from the pushed heads
     pipeline = _load_recipe("run_tmkd_pipeline")
+    # the baseline's trainer; stage 2 runs run_glue_distill.main, the module loaded above (the pipeline imports it
+    # from sys.modules), whose trainer records already
     pipeline.MultiTeacherDistillationTrainer = Recording
     lines = []
     handler = logging.Handler()
@@ -565,7 +569,7 @@ def child_stage1(tmp: Path) -> dict:
         "card_text": card.text,
         "plain_push_refused": refused,
         "stage2": stage2,
-        "pipeline": {**compare(str(out / "runs" / "stage2")), "trained": trained, "seconds": results["seconds"],
+        "pipeline": {**compare(str(out / "student")), "trained": trained, "seconds": results["seconds"],
                      "log": "\n".join(lines), "labelled": sorted(p.name for p in (out / "labelled").iterdir()),
                      "stage1_path": results["paths"]["stage1_student"],
                      "stage1_only_accuracy": results["accuracy"]["test"].get("tmkd_stage1_only"),
