@@ -71,8 +71,8 @@ from tmkd_hf import (
 from tmkd_hf.collator import TEACHER_LOGITS
 from tmkd_hf.cross_encoder import is_cross_encoder_dir
 from tmkd_hf.distributed import leave_process_group
-from tmkd_hf.hub import create_repo, published_num_parameters, trainer_card_data, upload_student_folder
-from tmkd_hf.model_card import TeacherInfo, _is_hub_id, write_model_card
+from tmkd_hf.hub import create_repo, upload_student_folder
+from tmkd_hf.model_card import StudentCardData, TeacherInfo, _is_hub_id, published_num_parameters, write_model_card
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded by its path: recipe_utils.py is beside it
@@ -248,9 +248,10 @@ def teacher_agreement(student_logits: np.ndarray, teacher_logits: np.ndarray, we
 
 
 def stage1_card_data(trainer, saved, source: str, pool: dict, manifest: dict, metrics: dict, repo_id: str | None):
-    """What the stage-1 card says, gathered as for any student (`trainer_card_data`), as a stage-1 card: the pool,
-    the teachers from its manifest, the saved student's sizes (every head, and merged), the held-out agreement."""
-    card = trainer_card_data(
+    """What the stage-1 card says, gathered as for any student (`StudentCardData.from_trainer`), as a stage-1 card:
+    the pool, the teachers from its manifest, the saved student's sizes (every head, and merged), the held-out
+    agreement."""
+    card = StudentCardData.from_trainer(
         trainer,
         finetuned_from=source,
         dataset_tags=pool["name"] if _is_hub_id(pool["name"]) else None,

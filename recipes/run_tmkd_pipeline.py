@@ -72,6 +72,7 @@ from tmkd_hf import (
     MultiHeadStudent,
     MultiTeacherDistillationTrainer,
     SpeedMeasurement,
+    StudentCardData,
     TeacherInfo,
     label_with_teachers,
     read_manifest,
@@ -79,7 +80,6 @@ from tmkd_hf import (
     write_model_card,
 )
 from tmkd_hf.export import ONNX_SUBFOLDER, check_onnx_installed
-from tmkd_hf.hub import trainer_card_data
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME, multihead_checkpoint_dir
 from tmkd_hf.plots import ACCURACY_VS_SPEED_FILE, MatplotlibMissing, plot_accuracy_vs_speed
 from tmkd_hf.tasks import load_rows, local_metric
@@ -854,7 +854,7 @@ def write_student_card(results: dict, stage2_trainer, labelled_train: Dataset, s
         base_model = DEFAULT_BACKBONE_HUB_ID
     given = cfg.get("stage1_student")
     base_model = given.split("@")[0] if given and not os.path.exists(given) else given or base_model
-    card = trainer_card_data(
+    card = StudentCardData.from_trainer(
         stage2_trainer, license=cfg["card_license"], dataset_tags=cfg["card_dataset_id"],
         dataset_args=cfg["card_dataset_config"], finetuned_from=base_model,
     )
