@@ -165,6 +165,19 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def check_or_save_settings(out: Path, settings: dict) -> None:
+    """Save `settings` beside the runs of a new output dir; refuse to mix runs made with other settings in one."""
+    saved = out / "settings.json"
+    if saved.is_file():
+        before = json.loads(saved.read_text())
+        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
+        if changed:
+            raise SystemExit(f"{out} holds runs made with other settings ({changed}: saved, now). Use another "
+                             "--output_dir, or the same settings to resume.")
+    else:
+        write_json(saved, settings)
+
+
 def run_file(out: Path, row: str, seed: int | None) -> Path:
     name = row if seed is None else f"{row}__seed{seed}"
     return out / "runs" / f"{name}.json"
@@ -639,15 +652,7 @@ def main(argv=None) -> int:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     settings = settings_of(args)
-    saved = out / "settings.json"
-    if saved.is_file():
-        before = json.loads(saved.read_text())
-        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
-        if changed:
-            raise SystemExit(f"{out} holds runs made with other settings ({changed}: saved, now). Use another "
-                             "--output_dir, or the same settings to resume.")
-    else:
-        write_json(saved, settings)
+    check_or_save_settings(out, settings)
     command = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python " + shlex.join(
         [os.path.relpath(__file__, os.getcwd()), *(argv if argv is not None else sys.argv[1:])]
     )

@@ -435,15 +435,7 @@ def main(argv=None) -> int:
         big_dir, args.big_teacher_name = assemble_mpnet(), "all-mpnet-base-v2"
     args.big_teacher_readout = detect_readout(big_dir)
     settings = settings_of(args)
-    saved = out / "settings.json"
-    if saved.is_file():
-        before = json.loads(saved.read_text())
-        changed = {k: (before.get(k), v) for k, v in settings.items() if before.get(k) != v}
-        if changed:
-            raise SystemExit(f"{out} holds runs made with other settings ({changed}: saved, now). Use another "
-                             "--output_dir, or the same settings to resume.")
-    else:
-        ab.write_json(saved, settings)
+    ab.check_or_save_settings(out, settings)
     command = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python " + shlex.join(
         [os.path.relpath(__file__, os.getcwd()), *(argv if argv is not None else sys.argv[1:])])
     started = time.perf_counter()
