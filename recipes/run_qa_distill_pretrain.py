@@ -74,6 +74,7 @@ from tmkd_hf.distributed import leave_process_group
 from tmkd_hf.hub import create_repo, upload_student_folder
 from tmkd_hf.model_card import StudentCardData, TeacherInfo, _is_hub_id, published_num_parameters, write_model_card
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME
+from tmkd_hf.peft_student import LoraMultiHeadStudent
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded by its path: recipe_utils.py is beside it
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -356,7 +357,7 @@ def main(argv: list[str] | dict | None = None) -> dict:
             source, num_teachers=num_teachers, num_labels=len(label_list), readout=model_args.readout,
             **model_args.hub_kwargs(), **label_config(label_list)
         )
-    if student.lora_settings:  # a LoRA training checkpoint given as --model_name_or_path: it keeps its adapters
+    if isinstance(student, LoraMultiHeadStudent):  # a LoRA checkpoint given as --model_name_or_path keeps its adapters
         logger.info(f"Continuing with the student's own LoRA adapters ({student.lora_settings}).")
     elif lora_args.use_peft:
         student = apply_lora(student, lora_args)

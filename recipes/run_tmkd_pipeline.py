@@ -82,8 +82,9 @@ from tmkd_hf import (
 from tmkd_hf.export import ONNX_SUBFOLDER, check_onnx_installed
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME, multihead_checkpoint_dir
 from tmkd_hf.plots import ACCURACY_VS_SPEED_FILE, MatplotlibMissing, plot_accuracy_vs_speed
+from tmkd_hf.soft_label_cache import same_label_order
 from tmkd_hf.tasks import load_rows, local_metric
-from tmkd_hf.teachers import _DEFAULT_LABEL, load_classifier
+from tmkd_hf.teachers import load_classifier
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded by its path: the recipes are beside it
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -466,7 +467,7 @@ def load_stage1_student(spec: str, num_teachers: int, label_names: list[str], re
             "continues with teacher i, so give as many teachers as heads."
         )
     names = [str(student.config.id2label[i]) for i in range(student.num_labels)]
-    if len(names) != len(label_names) or (names != label_names and not all(_DEFAULT_LABEL.match(n) for n in names)):
+    if len(names) != len(label_names) or not same_label_order(names, label_names):
         raise ValueError(f"stage1_student {spec!r} predicts the labels {names}; this task's are {label_names} (in "
                          "this order). A stage-1 student keeps its labels: label the pool in the task's label order.")
     student.config.update(label_config(label_names))

@@ -435,3 +435,29 @@ def test_pipeline_exports_evaluates_and_times_the_onnx_student(tmp_path, tiny_ba
     assert "### ONNX (onnxruntime, no PyTorch needed)" in card
     assert "- `onnx/model.onnx`: float32" in card and "- `onnx/model_int8.onnx`: int8 weights" in card
     assert 'onnxruntime.InferenceSession(f"{folder}/onnx/model_int8.onnx")' in card
+
+
+def test_stage1_student_label_check_follows_the_soft_label_cache_rule(tmp_path):
+    """A given stage-1 student must predict the task's labels in its order: one rule with the trainer's cache check
+    (`soft_label_cache.same_label_order`): case is ignored, LABEL_i names match by position, other names refuse."""
+    recipe = load_recipe()
+
+    def saved(id2label: dict) -> str:
+        torch.manual_seed(0)
+        config = tiny_config("bert", num_labels=len(id2label), id2label=id2label,
+                             label2id={v: k for k, v in id2label.items()})
+        student = MultiHeadStudent(AutoModelForSequenceClassification.from_config(config), num_heads=2)
+        path = tmp_path / "-".join(id2label.values())
+        student.save_pretrained(path)
+        return str(path)
+
+    labels = ["entailment", "not_entailment"]
+    for id2label in ({0: "Entailment", 1: "NOT_ENTAILMENT"}, {0: "LABEL_0", 1: "LABEL_1"}):
+        student, _ = recipe.load_stage1_student(saved(id2label), 2, labels, None)
+        assert [student.config.id2label[i] for i in range(2)] == labels  # it takes the task's names
+    with pytest.raises(ValueError, match="predicts the labels"):
+        recipe.load_stage1_student(saved({0: "not_entailment", 1: "entailment"}), 2, labels, None)
+    with pytest.raises(ValueError, match="predicts the labels"):
+        recipe.load_stage1_student(saved({0: "a", 1: "b", 2: "c"}), 2, labels, None)
+    with pytest.raises(ValueError, match="has 2 heads but this run has 3 teachers"):
+        recipe.load_stage1_student(saved({0: "entailment", 1: "not_entailment"}), 3, labels, None)

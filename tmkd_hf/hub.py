@@ -24,9 +24,9 @@ import huggingface_hub.constants
 from huggingface_hub import HfApi, get_token
 
 from . import model_card
-from .labelling import MANIFEST_NAME, read_manifest
 from .model_card import StudentCardData, TeacherInfo
 from .modeling import STUDENT_CONFIG_NAME
+from .soft_label_cache import MANIFEST_NAME, read_manifest
 
 TOKEN_HELP = (
     "pass a token with write access (trainer: --hub_token / DistillationArguments(hub_token=...); functions: "

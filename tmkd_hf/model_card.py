@@ -42,9 +42,9 @@ from transformers import TrainerCallback
 
 from .arguments import DISTILLATION_FIELDS, DistillationArguments
 from .export import EXPORT_INFO_FILE, ONNX_SUBFOLDER
-from .labelling import read_manifest
 from .modeling import MultiHeadStudent
 from .plots import ACCURACY_VS_SPEED_FILE
+from .soft_label_cache import read_manifest
 
 TEMPLATE_NAME = "tmkd_student_card.md"
 # The card kinds (`StudentCardData.kind`) and their templates: a distilled task model, or a stage-1 student

@@ -234,8 +234,6 @@ class MultiHeadStudent(nn.Module):
 
     # The loss is computed here (or by the trainer) per batch; it takes no `num_items_in_batch`.
     accepts_loss_kwargs = False
-    # None for this class; the LoRA students that `tmkd_hf.peft_student.apply_lora` builds on it carry their settings.
-    lora_settings: dict | None = None
 
     def __init__(
         self,

@@ -30,13 +30,12 @@ from transformers.utils import logging
 
 from .arguments import DistillationArguments
 from .collator import TEACHER_LOGITS, DataCollatorWithTeacherLogits, check_finite_teacher_logits
-from .labelling import read_manifest, verify_rows
 from .losses import multi_teacher_distillation_loss
 from .model_card import StudentCardCallback, StudentCardData
 from .modeling import MultiHeadStudent, find_classification_head
 from .peft_student import is_peft_student, merge_student
 from .readout import CONFIG_KEY, warn_if_nearly_constant
-from .soft_label_cache import check_label_order
+from .soft_label_cache import check_label_order, read_manifest, verify_rows
 from .tasks import LABEL_COLUMNS
 from .teachers import has_named_labels, label_names, label_permutation, load_teacher, teacher_forward
 from .trainer_hub import TrainerHubMixin
