@@ -35,6 +35,10 @@ reused; a rerun skips what is done (and says so). `--table-only` builds the mark
 With matplotlib (`pip install "tmkd_hf[plots]"`) the table step also draws `ablation.png` (every row: seeds, mean ±
 std; teachers, ensemble and majority as lines) and `pool_curve.png` beside `ablation.md`.
 
+When only stage 1's settings change (e.g. a longer stage 1 in the pipeline config), `--reuse-from OLD_DIR` starts the
+new output_dir from the old one: the same teachers (used where they are), soft labels (linked) and the rows that do
+not read stage 1 (copied, each marked `reused_from`); only TKD, TMKD, the pool curve and the *_long controls run again.
+
 Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_ablation.py [--rte] [--output_dir DIR]
 """
 
@@ -124,7 +128,7 @@ def settings_of(args) -> dict:
         "teacher_seeds": config["teacher_seeds"],
         "teacher_learning_rates": config["teacher_learning_rates"],
         "teacher_epochs": config["teacher_epochs"] * scale,
-        "stage1_epochs": config["stage1_epochs"] * scale,
+        "stage1_epochs": (getattr(args, "stage1_epochs", None) or config["stage1_epochs"]) * scale,
         "stage1_learning_rate": config["stage1_learning_rate"],
         "stage2_epochs": config["stage2_epochs"] * scale,
         "stage2_learning_rate": config["stage2_learning_rate"],
@@ -176,6 +180,54 @@ def check_or_save_settings(out: Path, settings: dict) -> None:
                              "--output_dir, or the same settings to resume.")
     else:
         write_json(saved, settings)
+
+
+# Settings that only stage 1 reads: an ablation that changes only these can take the other rows from an earlier one.
+STAGE1_ONLY_KEYS = ("stage1_epochs", "stage1_learning_rate")
+REUSED_FROM_FILE = "reused_from.json"
+
+
+def row_reads_stage1(row: str) -> bool:
+    """Whether a row's numbers depend on stage 1's settings: rows with a stage 1, and the *_long controls (their
+    budget is stage 1's examples + stage 2's)."""
+    base = "TMKD" if row.startswith("TMKD_pool") else row
+    return base in ROW_RECIPES and (ROW_RECIPES[base][2] or base.endswith("_long"))
+
+
+def reuse_from(source: Path, out: Path, settings: dict, log=print) -> list[str]:
+    """Start `out` from the ablation in `source` when the two differ only in stage 1's settings: use its teachers
+    and soft-label caches, and copy the runs of every row that does not read stage 1 (teachers, ensemble, majority,
+    stage-2-only students), which would be the same run for run. Each copy keeps the values it was run with under
+    `reused_from`. Rows that read stage 1 are left to run. Returns the copied run files' names."""
+    saved = source / "settings.json"
+    if not saved.is_file() or not (source / "teachers").is_dir() or not (source / "labelled").is_dir():
+        raise SystemExit(f"--reuse-from {source}: not a bench_ablation output_dir with its teachers and soft-label "
+                         "caches (settings.json, teachers/, labelled/)")
+    before = json.loads(saved.read_text())
+    changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
+    if not set(changed) <= set(STAGE1_ONLY_KEYS):
+        raise SystemExit(f"--reuse-from {source}: its settings differ in {changed}; only runs that differ in stage "
+                         f"1's settings ({', '.join(STAGE1_ONLY_KEYS)}) can share teachers and stage-2-only rows")
+    check_or_save_settings(out, settings)
+    if not (out / "labelled").exists():
+        (out / "labelled").symlink_to((source / "labelled").resolve(), target_is_directory=True)
+    changed_then = {k: before.get(k) for k in changed}
+    write_json(out / REUSED_FROM_FILE, {"output_dir": str(source), "settings": changed_then})
+    copied = []
+    for row, row_runs in load_runs(source).items():
+        if row_reads_stage1(row):
+            continue
+        for run in row_runs:
+            target = run_file(out, row, run["seed"])
+            if target.is_file():
+                continue
+            run["reused_from"] = {"output_dir": source.name, "settings": changed_then}
+            run["settings"] = settings
+            write_json(target, run)
+            copied.append(target.name)
+    log(f"reused from {source}: teachers, soft labels and {len(copied)} run(s) of rows without stage 1 "
+        f"(settings then: {changed_then})")
+    return copied
 
 
 def run_file(out: Path, row: str, seed: int | None) -> Path:
@@ -294,7 +346,7 @@ class Ablation:
         s, dirs = self.settings, []
         train = None
         for i, (seed, lr) in enumerate(zip(s["teacher_seeds"], s["teacher_learning_rates"])):
-            path = self.out / "teachers" / f"teacher_{i}"
+            path = self.teachers_home() / "teachers" / f"teacher_{i}"
             dirs.append(str(path))
             if (path / "config.json").is_file():
                 self.log(f"teacher_{i}: reusing {path}")
@@ -312,6 +364,12 @@ class Ablation:
             os.replace(tmp, path)
             self.log(f"teacher_{i}: trained in {seconds} s (seed {seed}, lr {lr:g})")
         return dirs
+
+    def teachers_home(self) -> Path:
+        """Where the teachers live: this output_dir, or the one `--reuse-from` took them from (named as then, so the
+        linked soft-label caches, which record their teachers' paths, are found)."""
+        reused = self.out / REUSED_FROM_FILE
+        return Path(json.loads(reused.read_text())["output_dir"]) if reused.is_file() else self.out
 
     def label_splits(self, teacher_dirs: list[str], cache: Path) -> dict:
         """Every split labelled by `teacher_dirs` (cached under `cache/<split>`), and the seconds each split took."""
@@ -622,6 +680,7 @@ def main(argv=None) -> int:
     parser.add_argument("--epochs-scale", type=float, default=1.0, help="quick check: multiply every epoch count")
     parser.add_argument("--backbone", help="model dir (default: all-MiniLM-L6-v2); a tiny one for quick checks")
     parser.add_argument("--student-layers", type=int, nargs="+", help="default: the pipeline config's (0 1 2)")
+    parser.add_argument("--stage1-epochs", type=float, help="default: the pipeline config's")
     parser.add_argument("--batch-size", type=int, help="default: the pipeline config's (16)")
     parser.add_argument("--max-length", type=int, help="default: the pipeline config's (128)")
     parser.add_argument("--teacher-aggregation", default="mean_logits", choices=["mean_logits", "mean_probs"],
@@ -629,6 +688,9 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--stop-after", type=int, help="stop (exit code 3) after N newly finished runs; resume later")
     parser.add_argument("--no-record", action="store_true", help=f"do not append the table to {RESULTS.name}")
+    parser.add_argument("--reuse-from", "--reuse_from", type=Path,
+                        help="an earlier ablation's output_dir that differs only in stage 1's settings: its teachers, "
+                             "soft labels and rows without stage 1 are reused (copied, marked), the rest runs")
     args = parser.parse_args(argv)
     if min(args.seeds) < 0 or any(not 0 <= p <= 100 for p in args.pool_percents):
         parser.error("seeds must be >= 0 and pool percents in [0, 100]")
@@ -652,6 +714,8 @@ def main(argv=None) -> int:
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
     settings = settings_of(args)
+    if args.reuse_from:
+        reuse_from(args.reuse_from, out, settings)
     check_or_save_settings(out, settings)
     command = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python " + shlex.join(
         [os.path.relpath(__file__, os.getcwd()), *(argv if argv is not None else sys.argv[1:])]

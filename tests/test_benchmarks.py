@@ -249,6 +249,31 @@ def test_bench_ablation_resumes_and_builds_the_table(tmp_path, tiny_backbone):
     assert refused.returncode != 0 and "holds runs made with other settings" in refused.stderr
 
 
+def test_bench_ablation_reuses_rows_without_stage1_when_only_stage1_changes(tmp_path, tiny_backbone):
+    """A longer stage 1 reruns only the rows that read stage 1; teachers, soft labels and stage-2-only rows are the
+    earlier ablation's (linked / copied, marked); any other change is refused."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    ablation(old, tiny_backbone, "--rows", "labels_only", "MKD", "TKD", "--seeds", "1")
+    before = {p.name: json.loads(p.read_text()) for p in (old / "runs").glob("*.json")}
+    proc = ablation(new, tiny_backbone, "--rows", "labels_only", "MKD", "TKD", "--seeds", "1",
+                    "--stage1-epochs", "4", "--reuse-from", str(old))
+    assert "reused from" in proc.stdout and "teacher_0: reusing" in proc.stdout
+    assert "skip labels_only seed 1: done" in proc.stdout and "skip MKD seed 1: done" in proc.stdout
+    assert "start TKD seed 1" in proc.stdout
+    assert not (new / "teachers").exists() and str(old / "teachers" / "teacher_0") in proc.stdout
+    settings = json.loads((new / "settings.json").read_text())
+    assert settings["stage1_epochs"] == 2 * json.loads((old / "settings.json").read_text())["stage1_epochs"]
+    for name in ("teacher_0.json", "ensemble.json", "majority.json", "labels_only__seed1.json", "MKD__seed1.json"):
+        copied = json.loads((new / "runs" / name).read_text())
+        assert copied["metrics"] == before[name]["metrics"] and copied["settings"] == settings
+        assert copied["reused_from"]["settings"] == {"stage1_epochs": before[name]["settings"]["stage1_epochs"]}
+    tkd = json.loads((new / "runs" / "TKD__seed1.json").read_text())
+    assert "reused_from" not in tkd and tkd["settings"]["stage1_epochs"] == settings["stage1_epochs"]
+    refused = ablation(tmp_path / "other", tiny_backbone, "--rows", "MKD", "--seeds", "1", "--max-length", "64",
+                       "--reuse-from", str(old), check=False)
+    assert refused.returncode != 0 and "differ in ['max_length']" in refused.stderr
+
+
 @pytest.mark.slow
 def test_bench_ablation_rte_every_row(tmp_path, tiny_backbone):
     out_dir = tmp_path / "rte"
