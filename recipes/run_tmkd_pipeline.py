@@ -158,7 +158,7 @@ class PipelineArguments:
                   "--push_to_hub. Stage 1 and the labelling of the unlabelled pool are skipped; every head continues "
                   "(one head per teacher, the task's label count)."},
     )
-    stage1_epochs: float = field(default=2.0, metadata={"help": "Stage 1 epochs over the unlabelled pool."})
+    stage1_epochs: float = field(default=4.0, metadata={"help": "Stage 1 epochs over the unlabelled pool."})
     stage1_learning_rate: float = field(default=2e-4, metadata={"help": "Stage 1 learning rate."})
     stage2_epochs: float = field(default=2.0, metadata={"help": "Stage 2 (and labels-only baseline) epochs."})
     stage2_learning_rate: float = field(default=2e-4, metadata={"help": "Stage 2 (and baseline) learning rate."})

@@ -187,7 +187,8 @@ def test_bench_labelling_speed_and_allocator_cost():
     assert same_logits.endswith("| yes |"), same_logits
 
 
-DEFAULT_LAYERS = json.loads((REPO / "recipes" / "configs" / "pipeline_default.json").read_text())["student_layers"]
+DEFAULT_CONFIG = json.loads((REPO / "recipes" / "configs" / "pipeline_default.json").read_text())
+DEFAULT_LAYERS, DEFAULT_STAGE1_EPOCHS = DEFAULT_CONFIG["student_layers"], DEFAULT_CONFIG["stage1_epochs"]
 TINY_ABLATION = ("--max-train-rows", "32", "--max-unlabeled-rows", "32", "--max-eval-rows", "40",
                  "--epochs-scale", "0.5", "--threads", "1", "--no-record")
 
@@ -256,7 +257,7 @@ def test_bench_ablation_reuses_rows_without_stage1_when_only_stage1_changes(tmp_
     ablation(old, tiny_backbone, "--rows", "labels_only", "MKD", "TKD", "--seeds", "1")
     before = {p.name: json.loads(p.read_text()) for p in (old / "runs").glob("*.json")}
     proc = ablation(new, tiny_backbone, "--rows", "labels_only", "MKD", "TKD", "--seeds", "1",
-                    "--stage1-epochs", "4", "--reuse-from", str(old))
+                    "--stage1-epochs", str(2 * DEFAULT_STAGE1_EPOCHS), "--reuse-from", str(old))
     assert "reused from" in proc.stdout and "teacher_0: reusing" in proc.stdout
     assert "skip labels_only seed 1: done" in proc.stdout and "skip MKD seed 1: done" in proc.stdout
     assert "start TKD seed 1" in proc.stdout
