@@ -60,8 +60,13 @@ EXPORT_TOLERANCE = 1e-4  # max |logit difference| allowed between the fp32 graph
 INPUT_ORDER = ("input_ids", "attention_mask", "token_type_ids")  # the graph's inputs, those the model reads
 INSTALL_HINT = 'pip install "tmkd_hf[onnx]"'
 # export_onnx(optimize=True): config.model_type -> onnxruntime's optimizer model type (BERT-style encoder blocks)
-OPTIMIZER_MODEL_TYPES = {"bert": "bert", "roberta": "bert", "xlm-roberta": "bert", "distilbert": "bert",
-                         "electra": "bert"}
+OPTIMIZER_MODEL_TYPES = {
+    "bert": "bert",
+    "roberta": "bert",
+    "xlm-roberta": "bert",
+    "distilbert": "bert",
+    "electra": "bert",
+}
 WEIGHT_TYPES = {"uint8": "QUInt8", "int8": "QInt8"}  # export_onnx(weight_type=...) -> onnxruntime's QuantType
 
 # Pairs to trace the graph with (2 rows: a dimension of size 1 would be fixed by torch.export), and a check batch
@@ -93,8 +98,10 @@ def check_onnx_installed(what: str) -> None:
     Looks the packages up without importing them."""
     missing = [m for m in ("onnx", "onnxruntime") if importlib.util.find_spec(m) is None]
     if missing:
-        raise OnnxRuntimeMissing(f"{what} needs {' and '.join(missing)}: {INSTALL_HINT} (checked before anything is "
-                                 "trained, so nothing is lost).")
+        raise OnnxRuntimeMissing(
+            f"{what} needs {' and '.join(missing)}: {INSTALL_HINT} (checked before anything is "
+            "trained, so nothing is lost)."
+        )
 
 
 def _version(package: str) -> str | None:
@@ -126,14 +133,17 @@ def _fuse(path: str, config, model_type: str) -> dict:
     level = quiet.level
     quiet.setLevel(logging.ERROR)
     try:
-        optimized = optimize_model(path, model_type=model_type, num_heads=config.num_attention_heads,
-                                   hidden_size=config.hidden_size)
+        optimized = optimize_model(
+            path, model_type=model_type, num_heads=config.num_attention_heads, hidden_size=config.hidden_size
+        )
         fused = {k: v for k, v in optimized.get_fused_operator_statistics().items() if v}
         optimized.save_model_to_file(path)
     finally:
         quiet.setLevel(level)
-    return {"method": f"onnxruntime.transformers.optimizer.optimize_model(model_type={model_type!r})",
-            "fused_operators": fused}
+    return {
+        "method": f"onnxruntime.transformers.optimizer.optimize_model(model_type={model_type!r})",
+        "fused_operators": fused,
+    }
 
 
 class _LogitsOnly(nn.Module):

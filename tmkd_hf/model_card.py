@@ -401,7 +401,6 @@ class StudentCardData:
             ]
         return data
 
-
     def add_eval_metrics(self, metrics: dict[str, float], split: str | None = None) -> None:
         """Record Trainer metrics (`{"eval_accuracy": 0.8, "eval_runtime": ...}`) under their split.
 
@@ -754,8 +753,16 @@ def _formats_table(speed: SpeedMeasurement | None) -> str | None:
     def ratio(value: float, base: float | None) -> str | None:
         return f"{value / base:.2f}x" if base else None
 
-    header = ["format", "runtime", "file", "size (MB)", "examples/s",
-              f"vs teacher{f' ({speed.teacher})' if speed.teacher else ''}", "vs ensemble", "test accuracy"]
+    header = [
+        "format",
+        "runtime",
+        "file",
+        "size (MB)",
+        "examples/s",
+        f"vs teacher{f' ({speed.teacher})' if speed.teacher else ''}",
+        "vs ensemble",
+        "test accuracy",
+    ]
     body = [
         [
             f.name,
@@ -783,13 +790,21 @@ def _onnx_export_info(model_dir: str | os.PathLike | None) -> dict | None:
         return None
     info = json.loads(path.read_text())
     files = [
-        {"kind": kind, "path": f"{ONNX_SUBFOLDER}/{name}", "size_mb": f"{info['size_bytes'][kind] / 1e6:.1f}",
-         "diff": f"{info['check']['max_abs_logit_diff_vs_torch'][kind]:.1e}"}
+        {
+            "kind": kind,
+            "path": f"{ONNX_SUBFOLDER}/{name}",
+            "size_mb": f"{info['size_bytes'][kind] / 1e6:.1f}",
+            "diff": f"{info['check']['max_abs_logit_diff_vs_torch'][kind]:.1e}",
+        }
         for kind, name in info["files"].items()
     ]
     preferred = next((f for f in files if f["kind"] == "int8"), files[0])
-    return {"dir": ONNX_SUBFOLDER, "files": files, "preferred": preferred["path"],
-            "inputs": [i["name"] for i in info["inputs"]]}
+    return {
+        "dir": ONNX_SUBFOLDER,
+        "files": files,
+        "preferred": preferred["path"],
+        "inputs": [i["name"] for i in info["inputs"]],
+    }
 
 
 def _pretty_dataset(data: StudentCardData) -> str | None:
