@@ -252,7 +252,7 @@ def test_bench_ablation_resumes_and_builds_the_table(tmp_path, tiny_backbone):
 
 def test_bench_ablation_reuses_rows_without_stage1_when_only_stage1_changes(tmp_path, tiny_backbone):
     """A longer stage 1 reruns only the rows that read stage 1; teachers, soft labels and stage-2-only rows are the
-    earlier ablation's (linked / copied, marked); any other change is refused."""
+    earlier ablation's (used in place, linked, copied and marked); any other change is refused."""
     old, new = tmp_path / "old", tmp_path / "new"
     ablation(old, tiny_backbone, "--rows", "labels_only", "MKD", "TKD", "--seeds", "1")
     before = {p.name: json.loads(p.read_text()) for p in (old / "runs").glob("*.json")}

@@ -369,7 +369,7 @@ def merge_lora(student: nn.Module) -> nn.Module:
         merged = copy.deepcopy(student)
         merge_lora_layers(merged.model)
         merged.__class__ = MultiHeadStudent
-        del merged.lora_settings  # a plain MultiHeadStudent has no LoRA settings
+        vars(merged).pop("lora_settings", None)  # a plain MultiHeadStudent has no LoRA settings
         return merged
     if is_peft_student(student):
         merged = copy.deepcopy(student).merge_and_unload()
