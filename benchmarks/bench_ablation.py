@@ -39,12 +39,18 @@ When only stage 1's settings change (e.g. a longer stage 1 in the pipeline confi
 new output_dir from the old one: the same teachers (used where they are), soft labels (linked) and the rows that do
 not read stage 1 (copied, each marked `reused_from`); only TKD, TMKD, the pool curve and the *_long controls run again.
 
+`--keep-stage1` saves each stage-1 student (`<output_dir>/stage1_students/`, named by everything that made it): a
+later run whose settings differ only after stage 1 (alpha, stage 2's epochs or learning rate; `bench_levers.py`
+always keeps them) loads it instead of training stage 1 again, with the same numbers as training it again (stage 2's
+Trainer re-seeds); its run file says `stage1_from`.
+
 Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_ablation.py [--rte] [--output_dir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -184,7 +190,11 @@ def check_or_save_settings(out: Path, settings: dict) -> None:
 
 # Settings that only stage 1 reads: an ablation that changes only these can take the other rows from an earlier one.
 STAGE1_ONLY_KEYS = ("stage1_epochs", "stage1_learning_rate")
+# Settings that only stage 2 (or evaluation) reads: runs that differ only in these can start from one stage-1 student.
+STAGE2_ONLY_KEYS = ("alpha", "stage2_epochs", "stage2_learning_rate", "eval_batch_size", "max_eval_rows")
 REUSED_FROM_FILE = "reused_from.json"
+STAGE1_STUDENTS = "stage1_students"  # saved stage-1 students (`--keep-stage1`, bench_levers), by what made them
+STAGE1_INFO = "stage1.json"
 
 
 def row_reads_stage1(row: str) -> bool:
@@ -248,6 +258,8 @@ class Ablation:
 
     row_recipes = ROW_RECIPES
     runnable_rows = STUDENT_ROWS + CONTROL_ROWS
+    keep_stage1 = False  # save every stage-1 student, so that runs differing only after stage 1 start from it
+
     def __init__(self, args, out: Path):
         import run_tmkd_pipeline as pipeline
         from transformers import AutoTokenizer
@@ -259,6 +271,7 @@ class Ablation:
         self.backbone = args.backbone or minilm_dir()
         self.tokenizer = AutoTokenizer.from_pretrained(self.backbone)
         self.newly_finished = 0
+        self.stage1_home = out / STAGE1_STUDENTS  # shared by bench_levers' variants (their `out` differs)
         self.load_data()
 
     def log(self, message: str) -> None:
@@ -451,14 +464,22 @@ class Ablation:
         if row.endswith("_long"):  # as many examples as stage 1 (the whole pool) + stage 2
             pool_examples = s["stage1_epochs"] * len(self.pool_sets["all"])
             stage2_epochs += pool_examples / len(self.train_sets[teachers])
-        pool_rows = 0
+        pool_rows, stage1_from = 0, None
         if stage1:
             pool = self.pool_sets[teachers]
             pool_rows = round(len(pool) * pool_percent / 100)
             pool = pool if pool_rows == len(pool) else pool.select(range(pool_rows))
-            seconds["stage1"] = self.train(f"{row}-seed{seed}-stage1", student, pool, seed=seed, alpha=1.0,
-                                           learning_rate=s["stage1_learning_rate"], epochs=s["stage1_epochs"],
-                                           **extra)
+            saved = self.stage1_home / self.stage1_name(teachers, num_heads, pool_rows, seed, extra)
+            if (saved / STAGE1_INFO).is_file():  # the same stage 1 ran before: start stage 2 from its student
+                seconds["stage1"] = self.load_stage1(student, saved)
+                stage1_from = saved.name
+                self.log(f"{row} seed {seed}: stage 1 reused from {saved}")
+            else:
+                seconds["stage1"] = self.train(f"{row}-seed{seed}-stage1", student, pool, seed=seed, alpha=1.0,
+                                               learning_rate=s["stage1_learning_rate"], epochs=s["stage1_epochs"],
+                                               **extra)
+                if self.keep_stage1:
+                    self.save_stage1(student, saved, seconds["stage1"], row=row, seed=seed)
         seconds["stage2"] = self.train(f"{row}-seed{seed}-stage2", student, self.train_sets[teachers], seed=seed,
                                        alpha=0.0 if teachers is None else s["alpha"],
                                        learning_rate=s["stage2_learning_rate"], epochs=stage2_epochs, **extra)
@@ -471,9 +492,42 @@ class Ablation:
         seconds["total"] = round(time.perf_counter() - start, 1)
         self.save_run(row, seed, metrics, seconds, pool_percent=pool_percent if stage1 else 0,
                       stage1_rows=pool_rows, stage2_rows=len(self.train_sets[teachers]), num_heads=num_heads,
-                      stage2_epochs=round(stage2_epochs, 4))
+                      stage2_epochs=round(stage2_epochs, 4), **({"stage1_from": stage1_from} if stage1_from else {}))
         self.log(f"{row} seed {seed}: " + ", ".join(f"{sp} acc {m['accuracy']:.4f}" for sp, m in metrics.items())
                  + f" ({seconds['total']} s)")
+
+    # ----- stage-1 students, kept (`keep_stage1`) and reused -----
+
+    def stage1_name(self, teachers, num_heads: int, pool_rows: int, seed: int, extra: dict) -> str:
+        """The folder of the stage-1 student these settings make: the same name only for the same stage 1 (every
+        setting but stage 2's, the teachers it learns from, its heads, pool rows, seed and row-specific arguments)."""
+        made_by = {k: v for k, v in self.settings.items() if k not in STAGE2_ONLY_KEYS}
+        if not made_by.get("stage1_augment_copies"):  # bench_levers' variants say 0; the ablation says nothing
+            made_by.pop("stage1_augment_copies", None)
+        made_by.update(teachers=teachers, num_heads=num_heads, pool_rows=pool_rows, seed=seed, extra=extra)
+        digest = hashlib.sha256(json.dumps(made_by, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        return f"{teachers}-{num_heads}heads-seed{seed}-{digest}"
+
+    def save_stage1(self, student, folder: Path, seconds: float, **about) -> None:
+        """The student's weights after stage 1 (every head), atomically, with what made them."""
+        from safetensors.torch import save_model
+
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        save_model(student, str(tmp / "model.safetensors"))
+        write_json(tmp / STAGE1_INFO, {"seconds": seconds, "settings": self.settings, "code": code_version(),
+                                       "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), **about})
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+
+    def load_stage1(self, student, folder: Path) -> float:
+        """Load a kept stage-1 student into `student` (built as the run would build it); the seconds it took then.
+        Stage 2 then runs as it would have: its Trainer re-seeds, so the run's numbers are the same."""
+        from safetensors.torch import load_model
+
+        load_model(student, str(folder / "model.safetensors"))
+        return json.loads((folder / STAGE1_INFO).read_text())["seconds"]
 
     def run(self, rows: list[str], pool_percents: list[int]) -> None:
         plan = [(row, 100 if self.row_recipes[row][2] else 0) for row in rows if row in self.runnable_rows]
@@ -688,6 +742,10 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--stop-after", type=int, help="stop (exit code 3) after N newly finished runs; resume later")
     parser.add_argument("--no-record", action="store_true", help=f"do not append the table to {RESULTS.name}")
+    parser.add_argument("--keep-stage1", "--keep_stage1", action="store_true",
+                        help=f"save every stage-1 student under output_dir/{STAGE1_STUDENTS}/ (about 70 MB each for "
+                             "MiniLM layers 0, 1, 2): a later run that differs only after stage 1 (bench_levers' "
+                             "alpha, stage-2 epochs) starts from it")
     parser.add_argument("--reuse-from", "--reuse_from", type=Path,
                         help="an earlier ablation's output_dir that differs only in stage 1's settings: its teachers, "
                              "soft labels and rows without stage 1 are reused (copied, marked), the rest runs")
@@ -723,6 +781,7 @@ def main(argv=None) -> int:
     load_before = load_average()
     started = time.perf_counter()
     ablation = Ablation(args, out)
+    ablation.keep_stage1 = args.keep_stage1
     ablation.log(f"output_dir {out}; {torch.get_num_threads()} torch threads; load {load_before}")
     ablation.label(ablation.teachers())
     try:

@@ -15,6 +15,9 @@ Grid: `--grid alpha=0.5,1.0 temperature=1,2,4` runs every combination; each one'
 on the grid are the ablation's (its settings.json). Choose on validation, report test beside it: a lever chosen on
 test would overstate what a user gets.
 
+Stage-1 students are kept (`<ablation_dir>/stage1_students/`, see bench_ablation's `--keep-stage1`): a lever that acts
+after stage 1 (`alpha`, `stage2_epochs`) on a row with stage 1 costs stage 2 only once that stage 1 has run.
+
 Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_levers.py \
           --ablation_dir outputs/ablation-qnli-mean \
           --row MKD --grid alpha=0.5,1.0 temperature=1,2,4 --seeds 1 2
@@ -99,6 +102,7 @@ class Levers:
         self.base_settings = json.loads(saved.read_text())
         self.ablation_dir, self.row, self.seeds = ablation_dir, row, seeds
         self.ablation = ablation_bench.Ablation(ablation_args(ablation_dir, self.base_settings), ablation_dir)
+        self.ablation.keep_stage1 = True  # a stage-2 lever (alpha, stage2_epochs) then costs stage 2 only
         self.teacher_dirs = self.ablation.teachers()  # reused: a finished ablation trains nothing here
         self.ablation.label(self.teacher_dirs)
         self.out = ablation_dir / "levers" / row

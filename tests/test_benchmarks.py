@@ -275,6 +275,32 @@ def test_bench_ablation_reuses_rows_without_stage1_when_only_stage1_changes(tmp_
     assert refused.returncode != 0 and "differ in ['max_length']" in refused.stderr
 
 
+def test_a_kept_stage1_student_is_reused_and_the_run_is_the_same(tmp_path, tiny_backbone):
+    """`--keep-stage1` saves each stage-1 student; a run that differs only after stage 1 (a bench_levers alpha)
+    starts from it, and with the ablation's own settings gives exactly the ablation's numbers; a change to stage 1
+    trains (and keeps) a new one."""
+    out_dir = tmp_path / "ablation"
+    ablation(out_dir, tiny_backbone, "--rows", "TMKD", "--seeds", "1", "--keep-stage1")
+    kept = sorted((out_dir / "stage1_students").iterdir())
+    assert len(kept) == 1 and (kept[0] / "model.safetensors").is_file(), kept
+    own = json.loads((out_dir / "runs" / "TMKD__seed1.json").read_text())
+    assert "stage1_from" not in own
+    levers = ("--ablation_dir", str(out_dir), "--threads", "1", "--no-record", "--seeds", "1", "--row", "TMKD")
+    alpha = own["settings"]["alpha"]
+    same = run("bench_levers.py", *levers, "--grid", f"alpha={alpha:g},1")
+    assert same.stdout.count(f"stage 1 reused from {kept[0]}") == 2, same.stdout[-3000:]
+    runs = out_dir / "levers" / "TMKD"
+    again = json.loads((runs / f"alpha={alpha:g}" / "runs" / "TMKD__seed1.json").read_text())
+    assert again["stage1_from"] == kept[0].name
+    assert again["metrics"] == own["metrics"]  # loading the kept student is the same as training stage 1 again
+    assert again["seconds"]["stage1"] == own["seconds"]["stage1"]
+    soft_only = json.loads((runs / "alpha=1" / "runs" / "TMKD__seed1.json").read_text())
+    assert soft_only["stage1_from"] == kept[0].name and soft_only["settings"]["alpha"] == 1.0
+    longer = run("bench_levers.py", *levers, "--grid", f"stage1_epochs={2 * own['settings']['stage1_epochs']:g}")
+    assert "stage 1 reused" not in longer.stdout
+    assert len(list((out_dir / "stage1_students").iterdir())) == 2
+
+
 @pytest.mark.slow
 def test_bench_ablation_rte_every_row(tmp_path, tiny_backbone):
     out_dir = tmp_path / "rte"
