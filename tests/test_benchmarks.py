@@ -357,3 +357,32 @@ def test_bench_levers_reuses_the_ablations_teachers_and_resumes(tmp_path, tiny_b
 
     bad = run("bench_levers.py", *levers, "--grid", "beta=1", check=False)
     assert bad.returncode != 0 and "--grid takes LEVER=V1,V2" in bad.stderr
+
+
+def test_bench_quantization_scores_every_format_of_a_trained_classifier(tmp_path, tiny_backbone):
+    """Every export route of a classifier, scored on the same real QNLI rows against torch fp32: ONNX fp32 agrees
+    on every row, keeping the feed-forward outputs in fp32 makes a bigger int8 file, and the summary holds each
+    format to the 0.5-point target."""
+    pytest.importorskip("onnxruntime")
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    torch.manual_seed(3)
+    labels = {0: "entailment", 1: "not_entailment"}
+    model = BertForSequenceClassification.from_pretrained(tiny_backbone, num_labels=2, id2label=labels,
+                                                          label2id={v: k for k, v in labels.items()})
+    with torch.no_grad():  # a head that makes the predictions vary from row to row
+        model.classifier.weight.normal_(0, 3.0)
+    model.save_pretrained(tmp_path / "clf")
+    AutoTokenizer.from_pretrained(tiny_backbone).save_pretrained(tmp_path / "clf")
+    out = run("bench_quantization.py", "--models", str(tmp_path / "clf"), "--max-rows", "48", "--threads", "1",
+              "--no-record").stdout
+    rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]]
+            for line in out.splitlines() if line.startswith("| clf |")}
+    assert set(rows) == {"torch fp32", "onnx fp32", "int8", "int8 all", "int8 keep ffn", "int8 signed", "torch int8"}
+    assert rows["onnx fp32"][4:6] == ["+0.00", "100.0"] and float(rows["onnx fp32"][6]) <= 1e-4
+    assert float(rows["int8 keep ffn"][2]) > float(rows["int8 all"][2]) > 0  # file MB
+    summary = table(out, "| format | points lost")
+    assert set(summary) == {"onnx fp32", "int8", "int8 all", "int8 keep ffn", "int8 signed", "torch int8"}
+    assert summary["onnx fp32"]["mean <= 0.5"] == "yes"
+    bad = run("bench_quantization.py", "--models", str(tmp_path / "missing"), "--no-record", check=False)
+    assert bad.returncode != 0 and "is not a directory" in bad.stderr

@@ -179,6 +179,46 @@ def test_weight_type_picks_unsigned_or_signed_8_bit_weights(tmp_path, tokenizer,
 
 
 @needs_onnxruntime
+@pytest.mark.parametrize(("family", "optimize"), [("bert", False), ("bert", True), ("distilbert", False)])
+def test_keep_fp32_leaves_the_feed_forward_outputs_unquantized(tmp_path, tokenizer, family, optimize):
+    """`keep_fp32="ffn_output"`: every block's second feed-forward MatMul (found by its intermediate x hidden weight,
+    in a plain or a fused graph, BERT or DistilBERT names) stays a float MatMul with its fp32 weight in the int8 file;
+    every other weight MatMul is quantized as before; the export says which nodes it kept."""
+    import onnx
+
+    config = tiny_config(family)
+    inner, hidden = (config.hidden_dim, config.dim) if family == "distilbert" else (37, 32)
+    layers = config.n_layers if family == "distilbert" else config.num_hidden_layers
+    student_dir = save_student(tmp_path / "student", tokenizer, "mean", family=family)
+    info = export_onnx(student_dir, tmp_path / "kept", quantize=True, keep_fp32="ffn_output", optimize=optimize)
+    kept = info["quantization"]["kept_fp32"]
+    assert kept["requested"] == ["ffn_output"] and len(kept["nodes"]) == layers, kept
+
+    def weights(folder):  # node name -> its op and the shapes of its constant inputs
+        graph = onnx.load(tmp_path / folder / ONNX_INT8_FILE).graph
+        init = {t.name: (t.data_type, tuple(t.dims)) for t in graph.initializer}
+        return {n.name: (n.op_type, [init[i] for i in n.input if i in init]) for n in graph.node}
+
+    int8 = weights("kept")
+    for name in kept["nodes"]:
+        assert int8[name] == ("MatMul", [(onnx.TensorProto.FLOAT, (inner, hidden))]), int8.get(name)
+    quantized_ops = ("MatMulInteger", "DynamicQuantizeMatMul")
+    plain = export_onnx(student_dir, tmp_path / "all", quantize=True, optimize=optimize)
+    assert plain["quantization"]["kept_fp32"] == {"requested": [], "nodes": []}
+    count = lambda w: sum(op in quantized_ops for op, _ in w.values())  # noqa: E731
+    assert count(weights("all")) - count(int8) == layers > 0
+    batch = pairs_batch(tokenizer, 6, seed=5)
+    expected = torch_logits(load_classifier(student_dir), batch)
+    logits = OnnxClassifier(tmp_path / "kept", int8=True)(**batch)
+    assert 0 < np.abs(logits - expected).max() <= 0.3 * np.abs(expected).max()
+
+    with pytest.raises(ValueError, match="use it with quantize=True"):
+        export_onnx(student_dir, tmp_path / "bad", keep_fp32="ffn_output")
+    with pytest.raises(ValueError, match="'attention' is neither"):
+        export_onnx(student_dir, tmp_path / "bad", quantize=True, keep_fp32=["ffn_output", "attention"])
+
+
+@needs_onnxruntime
 def test_a_model_without_token_type_ids_and_the_dynamo_exporter(tmp_path, tokenizer):
     """DistilBERT reads no token_type_ids: the graph has two inputs and the runner ignores the tokenizer's third.
     The torch.export-based exporter (`dynamo=True`, needs onnxscript) gives the same logits as PyTorch; its int8

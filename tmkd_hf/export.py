@@ -46,6 +46,7 @@ import importlib.util
 import json
 import os
 import warnings
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -68,6 +69,8 @@ OPTIMIZER_MODEL_TYPES = {
     "electra": "bert",
 }
 WEIGHT_TYPES = {"uint8": "QUInt8", "int8": "QInt8"}  # export_onnx(weight_type=...) -> onnxruntime's QuantType
+# export_onnx(keep_fp32=...): named groups of matrix multiplications left in fp32 in the int8 file
+KEEP_FP32_GROUPS = ("ffn_output",)
 
 # Pairs to trace the graph with (2 rows: a dimension of size 1 would be fixed by torch.export), and a check batch
 # of another size and length, with padding, to prove the axes are dynamic.
@@ -146,6 +149,49 @@ def _fuse(path: str, config, model_type: str) -> dict:
     }
 
 
+def _ffn_output_nodes(graph, config) -> list[str]:
+    """The MatMul nodes of every block's second feed-forward layer (intermediate -> hidden), found by the shape of
+    their weight, so the rule holds for any exporter, fused or not, and any BERT-like family."""
+    inner = getattr(config, "intermediate_size", None) or getattr(config, "hidden_dim", None)
+    hidden = getattr(config, "hidden_size", None) or getattr(config, "dim", None)
+    if not inner or not hidden or inner == hidden:
+        raise ValueError(
+            f"keep_fp32=['ffn_output'] finds the feed-forward output layers by their weight shape (intermediate x "
+            f"hidden), which this {config.model_type} config does not tell apart ({inner} x {hidden})."
+        )
+    shapes = {t.name: tuple(t.dims) for t in graph.initializer}
+    weight = (inner, hidden)
+    return [n.name for n in graph.node if n.op_type == "MatMul" and any(shapes.get(i) == weight for i in n.input)]
+
+
+def _fp32_nodes(path: str, config, keep_fp32) -> list[str]:
+    """Node names of the graph at `path` that the int8 file keeps in fp32: named groups (`KEEP_FP32_GROUPS`) and
+    node names as they are in the graph; an entry that matches nothing is an error, not a silent no-op."""
+    import onnx
+
+    graph = onnx.load(path, load_external_data=False).graph
+    names = {n.name for n in graph.node}
+    nodes = []
+    for entry in keep_fp32:
+        if entry == "ffn_output":
+            found = _ffn_output_nodes(graph, config)
+            expected = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layers", None)
+            if len(found) != expected:
+                raise ValueError(
+                    f"keep_fp32=['ffn_output'] found {len(found)} feed-forward output MatMuls in {path}, expected one "
+                    f"per layer ({expected})."
+                )
+        elif entry in names:
+            found = [entry]
+        else:
+            raise ValueError(
+                f"keep_fp32 takes the groups {list(KEEP_FP32_GROUPS)} or node names of the exported graph; {entry!r} "
+                "is neither."
+            )
+        nodes += [n for n in found if n not in nodes]
+    return nodes
+
+
 class _LogitsOnly(nn.Module):
     """The classifier as the graph sees it: token tensors in, logits out (no ModelOutput, no loss)."""
 
@@ -199,6 +245,7 @@ def export_onnx(
     opset: int | None = None,
     dynamo: bool = False,
     optimize: bool = False,
+    keep_fp32: Sequence[str] = (),
 ) -> dict:
     """Export the merged student in `model_dir` (a plain checkpoint or a CrossEncoder export, anything
     `tmkd_hf.load_classifier` loads, with its tokenizer) to `output_dir/model.onnx`, and with `quantize=True` also
@@ -216,9 +263,15 @@ def export_onnx(
             then runs only in onnxruntime) before the int8 file is made from it. The model is exported with eager
             attention for this (the optimizer recognises that pattern, not SDPA's). BERT-style encoders (bert,
             roberta, distilbert, ...; `OPTIMIZER_MODEL_TYPES`).
+        keep_fp32: matrix multiplications the int8 file leaves in fp32: `"ffn_output"` (every block's second
+            feed-forward layer, whose inputs, the GELU outputs, have the widest range; found by weight shape) and/or
+            node names of the graph. Trades file size and some speed for accuracy (see the module docstring).
     """
     if weight_type not in WEIGHT_TYPES:
         raise ValueError(f"weight_type must be one of {sorted(WEIGHT_TYPES)}, not {weight_type!r}.")
+    keep_fp32 = [keep_fp32] if isinstance(keep_fp32, str) else list(keep_fp32)
+    if keep_fp32 and not quantize:
+        raise ValueError("keep_fp32 says which layers the int8 file keeps in fp32: use it with quantize=True.")
     _require("onnx", "The ONNX export")
     _require("onnxruntime", "The ONNX export (its check and the int8 file)")
     import onnx
@@ -291,11 +344,19 @@ def export_onnx(
 
         int8_path = os.path.join(output_dir, ONNX_INT8_FILE)
         quant_type = getattr(QuantType, WEIGHT_TYPES[weight_type])
+        fp32_nodes = _fp32_nodes(path, model.config, keep_fp32)
         # a fused graph holds onnxruntime's own operators, whose outputs shape inference cannot type: float32
         extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if optimization else None
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*pre-processing before quantization.*")
-            quantize_dynamic(path, int8_path, weight_type=quant_type, per_channel=per_channel, extra_options=extra)
+            quantize_dynamic(
+                path,
+                int8_path,
+                weight_type=quant_type,
+                per_channel=per_channel,
+                extra_options=extra,
+                nodes_to_exclude=fp32_nodes,
+            )
         int8_logits = OnnxClassifier(int8_path)(**check)
         files["int8"] = ONNX_INT8_FILE
         check_diff["int8"] = _max_diff(int8_logits, expected)
@@ -304,6 +365,7 @@ def export_onnx(
             "method": "onnxruntime.quantization.quantize_dynamic",
             "weight_type": WEIGHT_TYPES[weight_type],
             "per_channel": per_channel,
+            "kept_fp32": {"requested": keep_fp32, "nodes": fp32_nodes},
         }
     tokenizer.save_pretrained(output_dir)
     model.config.save_pretrained(output_dir)  # the labels (id2label) and the architecture the graph came from
