@@ -131,7 +131,8 @@ def test_bench_inference_tiny(tiny_backbone):
     assert 0 <= diff <= 1e-5 and met == "yes"
     # the merged student exported (ONNX fp32 and int8, torch int8), timed in the same passes, in its own table
     exported = table(out, "| exported student |")
-    assert set(exported) == ({"onnx", "onnx_int8", "onnx_int8_signed", "onnx_fused", "onnx_fused_int8", "torch_int8"}
+    assert set(exported) == ({"onnx", "onnx_int8", "onnx_int8_keep_ffn", "onnx_int8_signed", "onnx_fused",
+                              "onnx_fused_int8", "onnx_fused_int8_keep_ffn", "torch_int8"}
                              if importlib.util.find_spec("onnxruntime") else {"torch_int8"})  # fmt: skip
     for name, row in exported.items():
         per_s = float(row["examples/s"])
@@ -152,6 +153,7 @@ def test_bench_inference_tiny(tiny_backbone):
             assert value == diff > 0 and met == "-"
     if "onnx" in exported:
         assert float(exported["onnx_int8"]["size MB"]) < float(exported["onnx"]["size MB"])
+        assert float(exported["onnx_int8"]["size MB"]) <= float(exported["onnx_int8_keep_ffn"]["size MB"])
     # the deployment targets are held by the fastest exported form, against its own measured rates
     fastest = max(exported, key=lambda m: float(exported[m]["examples/s"]))
     for base, bound, label in (("ensemble", 10, "the ensemble"), ("teacher", 3.5, "one teacher")):
