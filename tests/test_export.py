@@ -90,7 +90,7 @@ def test_files_and_the_description_land_in_the_folder(exported):
     assert info["opset"] == 17
     assert info["source"] == os.path.basename(student_dir)  # pushed with the model: no local absolute path
     assert info["quantization"] == {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QUInt8",
-                                    "per_channel": True}  # fmt: skip
+                                    "per_channel": True, "kept_fp32": {"requested": [], "nodes": []}}  # fmt: skip
     assert info["check"]["max_abs_logit_diff_vs_torch"]["fp32"] <= 1e-4
     assert info["size_bytes"]["int8"] < info["size_bytes"]["fp32"] == os.path.getsize(os.path.join(onnx_dir, ONNX_FILE))
     # the graph's axes are named, not fixed to the traced batch
