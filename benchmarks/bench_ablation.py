@@ -54,7 +54,6 @@ import hashlib
 import json
 import math
 import os
-import shlex
 import shutil
 import statistics
 import sys
@@ -67,7 +66,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
 
-from bench_labelling import DATA_ROOT, RESULTS, code_version, load_average, machine, minilm_dir  # noqa: E402
+from bench_labelling import DATA_ROOT, RESULTS, code_version, command_line, load_average, machine, minilm_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 PIPELINE_CONFIG = REPO / "recipes" / "configs" / "pipeline_default.json"
@@ -775,9 +774,7 @@ def main(argv=None) -> int:
     if args.reuse_from:
         reuse_from(args.reuse_from, out, settings)
     check_or_save_settings(out, settings)
-    command = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python " + shlex.join(
-        [os.path.relpath(__file__, os.getcwd()), *(argv if argv is not None else sys.argv[1:])]
-    )
+    command = command_line(__file__, argv)
     load_before = load_average()
     started = time.perf_counter()
     ablation = Ablation(args, out)

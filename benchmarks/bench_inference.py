@@ -43,7 +43,6 @@ import argparse
 import importlib.util
 import io
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -56,7 +55,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
 
-from bench_labelling import RESULTS, code_version, load_average, machine, minilm_dir  # noqa: E402
+from bench_labelling import RESULTS, code_version, command_line, load_average, machine, minilm_dir  # noqa: E402
 from bench_training import LABELS, TEXT_COLUMNS, data_dir  # noqa: E402
 
 MODELS = ("merged", "plain", "teacher", "ensemble")
@@ -186,9 +185,7 @@ def main(argv=None) -> int:
 
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    command = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python " + shlex.join(
-        [os.path.relpath(__file__, os.getcwd()), *(argv if argv is not None else sys.argv[1:])]
-    )
+    command = command_line(__file__, argv)
     load_before = load_average()
     backbone = args.backbone or minilm_dir()
     raw = pipeline.read_tsv(str(data_dir() / "test.tsv"), list(TEXT_COLUMNS), args.rows)

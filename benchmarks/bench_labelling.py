@@ -370,6 +370,12 @@ def machine() -> str:
     )
 
 
+def command_line(script: str, argv: list[str] | None) -> str:
+    """How a benchmark was run, as RESULTS.md records it: offline, the script relative to the working directory."""
+    args = argv if argv is not None else sys.argv[1:]
+    return "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python " + shlex.join([os.path.relpath(script, os.getcwd()), *args])
+
+
 def code_version() -> str:
     """The commit of the checkout, with the files that differ from it (results depend on uncommitted edits too)."""
     root = Path(__file__).resolve().parent.parent

@@ -30,7 +30,6 @@ import copy
 import itertools
 import json
 import os
-import shlex
 import statistics
 import sys
 import time
@@ -41,7 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_ablation as ablation_bench  # noqa: E402
-from bench_labelling import RESULTS, code_version, load_average, machine  # noqa: E402
+from bench_labelling import RESULTS, code_version, command_line, load_average, machine  # noqa: E402
 
 LEVERS = {  # name -> parser of one value on the command line
     "alpha": float,
@@ -227,8 +226,7 @@ def main(argv=None) -> int:
     table = build_table(ablation_dir, args.row)
     print(table)
     if not args.table_only and not args.no_record:
-        command = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python " + shlex.join(
-            [os.path.relpath(__file__, os.getcwd()), *(argv if argv is not None else sys.argv[1:])])
+        command = command_line(__file__, argv)
         report = [f"## {time.strftime('%Y-%m-%d %H:%M %Z')} — levers on {args.row} (bench_levers.py)", "",
                   f"- machine: {machine()}", f"- load average at the start: {load_before}, at the end: "
                   f"{load_average()}; this session's part took {elapsed / 60:.1f} min",

@@ -39,7 +39,6 @@ import argparse
 import json
 import math
 import os
-import shlex
 import shutil
 import statistics
 import sys
@@ -52,7 +51,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import bench_ablation as ab  # noqa: E402
-from bench_labelling import RESULTS, code_version, load_average, machine  # noqa: E402
+from bench_labelling import RESULTS, code_version, command_line, load_average, machine  # noqa: E402
 
 NUM_MINILM = 3  # teachers 0, 1, 2: the ablation's; teacher 3: the big one
 BIG = NUM_MINILM
@@ -436,8 +435,7 @@ def main(argv=None) -> int:
     args.big_teacher_readout = detect_readout(big_dir)
     settings = settings_of(args)
     ab.check_or_save_settings(out, settings)
-    command = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python " + shlex.join(
-        [os.path.relpath(__file__, os.getcwd()), *(argv if argv is not None else sys.argv[1:])])
+    command = command_line(__file__, argv)
     started = time.perf_counter()
     bench = MpnetBench(args, out, big_dir)
     bench.log(f"output_dir {out}; big teacher {big_dir} (readout {args.big_teacher_readout}); "

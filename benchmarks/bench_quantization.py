@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -40,7 +39,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
 
-from bench_labelling import DATA_ROOT, RESULTS, code_version, load_average, machine  # noqa: E402
+from bench_labelling import DATA_ROOT, RESULTS, code_version, command_line, load_average, machine  # noqa: E402
 
 TARGET_POINTS = 0.5  # issue 14: int8 accuracy on test within 0.5 points of fp32
 # format -> export_onnx arguments (None: not an ONNX file)
@@ -173,8 +172,7 @@ def main(argv=None) -> int:
     table = build_table(results, formats)
     print(table)
     if not args.no_record:
-        command = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python " + shlex.join(
-            [os.path.relpath(__file__, os.getcwd()), *(argv if argv is not None else sys.argv[1:])])
+        command = command_line(__file__, argv)
         report = [f"## {time.strftime('%Y-%m-%d %H:%M %Z')} — accuracy after int8 on trained classifiers "
                   "(bench_quantization.py)", "",
                   f"- machine: {machine()}; load average {load_before} at the start, {load_average()} at the end; "

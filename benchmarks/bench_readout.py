@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import csv
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -27,7 +26,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_labelling import RESULTS, code_version, load_average, machine, minilm_dir  # noqa: E402
+from bench_labelling import RESULTS, code_version, command_line, load_average, machine, minilm_dir  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -148,8 +147,7 @@ def main(argv=None) -> int:
     table = "\n".join(lines)
     print(table)
     if not args.no_record:
-        command = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python " + shlex.join(
-            [os.path.relpath(__file__, os.getcwd()), *(argv if argv is not None else sys.argv[1:])])
+        command = command_line(__file__, argv)
         report = [f"## {time.strftime('%Y-%m-%d %H:%M %Z')} — readouts (bench_readout.py)", "",
                   f"- machine: {machine()}", f"- load average before: {load_before}, after: {load_average()}",
                   f"- command: `{command}`", f"- code: tmkd_hf at {code_version()}", "", table, ""]

@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import shlex
 import statistics
 import sys
 import tempfile
@@ -38,7 +37,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
 
-from bench_labelling import DATA_DIR, RESULTS, Clock, code_version, load_average, machine, minilm_dir  # noqa: E402
+from bench_labelling import DATA_DIR, RESULTS, Clock, code_version, command_line, load_average, machine, minilm_dir  # noqa: E402
 
 METHODS = ("plain", "cached", "online", "student", "teachers")
 TEXT_COLUMNS = ("question", "sentence")
@@ -274,9 +273,7 @@ def main(argv=None) -> int:
     datasets.disable_progress_bars()
     transformers.logging.set_verbosity_error()
     transformers.logging.disable_progress_bar()
-    command = "HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python " + shlex.join(
-        [os.path.relpath(__file__, os.getcwd()), *(argv if argv is not None else sys.argv[1:])]
-    )
+    command = command_line(__file__, argv)
     load_before = load_average()
     report = [f"## {time.strftime('%Y-%m-%d %H:%M %Z')} — training throughput (bench_training.py)", "",
               f"- machine: {machine()}", f"- command: `{command}`", f"- code: tmkd_hf at {code_version()}"]
