@@ -35,14 +35,15 @@ reused; a rerun skips what is done (and says so). `--table-only` builds the mark
 With matplotlib (`pip install "tmkd_hf[plots]"`) the table step also draws `ablation.png` (every row: seeds, mean ±
 std; teachers, ensemble and majority as lines) and `pool_curve.png` beside `ablation.md`.
 
-When only stage 1's settings change (e.g. a longer stage 1 in the pipeline config), `--reuse-from OLD_DIR` starts the
-new output_dir from the old one: the same teachers (used where they are), soft labels (linked) and the rows that do
-not read stage 1 (copied, each marked `reused_from`); only TKD, TMKD, the pool curve and the *_long controls run again.
+When only stage 1's settings or stage 2's alpha, epochs or learning rate change (e.g. a longer stage 1, or
+`--alpha 1.0`), `--reuse-from OLD_DIR` starts the new output_dir from the old one: the same teachers (used where they
+are), soft labels (linked), kept stage-1 students, and the rows that do not read the changed settings (copied, each
+marked `reused_from`): for a new stage 1, the stage-2-only rows; for a new alpha, the teachers and labels-only.
 
-`--keep-stage1` saves each stage-1 student (`<output_dir>/stage1_students/`, named by everything that made it): a
-later run whose settings differ only after stage 1 (alpha, stage 2's epochs or learning rate; `bench_levers.py`
-always keeps them) loads it instead of training stage 1 again, with the same numbers as training it again (stage 2's
-Trainer re-seeds); its run file says `stage1_from`.
+`--keep-stage1` saves each stage-1 student (`<output_dir>/stage1_students/`, named by everything that made it; with
+`--reuse-from`, in OLD_DIR's, beside the teachers): a later run whose settings differ only after stage 1 (alpha,
+stage 2's epochs or learning rate; `bench_levers.py` always keeps them) loads it instead of training stage 1 again,
+with the same numbers as training it again (stage 2's Trainer re-seeds); its run file says `stage1_from`.
 
 Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_ablation.py [--rte] [--output_dir DIR]
 """
@@ -137,7 +138,7 @@ def settings_of(args) -> dict:
         "stage1_learning_rate": config["stage1_learning_rate"],
         "stage2_epochs": config["stage2_epochs"] * scale,
         "stage2_learning_rate": config["stage2_learning_rate"],
-        "alpha": config["stage2_alpha"],
+        "alpha": config["stage2_alpha"] if getattr(args, "alpha", None) is None else args.alpha,
         "temperature": config["temperature"],
         "soft_loss": config["soft_loss"],
         "teacher_aggregation": args.teacher_aggregation,
@@ -189,6 +190,8 @@ def check_or_save_settings(out: Path, settings: dict) -> None:
 
 # Settings that only stage 1 reads: an ablation that changes only these can take the other rows from an earlier one.
 STAGE1_ONLY_KEYS = ("stage1_epochs", "stage1_learning_rate")
+# Settings in which `--reuse-from` may differ: each row whose numbers do not read the changed ones is copied.
+REUSABLE_KEYS = (*STAGE1_ONLY_KEYS, "alpha", "stage2_epochs", "stage2_learning_rate")
 # Settings that only stage 2 (or evaluation) reads: runs that differ only in these can start from one stage-1 student.
 STAGE2_ONLY_KEYS = ("alpha", "stage2_epochs", "stage2_learning_rate", "eval_batch_size", "max_eval_rows")
 REUSED_FROM_FILE = "reused_from.json"
@@ -196,27 +199,38 @@ STAGE1_STUDENTS = "stage1_students"  # saved stage-1 students (`--keep-stage1`, 
 STAGE1_INFO = "stage1.json"
 
 
-def row_reads_stage1(row: str) -> bool:
-    """Whether a row's numbers depend on stage 1's settings: rows with a stage 1, and the *_long controls (their
-    budget is stage 1's examples + stage 2's)."""
+def row_reads(row: str, key: str) -> bool:
+    """Whether a row's numbers depend on setting `key` (one of REUSABLE_KEYS). Teachers, ensemble and majority read
+    none; stage 1's settings are read by rows with a stage 1 and by the *_long controls (their budget is stage 1's
+    examples + stage 2's); alpha by every student with teachers (labels-only trains on golden labels, alpha 0);
+    stage 2's epochs and learning rate by every student."""
     base = "TMKD" if row.startswith("TMKD_pool") else row
-    return base in ROW_RECIPES and (ROW_RECIPES[base][2] or base.endswith("_long"))
+    if base not in ROW_RECIPES:
+        return False
+    teachers, _, stage1 = ROW_RECIPES[base]
+    if key in STAGE1_ONLY_KEYS:
+        return stage1 or base.endswith("_long")
+    if key == "alpha":
+        return teachers is not None
+    return True
 
 
 def reuse_from(source: Path, out: Path, settings: dict, log=print) -> list[str]:
-    """Start `out` from the ablation in `source` when the two differ only in stage 1's settings: use its teachers
-    and soft-label caches, and copy the runs of every row that does not read stage 1 (teachers, ensemble, majority,
-    stage-2-only students), which would be the same run for run. Each copy keeps the values it was run with under
-    `reused_from`. Rows that read stage 1 are left to run. Returns the copied run files' names."""
+    """Start `out` from the ablation in `source` when the two differ only in stage 1's settings or stage 2's mix and
+    budget (REUSABLE_KEYS): use its teachers, soft-label caches and kept stage-1 students, and copy the runs of every
+    row that does not read a changed setting (e.g. teachers, ensemble, majority and labels-only for a new alpha),
+    which would be the same run for run. Each copy keeps the values it was run with under `reused_from`. The other
+    rows are left to run (those with a stage 1 start from a kept stage-1 student when one matches). Returns the
+    copied run files' names."""
     saved = source / "settings.json"
     if not saved.is_file() or not (source / "teachers").is_dir() or not (source / "labelled").is_dir():
         raise SystemExit(f"--reuse-from {source}: not a bench_ablation output_dir with its teachers and soft-label "
                          "caches (settings.json, teachers/, labelled/)")
     before = json.loads(saved.read_text())
     changed = sorted(k for k in set(before) | set(settings) if before.get(k) != settings.get(k))
-    if not set(changed) <= set(STAGE1_ONLY_KEYS):
-        raise SystemExit(f"--reuse-from {source}: its settings differ in {changed}; only runs that differ in stage "
-                         f"1's settings ({', '.join(STAGE1_ONLY_KEYS)}) can share teachers and stage-2-only rows")
+    if not set(changed) <= set(REUSABLE_KEYS):
+        raise SystemExit(f"--reuse-from {source}: its settings differ in {changed}; only runs that differ in "
+                         f"{', '.join(REUSABLE_KEYS)} can share teachers and the rows that do not read them")
     check_or_save_settings(out, settings)
     if not (out / "labelled").exists():
         (out / "labelled").symlink_to((source / "labelled").resolve(), target_is_directory=True)
@@ -224,7 +238,7 @@ def reuse_from(source: Path, out: Path, settings: dict, log=print) -> list[str]:
     write_json(out / REUSED_FROM_FILE, {"output_dir": str(source), "settings": changed_then})
     copied = []
     for row, row_runs in load_runs(source).items():
-        if row_reads_stage1(row):
+        if any(row_reads(row, k) for k in changed):
             continue
         for run in row_runs:
             target = run_file(out, row, run["seed"])
@@ -234,8 +248,8 @@ def reuse_from(source: Path, out: Path, settings: dict, log=print) -> list[str]:
             run["settings"] = settings
             write_json(target, run)
             copied.append(target.name)
-    log(f"reused from {source}: teachers, soft labels and {len(copied)} run(s) of rows without stage 1 "
-        f"(settings then: {changed_then})")
+    log(f"reused from {source}: teachers, soft labels, kept stage-1 students and {len(copied)} run(s) of rows that "
+        f"do not read the changed settings (settings then: {changed_then})")
     return copied
 
 
@@ -270,8 +284,9 @@ class Ablation:
         self.backbone = args.backbone or minilm_dir()
         self.tokenizer = AutoTokenizer.from_pretrained(self.backbone)
         self.newly_finished = 0
-        self.stage1_home = out / STAGE1_STUDENTS  # shared by bench_levers' variants (their `out` differs)
         self.load_data()
+        # with the teachers: shared by bench_levers' variants (their `out` differs) and by `--reuse-from` ablations
+        self.stage1_home = self.teachers_home() / STAGE1_STUDENTS
 
     def log(self, message: str) -> None:
         print(f"[ablation {time.strftime('%H:%M:%S')}] {message}", flush=True)
@@ -734,6 +749,8 @@ def main(argv=None) -> int:
     parser.add_argument("--backbone", help="model dir (default: all-MiniLM-L6-v2); a tiny one for quick checks")
     parser.add_argument("--student-layers", type=int, nargs="+", help="default: the pipeline config's (0 1 2)")
     parser.add_argument("--stage1-epochs", type=float, help="default: the pipeline config's")
+    parser.add_argument("--alpha", type=float, help="stage 2's weight of the soft labels (1: soft labels only); "
+                        "default: the pipeline config's stage2_alpha")
     parser.add_argument("--batch-size", type=int, help="default: the pipeline config's (16)")
     parser.add_argument("--max-length", type=int, help="default: the pipeline config's (128)")
     parser.add_argument("--teacher-aggregation", default="mean_logits", choices=["mean_logits", "mean_probs"],
@@ -746,8 +763,9 @@ def main(argv=None) -> int:
                              "MiniLM layers 0, 1, 2): a later run that differs only after stage 1 (bench_levers' "
                              "alpha, stage-2 epochs) starts from it")
     parser.add_argument("--reuse-from", "--reuse_from", type=Path,
-                        help="an earlier ablation's output_dir that differs only in stage 1's settings: its teachers, "
-                             "soft labels and rows without stage 1 are reused (copied, marked), the rest runs")
+                        help="an earlier ablation's output_dir that differs only in stage 1's settings or stage 2's "
+                             "alpha, epochs or learning rate: its teachers, soft labels and kept stage-1 students are "
+                             "used, the rows that do not read the changed settings copied (marked), the rest runs")
     args = parser.parse_args(argv)
     if min(args.seeds) < 0 or any(not 0 <= p <= 100 for p in args.pool_percents):
         parser.error("seeds must be >= 0 and pool percents in [0, 100]")

@@ -87,6 +87,7 @@ def ablation_args(ablation_dir: Path, settings: dict) -> argparse.Namespace:
     config = json.loads(ablation_bench.PIPELINE_CONFIG.read_text())
     args.epochs_scale = settings["teacher_epochs"] / config["teacher_epochs"]
     args.stage1_epochs = settings["stage1_epochs"] / args.epochs_scale
+    args.alpha = settings["alpha"]
     if ablation_bench.settings_of(args) != settings:
         changed = {k: v for k, v in ablation_bench.settings_of(args).items() if settings.get(k) != v}
         raise SystemExit(f"cannot reproduce the settings of {ablation_dir} ({changed}); rerun its ablation first")

@@ -303,6 +303,29 @@ def test_a_kept_stage1_student_is_reused_and_the_run_is_the_same(tmp_path, tiny_
     assert len(list((out_dir / "stage1_students").iterdir())) == 2
 
 
+def test_a_new_alpha_reuses_teachers_labels_only_and_the_kept_stage1_students(tmp_path, tiny_backbone):
+    """`--alpha` with `--reuse-from`: the rows that do not read alpha (teachers, labels-only) are copied, the others
+    rerun, and TMKD's stage 2 starts from the stage-1 student the earlier ablation kept (beside its teachers)."""
+    old, new = tmp_path / "old", tmp_path / "new"
+    rows = ("--rows", "labels_only", "MKD", "TMKD", "--seeds", "1")
+    ablation(old, tiny_backbone, *rows, "--keep-stage1")
+    kept = sorted((old / "stage1_students").iterdir())
+    assert len(kept) == 1
+    before = {p.name: json.loads(p.read_text()) for p in (old / "runs").glob("*.json")}
+    assert before["MKD__seed1.json"]["settings"]["alpha"] != 1.0
+    proc = ablation(new, tiny_backbone, *rows, "--alpha", "1.0", "--keep-stage1", "--reuse-from", str(old))
+    assert "skip labels_only seed 1: done" in proc.stdout and "start MKD seed 1" in proc.stdout
+    assert f"TMKD seed 1: stage 1 reused from {kept[0]}" in proc.stdout
+    assert not (new / "stage1_students").exists()
+    copied = json.loads((new / "runs" / "labels_only__seed1.json").read_text())
+    assert copied["metrics"] == before["labels_only__seed1.json"]["metrics"]
+    assert copied["reused_from"]["settings"] == {"alpha": before["labels_only__seed1.json"]["settings"]["alpha"]}
+    for row in ("MKD", "TMKD"):
+        rerun = json.loads((new / "runs" / f"{row}__seed1.json").read_text())
+        assert "reused_from" not in rerun and rerun["settings"]["alpha"] == 1.0
+    assert json.loads((new / "runs" / "TMKD__seed1.json").read_text())["stage1_from"] == kept[0].name
+
+
 @pytest.mark.slow
 def test_bench_ablation_rte_every_row(tmp_path, tiny_backbone):
     out_dir = tmp_path / "rte"
