@@ -252,6 +252,20 @@ def test_upload_student_folder_publishes_refuses_replaces_and_names_auth_errors(
     assert "no write access" in publishing["forbidden"] and "403 Forbidden" in publishing["forbidden"]
 
 
+@pytest.mark.parametrize("kind", ["cross-encoder", "multi-head"])
+def test_a_mean_readout_student_loads_by_hub_id_as_trained(publishing, kind):
+    """A CrossEncoder export (or a multi-head checkpoint) on the Hub is read as what it is, not as a plain encoder
+    given a fresh head: the same logits as the local directory, by `load_classifier` and as a labelling teacher."""
+    result = publishing["by_id"][kind]
+    assert result["spread"] > 1e-3  # the logits depend on the input: the comparison can fail
+    assert result["diff"] <= 1e-6 and result["label_diff"] <= 1e-5, result
+    if kind == "cross-encoder":
+        assert {"modules.json", "1_Pooling/config.json", "2_Dense/model.safetensors"} <= set(result["snapshot_files"])
+    else:
+        assert "tmkd_student.json" in result["snapshot_files"]
+    assert publishing["plain_by_id"] is None  # a plain checkpoint still loads the plain way
+
+
 # ----- failures: clear message, local output kept -----
 
 
@@ -659,7 +673,53 @@ def child_publishing(tmp: Path) -> dict:
     ).config.model_type
     results["unauthorized"] = attempt("tester/unauthorized")
     results["forbidden"] = attempt("tester/forbidden")
+
+    # by Hub id, load_classifier / label_with_teachers read a mean-readout student's CrossEncoder export (not a
+    # plain encoder with a fresh head) and a multi-head checkpoint, each with the local model's logits
+    import torch
+
+    from tmkd_hf import label_with_teachers, load_classifier
+    from tmkd_hf.teachers import tmkd_classifier_dir
+
+    batch = tokenizer(["what city is the capital", "who was king"], ["the river of the king", "a city"],
+                      return_tensors="pt", padding=True)
+    results["by_id"] = {}
+    for kind, merged in (("cross-encoder", True), ("multi-head", False)):
+        local = tmp / kind
+        student = MultiHeadStudent(tiny_model("bert", seed=7), 3, readout="mean")
+        with torch.no_grad():  # heads far from zero and from each other: logits that differ by input and head
+            for name, param in student.named_parameters():
+                if "classifier" in name:
+                    param.normal_(0, 1)
+        student.save_pretrained(local, merged=merged, tokenizer=tokenizer)
+        repo = f"tester/{kind}"
+        if merged:
+            upload_student_folder(local, repo, token="dummy")
+        else:  # as run_qa_distill_pretrain.py --push_to_hub publishes a stage-1 student (every head at the root)
+            HfApi().create_repo(repo, token="dummy")
+            HfApi().upload_folder(repo_id=repo, folder_path=str(local), token="dummy")
+        with torch.no_grad():
+            want = load_classifier(local)(**batch).logits
+            got = load_classifier(repo)(**batch).logits
+        labelled = label_with_teachers(
+            _pairs(), [repo], output_dir=tmp / f"labels-{kind}", show_progress=False, batch_size=2
+        )
+        results["by_id"][kind] = {
+            "diff": (want - got).abs().max().item(),
+            "spread": (want[0] - want[1]).abs().max().item(),
+            "label_diff": (torch.tensor(labelled["teacher_logits"])[:, 0] - want).abs().max().item(),
+            "snapshot_files": sorted(str(p.relative_to(tmkd_classifier_dir(repo))) for p in
+                                     Path(tmkd_classifier_dir(repo)).rglob("*") if p.is_file()),
+        }
+    results["plain_by_id"] = tmkd_classifier_dir("tester/folder-upload")
     return results
+
+
+def _pairs():
+    from datasets import Dataset
+
+    return Dataset.from_dict({"question": ["what city is the capital", "who was king"],
+                              "sentence": ["the river of the king", "a city"]})
 
 
 if __name__ == "__main__":

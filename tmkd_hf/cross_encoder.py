@@ -101,7 +101,29 @@ def write_cross_encoder(
 
 def is_cross_encoder_dir(path: str | os.PathLike) -> bool:
     """A local sentence-transformers directory with a Transformer, a Pooling and a final Dense module."""
-    modules = _read_json(os.path.join(str(path), MODULES_FILE))
+    return _is_cross_encoder_modules(_read_json(os.path.join(str(path), MODULES_FILE)))
+
+
+def cross_encoder_snapshot(repo_id: str, revision: str | None = None, **hub_kwargs) -> str | None:
+    """The local snapshot of a Hub repo whose root is a CrossEncoder export (its root files and module folders,
+    not `last-checkpoint/` or other extras), or `None` when the repo's root is not one, or cannot be reached: the
+    caller then loads it the usual way and reports its own error. Offline, a cached snapshot is used."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+
+    try:
+        modules = _read_json(hf_hub_download(repo_id, MODULES_FILE, revision=revision, **hub_kwargs))
+    except Exception:  # noqa: BLE001 - no such file or repo, offline and not cached: not a CrossEncoder on the Hub
+        return None
+    if not _is_cross_encoder_modules(modules):
+        return None
+    folders = sorted({m["path"] for m in modules if m.get("path")})
+    root = snapshot_download(repo_id, revision=revision, ignore_patterns=["*/*"], **hub_kwargs)
+    if folders:
+        snapshot_download(repo_id, revision=revision, allow_patterns=[f"{f}/*" for f in folders], **hub_kwargs)
+    return root
+
+
+def _is_cross_encoder_modules(modules) -> bool:
     if not isinstance(modules, list):
         return False
     kinds = [str(m.get("type", "")).rsplit(".", 1)[-1] for m in modules]

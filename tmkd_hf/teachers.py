@@ -166,6 +166,12 @@ def load_teacher(teacher: str | os.PathLike | dict | TeacherSpec | nn.Module, **
 
 
 def _load_base(spec: TeacherSpec, **kwargs) -> PreTrainedModel:
+    if spec.adapter is None:  # before the config check: a multi-head checkpoint keeps its config in tmkd_student.json
+        local = tmkd_classifier_dir(spec.name_or_path, spec.revision)
+        if local is not None:
+            from .modeling import MultiHeadStudent
+
+            return MultiHeadStudent.from_pretrained(local, **kwargs)  # a CrossEncoder export or multi-head checkpoint
     try:
         AutoConfig.from_pretrained(spec.name_or_path, revision=spec.revision)
     except OSError as err:
@@ -173,10 +179,6 @@ def _load_base(spec: TeacherSpec, **kwargs) -> PreTrainedModel:
             f"Cannot load teacher {spec.name!r}: {spec.name_or_path!r} is not a local model directory and is not "
             f"reachable on the Hub ({err})."
         ) from err
-    if spec.adapter is None and is_tmkd_classifier_dir(spec.name_or_path):
-        from .modeling import MultiHeadStudent
-
-        return MultiHeadStudent.from_pretrained(spec.name_or_path, **kwargs)  # a CrossEncoder export or checkpoint
     if spec.adapter is not None and os.path.isdir(spec.adapter):
         num_labels = _adapter_num_labels(spec.adapter)
         if num_labels is not None:
@@ -194,10 +196,26 @@ def is_tmkd_classifier_dir(path: str) -> bool:
     return os.path.isdir(path) and (is_cross_encoder_dir(path) or multi_head)
 
 
+def tmkd_classifier_dir(name_or_path: str, revision: str | None = None) -> str | None:
+    """The local directory of a classifier only tmkd_hf (or sentence-transformers) reads, a mean-readout
+    CrossEncoder export or a multi-head checkpoint: the directory itself, or for a Hub id the snapshot of what
+    loading it needs. `None` for anything else (a plain checkpoint loads with `AutoModelForSequenceClassification`,
+    which would give a CrossEncoder's encoder a fresh, random head: hence this check before it)."""
+    path = os.fspath(name_or_path)
+    if os.path.isdir(path):
+        return path if is_tmkd_classifier_dir(path) else None
+    if not _HUB_ID.fullmatch(path):
+        return None
+    from .cross_encoder import cross_encoder_snapshot
+    from .modeling import multihead_checkpoint_dir
+
+    return multihead_checkpoint_dir(path, revision=revision) or cross_encoder_snapshot(path, revision=revision)
+
+
 def load_classifier(name_or_path: str | os.PathLike, **kwargs) -> nn.Module:
     """Any classifier tmkd_hf exports or trains, for inference: a plain `AutoModelForSequenceClassification`
-    checkpoint (local or Hub), a CrossEncoder export of a mean-readout student, or a multi-head checkpoint. The
-    result's `forward` returns `.logits` and it has a `.config` with the label names."""
+    checkpoint, a CrossEncoder export of a mean-readout student, or a multi-head checkpoint, each a directory or a
+    Hub id. The result's `forward` returns `.logits` and it has a `.config` with the label names."""
     return load_teacher(str(name_or_path), **kwargs)
 
 
