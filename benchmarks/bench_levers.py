@@ -5,7 +5,7 @@ of them on one ablation row at a time, reusing that ablation's teachers and soft
 the same and only the lever moves:
 
 - `alpha`, `temperature`: stage 2's mix of golden labels and soft labels (alpha 1: soft labels only);
-- `stage2_epochs`, `stage1_epochs`: the budgets;
+- `stage2_epochs`, `stage1_epochs`: the budgets; `stage2_learning_rate`: how far stage 2 moves the student;
 - `student_layers`: which backbone layers the student keeps (e.g. `0-2-4`, `0-1-2`);
 - `stage1_augment_copies`: stage 1 on the pool plus N augmented copies of it (`tmkd_hf.augmentation.augment_pairs`;
   the teachers label the copies once, cached beside the ablation's other caches).
@@ -16,7 +16,8 @@ on the grid are the ablation's (its settings.json). Choose on validation, report
 test would overstate what a user gets.
 
 Stage-1 students are kept (`<ablation_dir>/stage1_students/`, see bench_ablation's `--keep-stage1`): a lever that acts
-after stage 1 (`alpha`, `stage2_epochs`) on a row with stage 1 costs stage 2 only once that stage 1 has run.
+after stage 1 (`alpha`, `stage2_epochs`, `stage2_learning_rate`) on a row with stage 1 costs stage 2 only once that
+stage 1 has run.
 
 Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_levers.py \
           --ablation_dir outputs/ablation-qnli-mean \
@@ -47,6 +48,7 @@ LEVERS = {  # name -> parser of one value on the command line
     "temperature": float,
     "stage1_epochs": float,
     "stage2_epochs": float,
+    "stage2_learning_rate": float,
     "student_layers": lambda v: [int(x) for x in v.split("-")],
     "stage1_augment_copies": int,
 }

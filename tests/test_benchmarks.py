@@ -298,6 +298,10 @@ def test_a_kept_stage1_student_is_reused_and_the_run_is_the_same(tmp_path, tiny_
     assert again["seconds"]["stage1"] == own["seconds"]["stage1"]
     soft_only = json.loads((runs / "alpha=1" / "runs" / "TMKD__seed1.json").read_text())
     assert soft_only["stage1_from"] == kept[0].name and soft_only["settings"]["alpha"] == 1.0
+    slower = run("bench_levers.py", *levers, "--grid", "stage2_learning_rate=1e-5")
+    assert f"stage 1 reused from {kept[0]}" in slower.stdout
+    gentle = json.loads((runs / "stage2_learning_rate=1e-05" / "runs" / "TMKD__seed1.json").read_text())
+    assert gentle["settings"]["stage2_learning_rate"] == 1e-5 and gentle["stage1_from"] == kept[0].name
     longer = run("bench_levers.py", *levers, "--grid", f"stage1_epochs={2 * own['settings']['stage1_epochs']:g}")
     assert "stage 1 reused" not in longer.stdout
     assert len(list((out_dir / "stage1_students").iterdir())) == 2
