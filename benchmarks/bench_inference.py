@@ -17,6 +17,7 @@ and the merged student exported for inference (`tmkd_hf.export`, saved and expor
                 faster where the CPU has VNNI, can saturate on AVX2-only CPUs);
 - onnx_int8_keep_ffn -- `keep_fp32="ffn_output"`: the same with every block's second feed-forward layer in fp32
                 (what it buys in accuracy on trained models: `bench_quantization.py`);
+- onnx_int8_signed_keep_ffn -- both: signed weights, the feed-forward outputs in fp32;
 - onnx_fused, onnx_fused_int8, onnx_fused_int8_keep_ffn -- exported with `optimize=True` (onnxruntime's transformer
                 optimizer fuses attention, embeddings, LayerNorms and GELU; onnxruntime-only operators);
 - torch_int8 -- `quantize_torch_int8(merged)` (torch dynamic quantization of every nn.Linear, per-channel weights).
@@ -64,6 +65,7 @@ EXPORTED = {  # name: what it is
     "onnx_int8": "model_int8.onnx (per-channel QUInt8 weights, dynamic quantization, keep_fp32=()), onnxruntime",
     "onnx_int8_keep_ffn": "model_int8.onnx with keep_fp32='ffn_output' (feed-forward outputs in fp32), onnxruntime",
     "onnx_int8_signed": "model_int8.onnx with weight_type='int8' (per-channel QInt8 weights), onnxruntime",
+    "onnx_int8_signed_keep_ffn": "the same with keep_fp32='ffn_output', onnxruntime",
     "onnx_fused": "model.onnx exported with optimize=True (fused transformer blocks), onnxruntime",
     "onnx_fused_int8": "model_int8.onnx exported with optimize=True (fused, then per-channel QUInt8), onnxruntime",
     "onnx_fused_int8_keep_ffn": "the same with keep_fp32='ffn_output', onnxruntime",
@@ -130,16 +132,18 @@ def build_exported(multi, merged, tokenizer, folder: str, threads: int):
         return models, sizes
     student_dir, onnx_dir = os.path.join(folder, "student"), os.path.join(folder, "onnx")
     multi.save_pretrained(student_dir, merged=True, tokenizer=tokenizer)
-    dirs = {k: os.path.join(folder, f"onnx-{k}") for k in ("signed", "fused", "keep", "fused-keep")}
+    dirs = {k: os.path.join(folder, f"onnx-{k}") for k in ("signed", "signed-keep", "fused", "keep", "fused-keep")}
     export_onnx(student_dir, onnx_dir, quantize=True, keep_fp32=())
     export_onnx(student_dir, dirs["keep"], quantize=True, keep_fp32="ffn_output")
     export_onnx(student_dir, dirs["signed"], quantize=True, weight_type="int8", keep_fp32=())
+    export_onnx(student_dir, dirs["signed-keep"], quantize=True, weight_type="int8", keep_fp32="ffn_output")
     export_onnx(student_dir, dirs["fused"], quantize=True, optimize=True, keep_fp32=())
     export_onnx(student_dir, dirs["fused-keep"], quantize=True, optimize=True, keep_fp32="ffn_output")
     for name, file in (("onnx", os.path.join(onnx_dir, ONNX_FILE)),
                        ("onnx_int8", os.path.join(onnx_dir, ONNX_INT8_FILE)),
                        ("onnx_int8_keep_ffn", os.path.join(dirs["keep"], ONNX_INT8_FILE)),
                        ("onnx_int8_signed", os.path.join(dirs["signed"], ONNX_INT8_FILE)),
+                       ("onnx_int8_signed_keep_ffn", os.path.join(dirs["signed-keep"], ONNX_INT8_FILE)),
                        ("onnx_fused", os.path.join(dirs["fused"], ONNX_FILE)),
                        ("onnx_fused_int8", os.path.join(dirs["fused"], ONNX_INT8_FILE)),
                        ("onnx_fused_int8_keep_ffn", os.path.join(dirs["fused-keep"], ONNX_INT8_FILE))):
@@ -267,8 +271,8 @@ def main(argv=None) -> int:
         if m in exported:
             checks.append((f"max abs diff of logits, {m} vs merged <= {ONNX_TOLERANCE:g}", f"{export_diff[m]:.1e}",
                            export_diff[m] <= ONNX_TOLERANCE))  # fmt: skip
-    for m in ("onnx_int8", "onnx_int8_keep_ffn", "onnx_int8_signed", "onnx_fused_int8", "onnx_fused_int8_keep_ffn",
-              "torch_int8"):
+    for m in ("onnx_int8", "onnx_int8_keep_ffn", "onnx_int8_signed", "onnx_int8_signed_keep_ffn", "onnx_fused_int8",
+              "onnx_fused_int8_keep_ffn", "torch_int8"):
         if m in exported:
             checks.append((f"max abs diff of logits, {m} vs merged (info)", f"{export_diff[m]:.1e}", None))
     if exported:  # the deployed student: the fastest exported form

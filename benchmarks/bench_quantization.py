@@ -12,6 +12,7 @@ exports each once per route into a temporary folder and scores every format on t
 - int8 all       -- every weight MatMul in 8 bits (`keep_fp32=()`), unsigned weights;
 - int8 keep ffn  -- `keep_fp32="ffn_output"`: every block's second feed-forward layer left in fp32;
 - int8 signed    -- `weight_type="int8"` (U8S8 kernels; can saturate on AVX2-only CPUs), all in 8 bits;
+- int8 signed keep ffn -- both: signed weights, the feed-forward outputs in fp32;
 - torch int8     -- `quantize_torch_int8` (torch dynamic int8 of every nn.Linear).
 
 Reported per model and format: test accuracy, points lost against torch fp32, argmax agreement with torch fp32 (in
@@ -50,6 +51,7 @@ FORMATS = {
     "int8 all": {"quantize": True, "keep_fp32": ()},
     "int8 keep ffn": {"quantize": True, "keep_fp32": "ffn_output"},
     "int8 signed": {"quantize": True, "weight_type": "int8", "keep_fp32": ()},
+    "int8 signed keep ffn": {"quantize": True, "weight_type": "int8", "keep_fp32": "ffn_output"},
     "torch int8": None,
 }
 

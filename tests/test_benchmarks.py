@@ -131,7 +131,8 @@ def test_bench_inference_tiny(tiny_backbone):
     assert 0 <= diff <= 1e-5 and met == "yes"
     # the merged student exported (ONNX fp32 and int8, torch int8), timed in the same passes, in its own table
     exported = table(out, "| exported student |")
-    assert set(exported) == ({"onnx", "onnx_int8", "onnx_int8_keep_ffn", "onnx_int8_signed", "onnx_fused",
+    assert set(exported) == ({"onnx", "onnx_int8", "onnx_int8_keep_ffn", "onnx_int8_signed",
+                              "onnx_int8_signed_keep_ffn", "onnx_fused",
                               "onnx_fused_int8", "onnx_fused_int8_keep_ffn", "torch_int8"}
                              if importlib.util.find_spec("onnxruntime") else {"torch_int8"})  # fmt: skip
     for name, row in exported.items():
@@ -407,11 +408,13 @@ def test_bench_quantization_scores_every_format_of_a_trained_classifier(tmp_path
               "--no-record").stdout
     rows = {line.split("|")[2].strip(): [c.strip() for c in line.split("|")[1:-1]]
             for line in out.splitlines() if line.startswith("| clf |")}
-    assert set(rows) == {"torch fp32", "onnx fp32", "int8", "int8 all", "int8 keep ffn", "int8 signed", "torch int8"}
+    assert set(rows) == {"torch fp32", "onnx fp32", "int8", "int8 all", "int8 keep ffn", "int8 signed",
+                         "int8 signed keep ffn", "torch int8"}
     assert rows["onnx fp32"][4:6] == ["+0.00", "100.0"] and float(rows["onnx fp32"][6]) <= 1e-4
     assert float(rows["int8 keep ffn"][2]) > float(rows["int8 all"][2]) > 0  # file MB
     summary = table(out, "| format | points lost")
-    assert set(summary) == {"onnx fp32", "int8", "int8 all", "int8 keep ffn", "int8 signed", "torch int8"}
+    assert set(summary) == {"onnx fp32", "int8", "int8 all", "int8 keep ffn", "int8 signed", "int8 signed keep ffn",
+                            "torch int8"}
     assert summary["onnx fp32"]["mean <= 0.5"] == "yes"
     bad = run("bench_quantization.py", "--models", str(tmp_path / "missing"), "--no-record", check=False)
     assert bad.returncode != 0 and "is not a directory" in bad.stderr
