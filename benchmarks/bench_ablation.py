@@ -516,8 +516,9 @@ class Ablation:
         """The folder of the stage-1 student these settings make: the same name only for the same stage 1 (every
         setting but stage 2's, the teachers it learns from, its heads, pool rows, seed and row-specific arguments)."""
         made_by = {k: v for k, v in self.settings.items() if k not in STAGE2_ONLY_KEYS}
-        if not made_by.get("stage1_augment_copies"):  # bench_levers' variants say 0; the ablation says nothing
-            made_by.pop("stage1_augment_copies", None)
+        for lever in ("stage1_augment_copies", "stage1_with_train"):  # bench_levers' variants say 0; the ablation
+            if not made_by.get(lever):  # says nothing
+                made_by.pop(lever, None)
         made_by.update(teachers=teachers, num_heads=num_heads, pool_rows=pool_rows, seed=seed, extra=extra)
         digest = hashlib.sha256(json.dumps(made_by, sort_keys=True, default=str).encode()).hexdigest()[:16]
         return f"{teachers}-{num_heads}heads-seed{seed}-{digest}"

@@ -8,7 +8,10 @@ the same and only the lever moves:
 - `stage2_epochs`, `stage1_epochs`: the budgets; `stage2_learning_rate`: how far stage 2 moves the student;
 - `student_layers`: which backbone layers the student keeps (e.g. `0-2-4`, `0-1-2`);
 - `stage1_augment_copies`: stage 1 on the pool plus N augmented copies of it (`tmkd_hf.augmentation.augment_pairs`;
-  the teachers label the copies once, cached beside the ablation's other caches).
+  the teachers label the copies once, cached beside the ablation's other caches);
+- `stage1_with_train`: 1 = stage 1 on the pool plus the labelled train split's pairs, their golden labels unused
+  (the teachers' soft labels of train are already cached): more real in-domain pairs for stage 1 at no labelling
+  cost.
 
 Grid: `--grid alpha=0.5,1.0 temperature=1,2,4` runs every combination; each one's runs go to
 `<ablation_dir>/levers/<row>/<lever=value,...>__seed<N>.json`, resumable like the ablation. The settings that are not
@@ -51,7 +54,10 @@ LEVERS = {  # name -> parser of one value on the command line
     "stage2_learning_rate": float,
     "student_layers": lambda v: [int(x) for x in v.split("-")],
     "stage1_augment_copies": int,
+    "stage1_with_train": int,
 }
+# levers that change what stage 1 reads, not a setting of the ablation: 0 (their default) is left out of run records
+STAGE1_DATA_LEVERS = ("stage1_augment_copies", "stage1_with_train")
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
@@ -138,6 +144,18 @@ class Levers:
             self.augmented_pools[copies] = {"all": full, "first": ablation_bench._teacher_subset(full, [0])}
         return self.augmented_pools[copies]
 
+    def with_train(self, pool_sets: dict) -> dict:
+        """`pool_sets` plus the train split's pairs with their soft labels (golden labels dropped: stage 1 reads
+        only the teachers), for each teacher subset."""
+        from datasets import concatenate_datasets
+
+        out = {}
+        for key, pool in pool_sets.items():
+            train = self.ablation.train_sets[key].select_columns(pool.column_names)
+            out[key] = concatenate_datasets([pool, train.cast(pool.features)])
+        self.ablation.log(f"stage 1 on the pool and the train pairs: {len(out['all'])} rows")
+        return out
+
     def run(self, grid: dict[str, list]) -> list[str]:
         names = sorted(grid)
         tags = []
@@ -147,9 +165,12 @@ class Levers:
             tags.append(tag)
             variant = copy.copy(self.ablation)
             variant.settings = {**self.base_settings, **{k: v for k, v in config.items()
-                                                         if k != "stage1_augment_copies"}}
-            variant.settings["stage1_augment_copies"] = config.get("stage1_augment_copies", 0)
+                                                         if k not in STAGE1_DATA_LEVERS}}
+            for k in STAGE1_DATA_LEVERS:
+                variant.settings[k] = config.get(k, 0)
             variant.pool_sets = self.pool_sets(variant.settings["stage1_augment_copies"])
+            if variant.settings["stage1_with_train"]:
+                variant.pool_sets = self.with_train(variant.pool_sets)
             variant.out = self.out / tag  # run files: <out>/<tag>/runs/<row>__seed<N>.json
             for seed in self.seeds:
                 path = ablation_bench.run_file(variant.out, self.row, seed)

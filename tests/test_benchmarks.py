@@ -384,6 +384,12 @@ def test_bench_levers_reuses_the_ablations_teachers_and_resumes(tmp_path, tiny_b
     assert record["stage1_rows"] == 64 and record["settings"]["student_layers"] == [0, 1]  # 32 pool rows + 32 copies
     assert "pool + 1 augmented copy: 64 rows" in aug.stdout
     assert (out_dir / "labelled" / "pool-augmented-1" / "tmkd_manifest.json").is_file()
+    # stage 1 on the pool plus the train pairs (their soft labels; golden labels unused)
+    more = run("bench_levers.py", *levers, "--row", "TKD", "--grid", "stage1_with_train=1")
+    record = json.loads((out_dir / "levers" / "TKD" / "stage1_with_train=1" / "runs" / "TKD__seed1.json").read_text())
+    train_rows = record["stage2_rows"]
+    assert record["stage1_rows"] == 32 + train_rows and record["settings"]["stage1_with_train"] == 1
+    assert f"stage 1 on the pool and the train pairs: {32 + train_rows} rows" in more.stdout
 
     bad = run("bench_levers.py", *levers, "--grid", "beta=1", check=False)
     assert bad.returncode != 0 and "--grid takes LEVER=V1,V2" in bad.stderr
