@@ -189,32 +189,54 @@ def _cell(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def build_table(ablation_dir: Path, row: str) -> str:
-    """One line per lever setting that has runs; the ablation's own runs of `row` as the reference line."""
+def _paired(diffs: list[float]) -> str:
+    """Mean of per-seed differences (points) ± its standard error, and how many seeds were paired."""
+    diffs = [100 * d for d in diffs]
+    if not diffs:
+        return "–"
+    if len(diffs) == 1:
+        return f"{diffs[0]:+.1f} (1 seed)"
+    return f"{statistics.mean(diffs):+.1f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.1f} ({len(diffs)} seeds)"
+
+
+def build_table(ablation_dir: Path, row: str, reference: str | None = None) -> str:
+    """One line per lever setting that has runs; the ablation's own runs of `row` as the reference line, or the
+    setting `reference`. Settings often run on different seeds: each line also gives its validation difference to
+    the reference on the seeds both have (paired; seeds vary more than most levers do)."""
     settings = json.loads((ablation_dir / "settings.json").read_text())
+    own = "(the ablation's own)"
     lines = [f"Row {row}; everything else as the ablation in `{ablation_dir.name}` (alpha {settings['alpha']:g}, "
              f"T {settings['temperature']:g}, stage 2 {settings['stage2_epochs']:g} epochs, stage 1 "
              f"{settings['stage1_epochs']:g}, layers {settings['student_layers']}, readout {settings['readout']}). "
-             "Chosen on validation; mean ± sample std over seeds, and each seed.", "",
-             "| setting | seeds | val acc | val acc by seed | test acc | test acc by seed |",
-             "|---|---|---|---|---|---|"]
-    variants = [("(the ablation's own)", ablation_dir / "runs")]
+             "Chosen on validation; mean ± sample std over seeds, and each seed; the last column: validation minus "
+             f"the reference ({reference or own}) on the same seeds, mean ± standard error.", "",
+             "| setting | seeds | val acc | val acc by seed | test acc | test acc by seed | val vs reference |",
+             "|---|---|---|---|---|---|---|"]
+    variants = [(own, ablation_dir / "runs")]
     variants += [(p.name, p / "runs") for p in sorted((ablation_dir / "levers" / row).glob("*")) if p.is_dir()]
-    best = None
+    found = {}
     for name, runs_dir in variants:
         runs = sorted((json.loads(p.read_text()) for p in runs_dir.glob(f"{row}__seed*.json")),
                       key=lambda r: r["seed"])
-        if not runs:
-            continue
+        if runs:
+            found[name] = runs
+    if reference is not None and reference not in found:
+        raise SystemExit(f"--reference {reference!r}: no runs of {row} (settings with runs: {sorted(found)})")
+    reference = reference or own  # the ablation may not have run this row: then nothing is paired
+    ref_val = {r["seed"]: r["metrics"]["validation"]["accuracy"] for r in found.get(reference, [])}
+    best = None
+    for name, runs in found.items():
         val = [r["metrics"]["validation"]["accuracy"] for r in runs]
         test = [r["metrics"]["test"]["accuracy"] for r in runs]
+        paired = "(reference)" if name == reference else _paired(
+            [r["metrics"]["validation"]["accuracy"] - ref_val[r["seed"]] for r in runs if r["seed"] in ref_val])
         lines.append(f"| {name} | {', '.join(str(r['seed']) for r in runs)} | {_cell(val)} | "
                      f"{', '.join(f'{100 * v:.1f}' for v in val)} | {_cell(test)} | "
-                     f"{', '.join(f'{100 * v:.1f}' for v in test)} |")
+                     f"{', '.join(f'{100 * v:.1f}' for v in test)} | {paired} |")
         if best is None or statistics.mean(val) > best[1]:
             best = (name, statistics.mean(val))
     if best:
-        lines += ["", f"Best on validation: {best[0]} ({100 * best[1]:.1f})."]
+        lines += ["", f"Best mean on validation: {best[0]} ({100 * best[1]:.1f}; over its own seeds)."]
     return "\n".join(lines) + "\n"
 
 
@@ -227,6 +249,8 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--reference", help="the setting (e.g. 'stage1_epochs=6') each line is compared with on the "
+                                            "same seeds (default: the ablation's own runs)")
     parser.add_argument("--no-record", action="store_true", help=f"do not append the table to {RESULTS.name}")
     args = parser.parse_args(argv)
     grid = parse_grid(args.grid)
@@ -247,7 +271,7 @@ def main(argv=None) -> int:
         load_before, started = load_average(), time.perf_counter()
         Levers(ablation_dir, args.row, args.seeds).run(grid)
         elapsed = time.perf_counter() - started
-    table = build_table(ablation_dir, args.row)
+    table = build_table(ablation_dir, args.row, args.reference)
     print(table)
     if not args.table_only and not args.no_record:
         command = command_line(__file__, argv)

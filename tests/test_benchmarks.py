@@ -372,7 +372,17 @@ def test_bench_levers_reuses_the_ablations_teachers_and_resumes(tmp_path, tiny_b
     assert json.loads((runs / "alpha=1,temperature=4" / "runs" / "MKD__seed1.json").read_text())["settings"][
         "alpha"] == 1.0
     assert "| (the ablation's own) | 1 |" in first.stdout and "| alpha=1,temperature=4 | 1 |" in first.stdout
-    assert "Best on validation:" in first.stdout
+    assert "Best mean on validation:" in first.stdout
+    # each setting's validation difference to the reference, on the seeds both ran (here: seed 1)
+    own = next(line for line in first.stdout.splitlines() if line.startswith("| (the ablation's own) |"))
+    soft = next(line for line in first.stdout.splitlines() if line.startswith("| alpha=1,temperature=4 |"))
+    assert own.endswith("| (reference) |") and soft.endswith("(1 seed) |"), soft
+    diff = float(soft.split("|")[-2].split()[0])
+    assert diff == pytest.approx(float(soft.split("|")[3]) - float(own.split("|")[3]), abs=0.11)
+    table = run("bench_levers.py", *levers, "--row", "MKD", "--table-only", "--reference", "alpha=1,temperature=4")
+    assert "| alpha=1,temperature=4 | 1 |" in table.stdout and "(reference) |" in table.stdout
+    wrong = run("bench_levers.py", *levers, "--row", "MKD", "--table-only", "--reference", "alpha=7", check=False)
+    assert wrong.returncode != 0 and "--reference 'alpha=7': no runs of MKD" in wrong.stderr
     again = run("bench_levers.py", *levers, "--row", "MKD", "--grid", "alpha=1", "temperature=4")
     assert "skip MKD [alpha=1,temperature=4] seed 1: done" in again.stdout
 
