@@ -197,6 +197,9 @@ STAGE2_ONLY_KEYS = ("alpha", "stage2_epochs", "stage2_learning_rate", "eval_batc
 REUSED_FROM_FILE = "reused_from.json"
 STAGE1_STUDENTS = "stage1_students"  # saved stage-1 students (`--keep-stage1`, bench_levers), by what made them
 STAGE1_INFO = "stage1.json"
+# bench_levers' levers on what stage 1 reads (not settings of an ablation): 0, their default, is left out of the
+# stage-1 student's name, so that a lever run without them finds the ablation's stage-1 students
+STAGE1_DATA_LEVERS = ("stage1_augment_copies", "stage1_with_train")
 
 
 def row_reads(row: str, key: str) -> bool:
@@ -516,8 +519,8 @@ class Ablation:
         """The folder of the stage-1 student these settings make: the same name only for the same stage 1 (every
         setting but stage 2's, the teachers it learns from, its heads, pool rows, seed and row-specific arguments)."""
         made_by = {k: v for k, v in self.settings.items() if k not in STAGE2_ONLY_KEYS}
-        for lever in ("stage1_augment_copies", "stage1_with_train"):  # bench_levers' variants say 0; the ablation
-            if not made_by.get(lever):  # says nothing
+        for lever in STAGE1_DATA_LEVERS:  # bench_levers' variants say 0; the ablation says nothing
+            if not made_by.get(lever):
                 made_by.pop(lever, None)
         made_by.update(teachers=teachers, num_heads=num_heads, pool_rows=pool_rows, seed=seed, extra=extra)
         digest = hashlib.sha256(json.dumps(made_by, sort_keys=True, default=str).encode()).hexdigest()[:16]

@@ -56,8 +56,7 @@ LEVERS = {  # name -> parser of one value on the command line
     "stage1_augment_copies": int,
     "stage1_with_train": int,
 }
-# levers that change what stage 1 reads, not a setting of the ablation: 0 (their default) is left out of run records
-STAGE1_DATA_LEVERS = ("stage1_augment_copies", "stage1_with_train")
+STAGE1_DATA_LEVERS = ablation_bench.STAGE1_DATA_LEVERS  # levers on what stage 1 reads, not ablation settings
 
 
 def parse_grid(items: list[str]) -> dict[str, list]:
