@@ -45,6 +45,10 @@ marked `reused_from`): for a new stage 1, the stage-2-only rows; for a new alpha
 stage 2's epochs or learning rate; `bench_levers.py` always keeps them) loads it instead of training stage 1 again,
 with the same numbers as training it again (stage 2's Trainer re-seeds); its run file says `stage1_from`.
 
+`--keep-students` saves each finished student, heads merged, as the pipeline exports it (`<output_dir>/students/
+<row>__seed<seed>/`; a CrossEncoder folder for a mean readout): what `bench_quantization.py --models` scores, so that
+the int8 routes are measured on the students themselves, every seed.
+
 Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_ablation.py [--rte] [--output_dir DIR]
 """
 
@@ -195,6 +199,7 @@ REUSABLE_KEYS = (*STAGE1_ONLY_KEYS, "alpha", "stage2_epochs", "stage2_learning_r
 # Settings that only stage 2 (or evaluation) reads: runs that differ only in these can start from one stage-1 student.
 STAGE2_ONLY_KEYS = ("alpha", "stage2_epochs", "stage2_learning_rate", "eval_batch_size", "max_eval_rows")
 REUSED_FROM_FILE = "reused_from.json"
+STUDENTS = "students"  # finished students (`--keep-students`), one folder per run
 STAGE1_STUDENTS = "stage1_students"  # saved stage-1 students (`--keep-stage1`, bench_levers), by what made them
 STAGE1_INFO = "stage1.json"
 # bench_levers' levers on what stage 1 reads (not settings of an ablation): 0, their default, is left out of the
@@ -275,6 +280,7 @@ class Ablation:
     row_recipes = ROW_RECIPES
     runnable_rows = STUDENT_ROWS + CONTROL_ROWS
     keep_stage1 = False  # save every stage-1 student, so that runs differing only after stage 1 start from it
+    keep_students = False  # save every finished student (heads merged), e.g. for bench_quantization.py
 
     def __init__(self, args, out: Path):
         import run_tmkd_pipeline as pipeline
@@ -501,6 +507,8 @@ class Ablation:
                                        alpha=0.0 if teachers is None else s["alpha"],
                                        learning_rate=s["stage2_learning_rate"], epochs=stage2_epochs, **extra)
         model = student.merge_heads()
+        if self.keep_students:
+            self.save_student(student, row, seed)
         t0 = time.perf_counter()
         predict = self.pipeline.predict_logits
         metrics = {sp: self.metrics(sp, predict(model, self.tokenizer, self.features[sp], s["eval_batch_size"]))
@@ -512,6 +520,16 @@ class Ablation:
                       stage2_epochs=round(stage2_epochs, 4), **({"stage1_from": stage1_from} if stage1_from else {}))
         self.log(f"{row} seed {seed}: " + ", ".join(f"{sp} acc {m['accuracy']:.4f}" for sp, m in metrics.items())
                  + f" ({seconds['total']} s)")
+
+    def save_student(self, student, row: str, seed: int) -> Path:
+        """The finished student, heads merged, as the pipeline exports it (atomically: a folder is whole or absent)."""
+        folder = self.out / STUDENTS / f"{row}__seed{seed}"
+        tmp = folder.with_name(f".{folder.name}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        student.save_pretrained(tmp, merged=True, tokenizer=self.tokenizer)
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+        return folder
 
     # ----- stage-1 students, kept (`keep_stage1`) and reused -----
 
@@ -766,6 +784,9 @@ def main(argv=None) -> int:
                         help=f"save every stage-1 student under output_dir/{STAGE1_STUDENTS}/ (about 70 MB each for "
                              "MiniLM layers 0, 1, 2): a later run that differs only after stage 1 (bench_levers' "
                              "alpha, stage-2 epochs) starts from it")
+    parser.add_argument("--keep-students", "--keep_students", action="store_true",
+                        help=f"save every finished student, heads merged, under output_dir/{STUDENTS}/<row>__seed<N>/ "
+                             "(loadable by tmkd_hf.load_classifier; e.g. for bench_quantization.py --models)")
     parser.add_argument("--reuse-from", "--reuse_from", type=Path,
                         help="an earlier ablation's output_dir that differs only in stage 1's settings or stage 2's "
                              "alpha, epochs or learning rate: its teachers, soft labels and kept stage-1 students are "
@@ -800,7 +821,7 @@ def main(argv=None) -> int:
     load_before = load_average()
     started = time.perf_counter()
     ablation = Ablation(args, out)
-    ablation.keep_stage1 = args.keep_stage1
+    ablation.keep_stage1, ablation.keep_students = args.keep_stage1, args.keep_students
     ablation.log(f"output_dir {out}; {torch.get_num_threads()} torch threads; load {load_before}")
     ablation.label(ablation.teachers())
     try:

@@ -279,15 +279,20 @@ def test_bench_ablation_reuses_rows_without_stage1_when_only_stage1_changes(tmp_
 
 
 def test_a_kept_stage1_student_is_reused_and_the_run_is_the_same(tmp_path, tiny_backbone):
-    """`--keep-stage1` saves each stage-1 student; a run that differs only after stage 1 (a bench_levers alpha)
-    starts from it, and with the ablation's own settings gives exactly the ablation's numbers; a change to stage 1
-    trains (and keeps) a new one."""
+    """`--keep-stage1` saves each stage-1 student (and `--keep-students` the finished one, which scores as the run
+    did); a run that differs only after stage 1 (a bench_levers alpha) starts from it, and with the ablation's own
+    settings gives exactly the ablation's numbers; a change to stage 1 trains (and keeps) a new one."""
     out_dir = tmp_path / "ablation"
-    ablation(out_dir, tiny_backbone, "--rows", "TMKD", "--seeds", "1", "--keep-stage1")
+    ablation(out_dir, tiny_backbone, "--rows", "TMKD", "--seeds", "1", "--keep-stage1", "--keep-students")
     kept = sorted((out_dir / "stage1_students").iterdir())
     assert len(kept) == 1 and (kept[0] / "model.safetensors").is_file(), kept
     own = json.loads((out_dir / "runs" / "TMKD__seed1.json").read_text())
     assert "stage1_from" not in own
+    # --keep-students: the finished student, saved as the pipeline exports it, is the one the run scored
+    student = out_dir / "students" / "TMKD__seed1"
+    scored = run("bench_quantization.py", "--models", str(student), "--max-rows", "40", "--formats", "torch fp32",
+                 "--threads", "1", "--no-record").stdout
+    assert f"TMKD__seed1: torch fp32 {100 * own['metrics']['test']['accuracy']:.2f}" in scored, scored[-2000:]
     levers = ("--ablation_dir", str(out_dir), "--threads", "1", "--no-record", "--seeds", "1", "--row", "TMKD")
     alpha = own["settings"]["alpha"]
     same = run("bench_levers.py", *levers, "--grid", f"alpha={alpha:g},1")
