@@ -13,6 +13,7 @@ Rows (every student: the ablation's, layers of the pipeline config; the same bud
 |---|---|
 | teacher_0..2, teacher_3 | the MiniLM-L6 teachers, MPNet-base |
 | ensemble_minilm, ensemble | mean probabilities of the 3 MiniLM teachers; of all 4 |
+| ensemble_weighted | all 4, weighted as TMKD_all_weighted weighs them (MPNet 1/2, each MiniLM 1/6) |
 | labels_only | golden labels only, stage 2 only |
 | TMKD_minilm | TMKD with the 3 MiniLM teachers (the ablation's TMKD row) |
 | TMKD_all | TMKD with all 4 teachers, one head each |
@@ -69,6 +70,7 @@ DESCRIPTIONS = {
     "majority": "majority class of train, predicted for every row",
     "ensemble_minilm": "mean of the 3 MiniLM teachers' probabilities",
     "ensemble": "mean of all 4 teachers' probabilities",
+    "ensemble_weighted": f"all 4 teachers' probabilities weighted as TMKD_all_weighted's (MPNet {BIG_SHARE:g})",
     "labels_only": "student, golden labels only, stage 2 only",
     "TMKD_minilm": "TMKD, the 3 MiniLM teachers (one head each)",
     "TMKD_all": "TMKD, all 4 teachers (one head each)",
@@ -78,7 +80,8 @@ DESCRIPTIONS = {
     "MKD_all": "all 4 teachers, one head each, stage 2 only",
 }
 COMPARISONS = [("TMKD_all", "TMKD_minilm"), ("TMKD_all_weighted", "TMKD_all"), ("TMKD_all", "MKD_all"),
-               ("TKD_mpnet", "TMKD_minilm"), ("TMKD_all", "labels_only"), ("TMKD_all", "ensemble"),
+               ("TMKD_all_weighted", "ensemble_weighted"), ("TKD_mpnet", "TMKD_minilm"),
+               ("TMKD_all", "labels_only"), ("TMKD_all", "ensemble"),
                ("TMKD_minilm", "ensemble_minilm"), ("ensemble", "ensemble_minilm")]
 TEACHER_KEYS = ("task", "backbone", "max_train_rows", "max_length", "teacher_seeds", "teacher_learning_rates",
                 "teacher_epochs", "batch_size", "warmup_steps", "weight_decay", "group_by_length", "readout")
@@ -181,6 +184,12 @@ class MpnetBench(ab.Ablation):
                       for s in self.eval_splits}
             self.save_run("ensemble_minilm", None, {s: self.metrics(s, np.log(self.pipeline.softmax(logits[s])
                                                                                 .mean(1))) for s in self.eval_splits},
+                          {})
+        if not ab.run_file(self.out, "ensemble_weighted", None).is_file():
+            weights = np.asarray(weighted_teacher_weights())[None, :, None]
+            probs = {s: (self.pipeline.softmax(np.asarray(self.labelled[s].with_format("numpy")["teacher_logits"]))
+                         * weights).sum(1) for s in self.eval_splits}
+            self.save_run("ensemble_weighted", None, {s: self.metrics(s, np.log(probs[s])) for s in self.eval_splits},
                           {})
 
     def teacher_subsets(self, num_teachers: int) -> dict[str, list[int]]:
@@ -306,7 +315,7 @@ def build_table(out: Path) -> str:
     header = ["row", "what", "runs"] + [f"{'dev (as test)' if rte and s == 'test' else s} acc" for s in splits]
     header += [f"{'dev' if rte else 'test'} acc by seed"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in ["majority", *teachers, "ensemble_minilm", "ensemble", *STUDENT_ROWS]:
+    for row in ["majority", *teachers, "ensemble_minilm", "ensemble", "ensemble_weighted", *STUDENT_ROWS]:
         row_runs = runs.get(row, [])
         if not row_runs and not row.startswith("teacher_"):
             if row in STUDENT_ROWS:

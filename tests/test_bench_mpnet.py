@@ -75,8 +75,8 @@ def test_big_teacher_with_its_own_tokenizer_every_row_costs_and_resume(tmp_path,
     assert saved("city river")["input_ids"] == AutoTokenizer.from_pretrained(stand_ins[1])("city river")["input_ids"]
     assert saved("city river")["input_ids"] != AutoTokenizer.from_pretrained(stand_ins[0])("city river")["input_ids"]
     names = {p.name for p in (out / "runs").glob("*.json")}
-    assert {"teacher_0.json", "teacher_3.json", "ensemble.json", "ensemble_minilm.json", "majority.json",
-            "labels_only__seed1.json"} == names - {"teacher_1.json", "teacher_2.json"}
+    assert {"teacher_0.json", "teacher_3.json", "ensemble.json", "ensemble_minilm.json", "ensemble_weighted.json",
+            "majority.json", "labels_only__seed1.json"} == names - {"teacher_1.json", "teacher_2.json"}
 
     costs = json.loads((out / "costs.json").read_text())
     assert set(costs["labelling_seconds"]) == {"minilm", "big"}
@@ -102,7 +102,9 @@ def test_big_teacher_with_its_own_tokenizer_every_row_costs_and_resume(tmp_path,
     assert "| TMKD_all_weighted | TMKD_all, teacher_weights: MPNet 0.5, each MiniLM 0.167 | 1 (seeds 1) |" in table
     assert "| MKD_all | all 4 teachers, one head each, stage 2 only | 0 |" in table
     assert "| TMKD_all − TMKD_minilm |" not in table  # no TMKD_minilm runs: no difference to show
-    assert "| TMKD_all_weighted − TMKD_all | " in table
+    assert "| TMKD_all_weighted − TMKD_all | " in table and "| TMKD_all_weighted − ensemble_weighted | " in table
+    assert "| ensemble_weighted | all 4 teachers' probabilities weighted as TMKD_all_weighted's (MPNet 0.5) | 1 |" \
+        in table
     assert "| teacher_3 | 2 | " in table and "Online with the 3 MiniLM teachers:" in table
 
     # another output reuses these MiniLM teachers (symlinked, not retrained) and trains its own big teacher
