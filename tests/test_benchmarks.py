@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -437,5 +438,9 @@ def test_bench_quantization_scores_every_format_of_a_trained_classifier(tmp_path
     assert set(summary) == {"onnx fp32", "int8", "int8 all", "int8 keep ffn", "int8 signed", "int8 signed keep ffn",
                             "torch int8"}
     assert summary["onnx fp32"]["mean <= 0.5"] == "yes"
+    chosen = re.search(r'`weight_type="auto"` chose, on this CPU, clf: (QInt8|QUInt8)\.', out)
+    assert chosen, out[-600:]  # the default's weight type, as it chose on the CPU that scored it
+    same = "int8 signed" if chosen.group(1) == "QInt8" else "int8 all"  # the same file, made explicitly
+    assert rows["int8"][3:] == rows[same][3:], (rows["int8"], rows[same])
     bad = run("bench_quantization.py", "--models", str(tmp_path / "missing"), "--no-record", check=False)
     assert bad.returncode != 0 and "is not a directory" in bad.stderr

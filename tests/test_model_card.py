@@ -91,12 +91,20 @@ def test_every_format_timed_is_one_row_and_an_onnx_export_gets_its_snippet(tmp_p
     (tmp_path / "onnx").mkdir()
     info = {"files": {"fp32": "model.onnx", "int8": "model_int8.onnx"}, "size_bytes": {"fp32": 70e6, "int8": 18e6},
             "inputs": [{"name": "input_ids"}, {"name": "attention_mask"}], "opset": 17,
-            "check": {"max_abs_logit_diff_vs_torch": {"fp32": 3e-7, "int8": 0.02}}}
+            "check": {"max_abs_logit_diff_vs_torch": {"fp32": 3e-7, "int8": 0.02}},
+            "quantization": {"weight_type": "QInt8", "weight_type_choice": {
+                "requested": "auto", "max_abs_logit_diff_vs_torch": {"QUInt8": 0.03, "QInt8": 0.02}}}}  # fmt: skip
     (tmp_path / "onnx" / "onnx_export.json").write_text(json.dumps(info))
     text = render_model_card(data, model_dir=tmp_path).text
     assert "- `onnx/model.onnx`: float32, 70.0 MB; max |logit difference| to PyTorch on the export's check batch: " \
            "3.0e-07" in text
-    assert "- `onnx/model_int8.onnx`: int8 weights (onnxruntime dynamic quantization), 18.0 MB" in text
+    assert "- `onnx/model_int8.onnx`: signed int8 weights, chosen by `weight_type=\"auto\"` on the export's CPU " \
+           "from the check batch's error (signed 2.0e-02, unsigned 3.0e-02) (onnxruntime dynamic quantization), " \
+           "18.0 MB" in text
+    info["quantization"] = {"weight_type": "QUInt8"}  # a fixed weight type: named, no choice to explain
+    (tmp_path / "onnx" / "onnx_export.json").write_text(json.dumps(info))
+    assert "- `onnx/model_int8.onnx`: unsigned int8 weights (onnxruntime dynamic quantization), 18.0 MB" in \
+        render_model_card(data, model_dir=tmp_path).text
     assert 'onnxruntime.InferenceSession(f"{folder}/onnx/model_int8.onnx")' in text
     assert "for name in ['input_ids', 'attention_mask']" in text  # the graph's inputs only (no token_type_ids)
 

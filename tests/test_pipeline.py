@@ -420,9 +420,12 @@ def test_pipeline_exports_evaluates_and_times_the_onnx_student(tmp_path, tiny_ba
     card = (Path(results["paths"]["student"]) / "README.md").read_text()
     teacher = speed["teacher_examples_per_s"]
     sizes = results["onnx_export"]["size_bytes"]
+    signed = {"QInt8": "signed", "QUInt8": "unsigned"}[results["onnx_export"]["quantization"]["weight_type"]]
+    assert results["onnx_export"]["quantization"]["weight_type_choice"]["requested"] == "auto"  # the default
     for label, name, file, size in (("PyTorch fp32", "tmkd_student", "model.safetensors", None),
                                     ("ONNX fp32", "tmkd_student_onnx", "onnx/model.onnx", sizes["fp32"]),
-                                    ("ONNX int8", "tmkd_student_onnx_int8", "onnx/model_int8.onnx", sizes["int8"])):
+                                    (f"ONNX int8 ({signed} weights)", "tmkd_student_onnx_int8", "onnx/model_int8.onnx",
+                                     sizes["int8"])):  # fmt: skip
         row = next(line for line in card.splitlines() if line.startswith(f"| {label} |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[2].startswith(f"`{file}"), row  # the torch student: model.safetensors, then 2_Dense's
@@ -433,7 +436,8 @@ def test_pipeline_exports_evaluates_and_times_the_onnx_student(tmp_path, tiny_ba
         assert cells[6] == f"{speed['examples_per_s'][name] / speed['ensemble_examples_per_s']:.2f}x", row
         assert cells[7] == f"{100 * results['accuracy']['test'][name]:.1f}", row
     assert "### ONNX (onnxruntime, no PyTorch needed)" in card
-    assert "- `onnx/model.onnx`: float32" in card and "- `onnx/model_int8.onnx`: int8 weights" in card
+    assert "- `onnx/model.onnx`: float32" in card
+    assert f"- `onnx/model_int8.onnx`: {signed} int8 weights, chosen by `weight_type=\"auto\"`" in card
     assert 'onnxruntime.InferenceSession(f"{folder}/onnx/model_int8.onnx")' in card
 
 

@@ -5,8 +5,9 @@
     model.onnx          the whole classifier, token ids in, logits out (for a mean-readout CrossEncoder export the
                         mean pooling and the Dense layer of merged heads are inside the graph); batch and sequence
                         axes are dynamic
-    model_int8.onnx     the same graph with 8-bit weights (onnxruntime dynamic quantization: QUInt8 weights, one
-                        scale per output channel, activations quantized on the fly), with `quantize=True`
+    model_int8.onnx     the same graph with 8-bit weights (onnxruntime dynamic quantization: signed weights where
+                        they do not saturate on this CPU, else unsigned; one scale per output channel; activations
+                        quantized on the fly), with `quantize=True`
     onnx_export.json    the inputs and outputs, the labels, how the files were made and how far their logits are
                         from PyTorch's on a check batch
     tokenizer files, config.json (the labels), so the folder can be pushed beside the model and used on its own
@@ -24,12 +25,20 @@ route without onnxruntime (torch dynamic quantization of every `nn.Linear`). onn
 extra (`pip install "tmkd_hf[onnx]"`): this module imports without them and says what to install when they are
 needed.
 
-Why unsigned 8-bit weights (`weight_type="uint8"`, onnxruntime's U8U8 kernels) by default: with signed weights
-(`"int8"`, U8S8) onnxruntime multiplies with VPMADDUBSW on x86 CPUs that have AVX2 but no VNNI, which sums pairs
-of products into int16 and saturates: on such a CPU (AMD EPYC, AVX2 only) a tiny random BERT's int8 logits were 7.3
-off with the largest logit 8.1 (unsigned: 0.64), while on layers 0, 1, 2 of all-MiniLM-L6-v2 both were fine
-(mean |difference| 0.18 signed, 0.25 unsigned, largest logit 5.5). Unsigned weights cannot saturate on any CPU;
-signed ones can be faster where VNNI exists (`benchmarks/bench_inference.py` times both).
+Why `weight_type="auto"` by default: onnxruntime has two int8 kernels for these graphs, and neither is right on
+every CPU. Signed 8-bit weights (`"int8"`, U8S8) are the fast ones: on an AMD EPYC with AVX2 (no VNNI) the signed
+int8 student ran 4.12x one teacher against 2.60x with unsigned weights (`benchmarks/bench_inference.py`, README).
+But there onnxruntime multiplies them with VPMADDUBSW, which sums pairs of products into int16 and can saturate:
+on that CPU a tiny random BERT's signed int8 logits were 7.3 off with the largest logit 8.1 (unsigned: 0.64), while
+on the trained QNLI students both were fine (0.33 points of test accuracy lost signed, 0.27 unsigned, 4 students).
+Unsigned weights (`"uint8"`, U8U8) cannot saturate on any CPU. So "auto" quantizes both ways, runs both on the
+check batch of the CPU it exports on, and keeps the signed file unless its largest logit error is more than
+`AUTO_SIGNED_MAX_RATIO` (4) times the unsigned one's (and above `AUTO_SIGNED_ABS_SLACK`): fast where it is safe,
+unsigned where signed saturates. Why 4: saturation showed as 11x the unsigned error (7.3 against 0.64), while on the
+four trained TMKD students the ratio ranged 0.6x-2.0x with the same accuracy (seed 3: 0.23 against 0.11 on the
+check batch, both 0.36 points lost on test); at 2 that student would have lost the fast file to noise.
+`onnx_export.json` records both errors and the choice. An export meant for other CPUs than the one it is made on
+may want a fixed `"uint8"`.
 
 Why per-channel 8-bit weights by default (both routes; `per_channel=False` gives one scale per weight matrix): on
 layers 0, 1, 2 of all-MiniLM-L6-v2 with random 3-way heads, 64 QNLI pairs, per-channel weights halve the logits'
@@ -74,6 +83,9 @@ OPTIMIZER_MODEL_TYPES = {
     "electra": "bert",
 }
 WEIGHT_TYPES = {"uint8": "QUInt8", "int8": "QInt8"}  # export_onnx(weight_type=...) -> onnxruntime's QuantType
+AUTO_WEIGHT_TYPE = "auto"  # quantize both ways, keep signed unless it saturates on this CPU (choose_weight_type)
+AUTO_SIGNED_MAX_RATIO = 4.0  # "auto" drops signed weights whose check-batch error is over 4x the unsigned one's ...
+AUTO_SIGNED_ABS_SLACK = 0.1  # ... and over 0.1 (below it both are too close to PyTorch for the ratio to matter)
 # export_onnx(keep_fp32=...): named groups of matrix multiplications left in fp32 in the int8 file
 KEEP_FP32_GROUPS = ("ffn_output",)
 
@@ -236,8 +248,50 @@ def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.abs(np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)).max())
 
 
+def _cpu_name() -> str:
+    """The CPU the export's check ran on (where "auto" chose the weight type): /proc/cpuinfo's model name."""
+    import platform
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def _opset(model_proto) -> int:
     return max(o.version for o in model_proto.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def choose_weight_type(max_diff: dict[str, float]) -> str:
+    """`weight_type="auto"`'s choice from the check batch's max |logit difference| to PyTorch of the signed ("int8")
+    and the unsigned ("uint8") file: signed, the faster kernels, unless it saturated on this CPU, i.e. its error is
+    over `AUTO_SIGNED_MAX_RATIO` times the unsigned one's and over `AUTO_SIGNED_ABS_SLACK`."""
+    signed, unsigned = max_diff["int8"], max_diff["uint8"]
+    if signed > AUTO_SIGNED_ABS_SLACK and signed > AUTO_SIGNED_MAX_RATIO * unsigned:
+        return "uint8"
+    return "int8"
+
+
+def _quantize(path: str, int8_path: str, weight_type: str, *, per_channel: bool, fp32_nodes, fused: bool) -> None:
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    # a fused graph holds onnxruntime's own operators, whose outputs shape inference cannot type: float32
+    extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if fused else None
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*pre-processing before quantization.*")
+        quantize_dynamic(
+            path,
+            int8_path,
+            weight_type=getattr(QuantType, WEIGHT_TYPES[weight_type]),
+            per_channel=per_channel,
+            extra_options=extra,
+            nodes_to_exclude=fp32_nodes,
+        )
 
 
 def export_onnx(
@@ -246,7 +300,7 @@ def export_onnx(
     *,
     quantize: bool = False,
     per_channel: bool = True,
-    weight_type: str = "uint8",
+    weight_type: str = AUTO_WEIGHT_TYPE,
     opset: int | None = None,
     dynamo: bool = False,
     optimize: bool = False,
@@ -259,8 +313,9 @@ def export_onnx(
 
     Args:
         per_channel: 8-bit weights with one scale per output channel (else one per weight matrix).
-        weight_type: "uint8" (default: no saturation on any CPU) or "int8" (onnxruntime's U8S8 kernels: faster on
-            CPUs with VNNI, can saturate on AVX2-only x86 CPUs; see the module docstring).
+        weight_type: "auto" (default: both are made and checked, signed kept unless it saturates on this CPU),
+            "int8" (signed, onnxruntime's U8S8 kernels: the faster, can saturate on AVX2-only x86 CPUs) or "uint8"
+            (unsigned, U8U8: cannot saturate on any CPU, slower); see the module docstring.
         opset: ONNX opset (default 17 with the TorchScript exporter, torch's own default with `dynamo=True`).
         dynamo: use the torch.export-based exporter instead of the TorchScript one (needs onnxscript).
         optimize: fuse the transformer blocks with onnxruntime's transformer optimizer (`Attention`,
@@ -272,8 +327,9 @@ def export_onnx(
             feed-forward layer, whose inputs, the GELU outputs, have the widest range; found by weight shape) and/or
             node names of the graph. Trades file size and some speed for accuracy (see the module docstring).
     """
-    if weight_type not in WEIGHT_TYPES:
-        raise ValueError(f"weight_type must be one of {sorted(WEIGHT_TYPES)}, not {weight_type!r}.")
+    if weight_type != AUTO_WEIGHT_TYPE and weight_type not in WEIGHT_TYPES:
+        choices = [AUTO_WEIGHT_TYPE, *sorted(WEIGHT_TYPES)]
+        raise ValueError(f"weight_type must be one of {choices}, not {weight_type!r}.")
     keep_fp32 = [keep_fp32] if isinstance(keep_fp32, str) else list(keep_fp32)
     if keep_fp32 and not quantize:
         raise ValueError("keep_fp32 says which layers the int8 file keeps in fp32: use it with quantize=True.")
@@ -345,33 +401,38 @@ def export_onnx(
     files, check_diff, quantization = {"fp32": ONNX_FILE}, {"fp32": fp32_diff}, None
     argmax_agreement = {"fp32": float((fp32_logits.argmax(-1) == expected.argmax(-1)).mean())}
     if quantize:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-
         int8_path = os.path.join(output_dir, ONNX_INT8_FILE)
-        quant_type = getattr(QuantType, WEIGHT_TYPES[weight_type])
         fp32_nodes = _fp32_nodes(path, model.config, keep_fp32)
-        # a fused graph holds onnxruntime's own operators, whose outputs shape inference cannot type: float32
-        extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if optimization else None
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*pre-processing before quantization.*")
-            quantize_dynamic(
-                path,
-                int8_path,
-                weight_type=quant_type,
-                per_channel=per_channel,
-                extra_options=extra,
-                nodes_to_exclude=fp32_nodes,
-            )
+        candidates = list(WEIGHT_TYPES) if weight_type == AUTO_WEIGHT_TYPE else [weight_type]
+        made, candidate_diff = {}, {}
+        for kind in candidates:  # "auto": both files, each checked on the check batch of this CPU
+            made[kind] = int8_path if len(candidates) == 1 else os.path.join(output_dir, f".{kind}.{ONNX_INT8_FILE}")
+            _quantize(path, made[kind], kind, per_channel=per_channel, fp32_nodes=fp32_nodes, fused=bool(optimization))
+            candidate_diff[kind] = _max_diff(OnnxClassifier(made[kind])(**check), expected)
+        chosen = choose_weight_type(candidate_diff) if len(candidates) > 1 else weight_type
+        if made[chosen] != int8_path:
+            os.replace(made[chosen], int8_path)
+        for kind, candidate in made.items():
+            if kind != chosen:
+                os.remove(candidate)
         int8_logits = OnnxClassifier(int8_path)(**check)
         files["int8"] = ONNX_INT8_FILE
         check_diff["int8"] = _max_diff(int8_logits, expected)
         argmax_agreement["int8"] = float((int8_logits.argmax(-1) == expected.argmax(-1)).mean())
         quantization = {
             "method": "onnxruntime.quantization.quantize_dynamic",
-            "weight_type": WEIGHT_TYPES[weight_type],
+            "weight_type": WEIGHT_TYPES[chosen],
             "per_channel": per_channel,
             "kept_fp32": {"requested": keep_fp32, "nodes": fp32_nodes},
         }
+        if weight_type == AUTO_WEIGHT_TYPE:
+            quantization["weight_type_choice"] = {
+                "requested": AUTO_WEIGHT_TYPE,
+                "max_abs_logit_diff_vs_torch": {WEIGHT_TYPES[k]: v for k, v in candidate_diff.items()},
+                "rule": f"QInt8 unless its difference is over {AUTO_SIGNED_MAX_RATIO}x QUInt8's and over "
+                f"{AUTO_SIGNED_ABS_SLACK}",
+                "cpu": _cpu_name(),
+            }
     tokenizer.save_pretrained(output_dir)
     model.config.save_pretrained(output_dir)  # the labels (id2label) and the architecture the graph came from
     num_labels = model.config.num_labels

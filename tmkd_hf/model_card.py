@@ -795,6 +795,7 @@ def _onnx_export_info(model_dir: str | os.PathLike | None) -> dict | None:
             "path": f"{ONNX_SUBFOLDER}/{name}",
             "size_mb": f"{info['size_bytes'][kind] / 1e6:.1f}",
             "diff": f"{info['check']['max_abs_logit_diff_vs_torch'][kind]:.1e}",
+            "what": "float32" if kind == "fp32" else _int8_weights(info.get("quantization") or {}),
         }
         for kind, name in info["files"].items()
     ]
@@ -805,6 +806,19 @@ def _onnx_export_info(model_dir: str | os.PathLike | None) -> dict | None:
         "preferred": preferred["path"],
         "inputs": [i["name"] for i in info["inputs"]],
     }
+
+
+def _int8_weights(quantization: dict) -> str:
+    """How the card names an int8 file: its weights' type, and why when `weight_type="auto"` chose it."""
+    kind = {"QInt8": "signed int8 weights", "QUInt8": "unsigned int8 weights"}.get(
+        quantization.get("weight_type"), "int8 weights"
+    )
+    choice = quantization.get("weight_type_choice")
+    if choice:
+        diffs = choice["max_abs_logit_diff_vs_torch"]
+        shown = ", ".join(f"{'signed' if k == 'QInt8' else 'unsigned'} {v:.1e}" for k, v in sorted(diffs.items()))
+        kind += f", chosen by `weight_type=\"auto\"` on the export's CPU from the check batch's error ({shown})"
+    return f"{kind} (onnxruntime dynamic quantization)"
 
 
 def _pretty_dataset(data: StudentCardData) -> str | None:
