@@ -177,6 +177,21 @@ def test_auto_keeps_signed_weights_unless_they_saturate():
     assert choose_weight_type({"int8": 0.9, "uint8": 0.2}) == "uint8"  # over 4x and over 0.1
 
 
+@needs_onnxruntime
+def test_onnxruntime_preprocessing_hint_is_not_logged(tmp_path, tokenizer, caplog):
+    """quantize_dynamic logs a pre-processing hint on the root logger for every file it makes ("auto" makes two);
+    the export drops that one message, and only while it quantizes."""
+    import logging
+
+    student_dir = save_student(tmp_path / "student", tokenizer, "cls")
+    with caplog.at_level(logging.WARNING):
+        export_onnx(student_dir, tmp_path / "onnx", quantize=True)
+        assert not [r for r in caplog.records if "pre-processing before quantization" in r.getMessage()]
+        logging.warning("run pre-processing before quantization, said someone else")  # the filter is gone after
+    assert [r.getMessage() for r in caplog.records if "pre-processing" in r.getMessage()] == [
+        "run pre-processing before quantization, said someone else"]
+
+
 def weight_dtypes(path) -> set[int]:
     """The element types of the quantized matrix multiplications' weights in an int8 graph."""
     import onnx

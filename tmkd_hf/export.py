@@ -54,10 +54,12 @@ average, for a 30 % larger file and 12 % less int8 throughput (4 % on a fused gr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import importlib.metadata
 import importlib.util
 import json
+import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -276,14 +278,33 @@ def choose_weight_type(max_diff: dict[str, float]) -> str:
     return "int8"
 
 
+class _PreprocessingHint(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "pre-processing before quantization" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_preprocessing_hint():
+    """onnxruntime's quantize_dynamic logs "Please consider to run pre-processing before quantization" on the root
+    logger (not as a warning) for every file; its pre-processing is shape inference and graph cleanup for static
+    quantization, and each file made here is checked against PyTorch instead, so the hint is only noise (a benchmark
+    that exports 50 files printed it 50 times)."""
+    hint = _PreprocessingHint()
+    root = logging.getLogger()
+    root.addFilter(hint)
+    try:
+        yield
+    finally:
+        root.removeFilter(hint)
+
+
 def _quantize(path: str, int8_path: str, weight_type: str, *, per_channel: bool, fp32_nodes, fused: bool) -> None:
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # a fused graph holds onnxruntime's own operators, whose outputs shape inference cannot type: float32
     extra = {"DefaultTensorType": onnx.TensorProto.FLOAT} if fused else None
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*pre-processing before quantization.*")
+    with _without_preprocessing_hint():
         quantize_dynamic(
             path,
             int8_path,
