@@ -179,6 +179,20 @@ def write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
+def save_merged(model, folder: Path, tokenizer, train_seconds: float | None = None) -> Path:
+    """A multi-head model as the pipeline exports it (heads merged: a CrossEncoder or a plain checkpoint, with its
+    tokenizer), atomically: `folder` is whole or absent; a killed save leaves only a `.tmp` sibling, redone next
+    time. Teachers also record how long they trained (`train_seconds.txt`)."""
+    tmp = folder.with_name(f".{folder.name}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.save_pretrained(tmp, merged=True, tokenizer=tokenizer)
+    if train_seconds is not None:
+        (tmp / "train_seconds.txt").write_text(f"{train_seconds}\n")
+    shutil.rmtree(folder, ignore_errors=True)
+    os.replace(tmp, folder)
+    return folder
+
+
 def check_or_save_settings(out: Path, settings: dict) -> None:
     """Save `settings` beside the runs of a new output dir; refuse to mix runs made with other settings in one."""
     saved = out / "settings.json"
@@ -393,11 +407,7 @@ class Ablation:
                                                      **self.model_kwargs)
             seconds = self.train(f"teacher_{i}", model, train, learning_rate=lr, epochs=s["teacher_epochs"],
                                  seed=seed, alpha=0.0)
-            tmp = path.with_name(f".{path.name}.tmp")
-            shutil.rmtree(tmp, ignore_errors=True)
-            model.save_pretrained(tmp, merged=True, tokenizer=self.tokenizer)  # CrossEncoder or plain checkpoint
-            (tmp / "train_seconds.txt").write_text(f"{seconds}\n")
-            os.replace(tmp, path)
+            save_merged(model, path, self.tokenizer, train_seconds=seconds)
             self.log(f"teacher_{i}: trained in {seconds} s (seed {seed}, lr {lr:g})")
         return dirs
 
@@ -522,14 +532,8 @@ class Ablation:
                  + f" ({seconds['total']} s)")
 
     def save_student(self, student, row: str, seed: int) -> Path:
-        """The finished student, heads merged, as the pipeline exports it (atomically: a folder is whole or absent)."""
-        folder = self.out / STUDENTS / f"{row}__seed{seed}"
-        tmp = folder.with_name(f".{folder.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        student.save_pretrained(tmp, merged=True, tokenizer=self.tokenizer)
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
-        return folder
+        """The finished student, heads merged, as the pipeline exports it."""
+        return save_merged(student, self.out / STUDENTS / f"{row}__seed{seed}", self.tokenizer)
 
     # ----- stage-1 students, kept (`keep_stage1`) and reused -----
 

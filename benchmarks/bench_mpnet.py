@@ -40,7 +40,6 @@ import argparse
 import json
 import math
 import os
-import shutil
 import statistics
 import sys
 import time
@@ -154,11 +153,7 @@ class MpnetBench(ab.Ablation):
         seconds = self.train(f"teacher_{BIG}", model, train, tokenizer=self.big_tokenizer,
                              learning_rate=s["big_teacher_learning_rate"], epochs=s["big_teacher_epochs"],
                              seed=s["big_teacher_seed"], alpha=0.0)
-        tmp = path.with_name(f".{path.name}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        model.save_pretrained(tmp, merged=True, tokenizer=self.big_tokenizer)
-        (tmp / "train_seconds.txt").write_text(f"{seconds}\n")
-        os.replace(tmp, path)
+        ab.save_merged(model, path, self.big_tokenizer, train_seconds=seconds)
         self.log(f"teacher_{BIG} ({s['big_teacher']}): trained in {seconds} s")
         return str(path)
 
