@@ -727,7 +727,8 @@ def _test_accuracies(row_runs: list[dict]) -> list[float]:
 def comparisons(runs: dict[str, list[dict]], rte: bool) -> list[str]:
     """The paper's ordering, each difference of means with its standard error (independent seeds)."""
     pairs = [("TMKD", "MKD"), ("TKD", "1-o-1"), ("1-o-1", "labels_only"), ("TMKD", "TKD"), ("MKD", "MKD_long"),
-             ("labels_only_long", "labels_only"), ("TMKD", "ensemble")]
+             ("labels_only_long", "labels_only"), ("TMKD", "MKD_long"), ("MKD_long", "labels_only_long"),
+             ("TMKD", "ensemble")]  # TMKD − MKD_long: what stage 1 adds beyond its steps
     split = "dev" if rte else "test"
     lines = ["", f"Differences of mean {split} accuracy (points), ± their standard error "
              "(sqrt(s_a^2/n_a + s_b^2/n_b); one run: no spread):", "", "| a − b | difference | a runs | b runs |",

@@ -444,3 +444,19 @@ def test_bench_quantization_scores_every_format_of_a_trained_classifier(tmp_path
     assert rows["int8"][3:] == rows[same][3:], (rows["int8"], rows[same])
     bad = run("bench_quantization.py", "--models", str(tmp_path / "missing"), "--no-record", check=False)
     assert bad.returncode != 0 and "is not a directory" in bad.stderr
+
+
+def test_the_step_matched_controls_are_compared_with_tmkd_and_each_other(monkeypatch):
+    """TMKD − MKD_long is what stage 1 adds beyond its number of steps; MKD_long − labels_only_long what the soft
+    labels add at the same budget: both are in the ablation's differences, with their standard errors."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench_ablation
+
+    def runs_of(*accuracies):
+        return [{"seed": s, "metrics": {"test": {"accuracy": a}}} for s, a in enumerate(accuracies, start=1)]
+
+    runs = {"TMKD": runs_of(0.80, 0.82), "MKD_long": runs_of(0.77, 0.78, 0.79), "labels_only_long": runs_of(0.76)}
+    lines = bench_ablation.comparisons(runs, rte=False)
+    assert "| TMKD − MKD_long | +3.0 ± 1.2 | 2 | 3 |" in lines  # 81 − 78; sqrt(2/2 + 1/3) points
+    assert "| MKD_long − labels_only_long | +2.0 ± 0.6 | 3 | 1 |" in lines  # one run: no spread on its side
+    assert not any(line.startswith("| TMKD − MKD |") for line in lines)  # rows without runs are left out
