@@ -726,9 +726,11 @@ def _test_accuracies(row_runs: list[dict]) -> list[float]:
 
 def comparisons(runs: dict[str, list[dict]], rte: bool) -> list[str]:
     """The paper's ordering, each difference of means with its standard error (independent seeds)."""
+    # the controls: TMKD − MKD_long is what stage 1 adds beyond its steps, MKD_long − labels_only_long what the soft
+    # labels add at the same budget
     pairs = [("TMKD", "MKD"), ("TKD", "1-o-1"), ("1-o-1", "labels_only"), ("TMKD", "TKD"), ("MKD", "MKD_long"),
              ("labels_only_long", "labels_only"), ("TMKD", "MKD_long"), ("MKD_long", "labels_only_long"),
-             ("TMKD", "ensemble")]  # TMKD − MKD_long: what stage 1 adds beyond its steps
+             ("TMKD", "ensemble")]
     split = "dev" if rte else "test"
     lines = ["", f"Differences of mean {split} accuracy (points), ± their standard error "
              "(sqrt(s_a^2/n_a + s_b^2/n_b); one run: no spread):", "", "| a − b | difference | a runs | b runs |",
