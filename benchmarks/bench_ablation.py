@@ -651,7 +651,8 @@ def build_table(out: Path, pool_percents: list[int]) -> str:
         cells.append(", ".join(f"{100 * acc:.1f}" for _, acc in by_seed) or "–")
         lines.append("| " + " | ".join(cells) + " |")
     curve = ["", "Pool-size curve (TMKD; 0 % = the MKD runs, 100 % = the TMKD runs):", "",
-             "| pool % | stage-1 rows | runs | " + " | ".join(h for h in header[3 : 3 + len(splits)]) + " |",
+             "| pool % | pool pairs (per stage-1 epoch) | runs | "
+             + " | ".join(h for h in header[3 : 3 + len(splits)]) + " |",
              "|---|---|---|" + "---|" * len(splits)]
     for p in pool_percents:
         row_runs = runs.get(pool_row(p), [])

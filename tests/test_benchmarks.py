@@ -244,6 +244,7 @@ def test_bench_ablation_resumes_and_builds_the_table(tmp_path, tiny_backbone):
     assert "| labels_only | " in table and "| 2 (seeds 1, 2) |" in table
     assert "| 1-o-1 | student, one head, teacher 0's soft labels, stage 2 only | 0 |" in table
     assert "| TMKD − MKD | " in table  # the ordering, with standard errors
+    assert "| pool % | pool pairs (per stage-1 epoch) | runs |" in table
     assert "| 50 | 16 | 2 |" in table  # the pool curve's 50 % point: 16 of 32 pool rows, 2 seeds
     assert (out_dir / "ablation.md").read_text().strip() == table.strip()
     assert mtimes(out_dir) == after  # --table-only runs nothing
