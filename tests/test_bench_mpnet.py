@@ -161,3 +161,24 @@ def test_rows_without_the_big_teacher_are_the_ablations_runs(tmp_path, stand_ins
     refused = bench(tmp_path / "refused2", stand_ins, "--minilm_teachers", str(abl), "--minilm-runs", str(other),
                     "--rows", "labels_only", "--seeds", "1", "--no-costs", check=False)  # fmt: skip
     assert refused.returncode != 0 and "is not the one used here" in refused.stderr
+
+
+@pytest.mark.slow  # ~1 min alone: four tiny teachers trained and labelled, no student
+def test_teachers_only_on_rte_says_whether_there_is_anything_to_distil(tmp_path, stand_ins):
+    """`--teachers-only` trains and labels the teachers (RTE here: no validation split, dev shown as test), writes
+    their rows and the ensembles' and stops before any student: the cheap first look at a task."""
+    out = tmp_path / "rte"
+    proc = bench(out, stand_ins, "--rte", "--teachers-only", "--no-costs")
+    assert "start " not in proc.stdout  # no student row ran
+    names = {p.name for p in (out / "runs").glob("*.json")}
+    assert names == {"majority.json", "teacher_0.json", "teacher_1.json", "teacher_2.json", "teacher_3.json",
+                     "ensemble.json", "ensemble_minilm.json", "ensemble_weighted.json"}
+    assert json.loads((out / "settings.json").read_text())["task"] == "rte"
+    big = json.loads((out / "runs" / "teacher_3.json").read_text())
+    assert set(big["metrics"]) == {"test"} and 0.0 <= big["metrics"]["test"]["accuracy"] <= 1.0
+    table = (out / "mpnet.md").read_text()
+    assert "dev (as test) acc" in table and "| teacher_3 | tiny-mpnet, seed 1, lr 3e-05, 1 epochs | 1 |" in table
+    assert "| TMKD_all | TMKD, all 4 teachers (one head each) | 0 |" in table
+    # the students can follow in the same output_dir: the teachers and their soft labels are reused
+    again = bench(out, stand_ins, "--rte", "--rows", "labels_only", "--seeds", "1", "--no-costs")
+    assert "teacher_3 (tiny-mpnet): reusing" in again.stdout and "start labels_only seed 1" in again.stdout
