@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
@@ -35,6 +36,21 @@ def tokenizer():
     tok = BertTokenizerFast(vocab={token: i for i, token in enumerate(vocab)}, do_lower_case=True)
     assert tok("city river")["input_ids"][1:3] == [vocab.index("city"), vocab.index("river")]
     return tok
+
+
+RECIPES = Path(__file__).resolve().parents[1] / "recipes"
+
+
+def load_recipe(name: str):
+    """A recipe script (`recipes/<name>.py`) imported by its path, as the tests call its functions directly."""
+    import importlib.util
+    import sys
+
+    spec = importlib.util.spec_from_file_location(name, RECIPES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
 
 
 def tiny_config(family: str = "bert", num_labels: int = 2, vocab_size: int = 128, **kwargs):

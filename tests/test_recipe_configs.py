@@ -4,31 +4,17 @@ its own recipe's parser, so the values compared are the ones a run would use, de
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import load_recipe
 
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
-CONFIGS = RECIPES / "configs"
-
-
-def load(script: str):
-    sys.path.insert(0, str(RECIPES))
-    try:
-        spec = importlib.util.spec_from_file_location(script, RECIPES / f"{script}.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-        spec.loader.exec_module(module)
-    finally:
-        sys.path.remove(str(RECIPES))
-    return module
+CONFIGS = Path(__file__).resolve().parents[1] / "recipes" / "configs"
 
 
 @pytest.fixture(scope="module")
 def pipeline():
-    return load("run_tmkd_pipeline").parse_args([str(CONFIGS / "pipeline_default.json")])
+    return load_recipe("run_tmkd_pipeline").parse_args([str(CONFIGS / "pipeline_default.json")])
 
 
 def shared_settings(training_args, max_length: int) -> dict:
@@ -52,7 +38,8 @@ def pipeline_shared(pipeline) -> dict:
 
 @pytest.mark.parametrize("name", ["stage1_qnli.json", "stage1_qnli_lora.json"])
 def test_stage1_configs_train_the_pipelines_stage1(pipeline, name):
-    model_args, data_args, training_args, lora_args = load("run_qa_distill_pretrain").parse_args([str(CONFIGS / name)])
+    recipe = load_recipe("run_qa_distill_pretrain")
+    model_args, data_args, training_args, lora_args = recipe.parse_args([str(CONFIGS / name)])
     assert list(model_args.student_layers) == list(pipeline.student_layers)
     assert training_args.num_train_epochs == pipeline.stage1_epochs
     assert training_args.alpha == 1.0  # stage 1: soft labels only
@@ -65,7 +52,7 @@ def test_stage1_configs_train_the_pipelines_stage1(pipeline, name):
 
 def test_stage2_config_trains_the_pipelines_stage2(pipeline):
     config = str(CONFIGS / "glue_qnli_distill.json")
-    model_args, data_args, training_args, _ = load("run_glue_distill").parse_args([config])
+    model_args, data_args, training_args, _ = load_recipe("run_glue_distill").parse_args([config])
     assert model_args.per_teacher_heads is True and len(model_args.teachers) == len(pipeline.teacher_seeds)
     assert training_args.num_train_epochs == pipeline.stage2_epochs
     assert training_args.learning_rate == pipeline.stage2_learning_rate

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ import pytest
 import safetensors.torch
 import torch
 from conftest import count_label_shards, pair_dataset
+from conftest import load_recipe as load_script
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tmkd_hf import MultiHeadStudent, label_with_teachers, load_teacher_logits
@@ -34,11 +34,7 @@ TRAIN_FLAGS = {
 
 
 def load_recipe():
-    spec = importlib.util.spec_from_file_location("run_qa_distill_pretrain", RECIPE)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses resolve their annotations through sys.modules
-    spec.loader.exec_module(module)
-    return module
+    return load_script("run_qa_distill_pretrain")
 
 
 def write_pool(path: Path, n: int = 40) -> None:
