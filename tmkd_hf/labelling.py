@@ -21,6 +21,7 @@ The heap is trimmed after every batch so memory stays flat as the corpus grows (
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -36,6 +37,7 @@ import numpy as np
 import torch
 from datasets import Array2D, Dataset, Features, concatenate_datasets, load_from_disk
 from datasets.arrow_writer import ArrowWriter
+from datasets.table import InMemoryTable
 from torch import nn
 from tqdm.auto import tqdm
 from transformers import AutoConfig, PreTrainedTokenizerBase
@@ -44,12 +46,16 @@ from transformers.utils import logging
 from ._allocator import trim_heap as _trim_heap
 from ._allocator import use_fixed_mmap_threshold
 from .collator import TEACHER_LOGITS
+from .onnx_teachers import ONNX_TEACHERS_DIR, OnnxTeacher, check_backend, load_onnx_teacher, teacher_key
+from .pool import file_sha256, read_data_file, resolve_data_files
 from .soft_label_cache import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
+    CacheBusyError,
     DamagedCacheError,
     atomic_write_text,
     attach_manifest,
+    cache_lock,
     load_cache,
     load_teacher_logits,
     read_manifest,
@@ -73,6 +79,7 @@ __all__ = [
     "MANIFEST_FORMAT",
     "MANIFEST_NAME",
     "WORK_DIR",
+    "CacheBusyError",
     "DamagedCacheError",
     "label_with_teachers",
     "load_teacher_logits",
@@ -93,12 +100,23 @@ TeacherLike = str | os.PathLike | dict | TeacherSpec | tuple[nn.Module, PreTrain
 
 
 def _atomic_save(path: Path, array: np.ndarray) -> None:
+    """Write `path` through a temporary file and a rename; on failure (a full disk) leave nothing half-written."""
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, array)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as err:
+        Path(tmp).unlink(missing_ok=True)
+        if err.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OSError(
+                err.errno,
+                f"No space left to write {path}: the teacher logits finished before it are kept in "
+                f"{path.parent.parent}; free some space and run the same command again, it resumes from them",
+            ) from err
+        raise
 
 
 def _tokenizer_key(tokenizer) -> str:
@@ -147,6 +165,10 @@ def _pad(rows: dict[str, list], order: np.ndarray, tokenizer) -> dict[str, torch
     return batch
 
 
+# Whether each shard's rows are sorted by length before batching (each batch padded only to its own longest row). An
+# internal switch, for benchmarks/bench_labelling.py to measure what the sort gives.
+_SORT_BY_LENGTH = True
+
 # When to hand the heap's free pages back to the OS: "batch" (the default) or "shard". An internal switch, for
 # benchmarks/bench_labelling.py to measure both.
 _TRIM_EVERY = "batch"
@@ -155,14 +177,18 @@ _TRIM_EVERY = "batch"
 @torch.inference_mode()
 def _label_shard(model, tokenizer, rows: dict[str, list], batch_size: int, dtype, device, progress) -> np.ndarray:
     lengths = np.asarray(rows["length"])
-    order = np.argsort(-lengths, kind="stable")
+    order = np.argsort(-lengths, kind="stable") if _SORT_BY_LENGTH else np.arange(len(lengths))
     out = None
     autocast = torch.autocast(device_type=device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     for start in range(0, len(order), batch_size):
         idx = order[start : start + batch_size]
-        batch = {k: v.to(device) for k, v in _pad(rows, idx, tokenizer).items()}
-        with autocast:
-            logits = teacher_forward(model, batch).float().cpu().numpy()
+        batch = None
+        if isinstance(model, OnnxTeacher):
+            logits = model(_pad(rows, idx, tokenizer))
+        else:
+            batch = {k: v.to(device) for k, v in _pad(rows, idx, tokenizer).items()}
+            with autocast:
+                logits = teacher_forward(model, batch).float().cpu().numpy()
         if out is None:
             out = np.empty((len(order), logits.shape[-1]), dtype=np.float32)
         out[idx] = logits
@@ -220,9 +246,10 @@ _POSITION_OFFSET_MODELS = ("roberta", "xlm-roberta", "camembert", "mpnet", "long
 
 
 def _position_limit(config) -> int | None:
-    """How many tokens a model can read: `max_position_embeddings`, less RoBERTa-style models' padding offset."""
+    """How many tokens a model can read: `max_position_embeddings`, less RoBERTa-style models' padding offset.
+    None for no limit: no such field, or a value below 1 (XLNet's -1: relative positions, any length)."""
     limit = getattr(config, "max_position_embeddings", None)
-    if limit is None:
+    if not isinstance(limit, int) or limit < 1:
         return None
     if getattr(config, "model_type", None) in _POSITION_OFFSET_MODELS:
         limit -= (getattr(config, "pad_token_id", None) or 0) + 1
@@ -260,7 +287,7 @@ def _teacher_record(spec: TeacherSpec | None, model: nn.Module | None, index: in
 
 
 def label_with_teachers(
-    dataset: Dataset,
+    dataset: Dataset | str | os.PathLike | Sequence[str | os.PathLike],
     teachers: Sequence[TeacherLike],
     text_columns: Sequence[str] = ("question", "sentence"),
     batch_size: int = 64,
@@ -272,11 +299,18 @@ def label_with_teachers(
     device: str | torch.device | None = None,
     overwrite: bool = False,
     show_progress: bool = True,
+    backend: str = "torch",
+    onnx_dir: str | os.PathLike | None = None,
+    lock_timeout: float | None = None,
 ) -> Dataset:
     """Return `dataset` with a `teacher_logits` column of shape `[num_teachers, num_labels]` per row.
 
     Args:
-        dataset: a `datasets.Dataset` holding the `text_columns`.
+        dataset: a `datasets.Dataset` holding the `text_columns`; or a pool given as files: a path, a glob or a list
+            of them (`"pool/*.tsv.gz"`; `.tsv/.csv/.jsonl/.json/.parquet`, compressed or not, local or any fsspec
+            URL such as `hf://datasets/...`), labelled one file at a time (`tmkd_hf.pool`): each file's soft labels
+            are kept apart in `output_dir/files/`, keyed by the file's sha256, so a rerun reuses every file that is
+            unchanged and relabels one that changed.
         teachers: checkpoint dirs, Hub ids (`"org/model@revision"`), PEFT adapter dirs, `TeacherSpec`s / dicts
             (`{"name_or_path": ..., "revision": ..., "adapter": ...}`), or `(model, tokenizer)` pairs.
         text_columns: one column (single sentences) or two (sentence pairs, e.g. question and passage).
@@ -290,29 +324,47 @@ def label_with_teachers(
         device: where the teachers run (default: this process's accelerator device, else CPU).
         overwrite: replace a finished cache in `output_dir` that was built from other rows or teachers.
         show_progress: show a progress bar with rows/s per teacher.
+        backend: `"torch"`, or `"onnx"` / `"onnx-int8"`: each teacher exported once to ONNX (fp32, or int8
+            weights) and run by onnxruntime (`tmkd_hf.onnx_teachers`); needs `pip install "tmkd_hf[onnx]"`.
+        onnx_dir: where the ONNX exports of the teachers are kept and found again (default:
+            `output_dir/onnx_teachers`).
+        lock_timeout: how long to wait for another labelling job that holds `output_dir` (default: as long as it
+            takes); then `CacheBusyError`.
     """
     from accelerate import PartialState
-
-    from . import __version__
 
     # without CUDA, `cpu=True` is what lets `accelerate launch` / torchrun processes join a gloo group
     state = PartialState(cpu=not torch.cuda.is_available())
     if isinstance(text_columns, str):
         text_columns = (text_columns,)
     text_columns = list(text_columns)
-    missing = [c for c in text_columns if c not in dataset.column_names]
-    if missing:
-        raise ValueError(
-            f"text_columns {missing} are not in the dataset (columns: {dataset.column_names}). "
-            "Pass text_columns=(<first text column>, <second text column>)."
-        )
     if not teachers:
         raise ValueError("label_with_teachers needs at least one teacher.")
-    if len(dataset) == 0:
-        raise ValueError("The dataset is empty: there is nothing for the teachers to label.")
-    _check_text_values(dataset, text_columns)
+    files = None
+    if isinstance(dataset, Dataset):
+        missing = [c for c in text_columns if c not in dataset.column_names]
+        if missing:
+            raise ValueError(
+                f"text_columns {missing} are not in the dataset (columns: {dataset.column_names}). "
+                "Pass text_columns=(<first text column>, <second text column>)."
+            )
+        if len(dataset) == 0:
+            raise ValueError("The dataset is empty: there is nothing for the teachers to label.")
+        _check_text_values(dataset, text_columns)
+    elif isinstance(dataset, (str, os.PathLike)) or (
+        isinstance(dataset, Sequence) and dataset and all(isinstance(d, (str, os.PathLike)) for d in dataset)
+    ):
+        files = resolve_data_files(dataset)
+    else:
+        raise TypeError(
+            f"dataset must be a datasets.Dataset (one split of a DatasetDict) or data files (a path, a glob or a list "
+            f"of them), not {type(dataset).__name__}."
+        )
     if dtype not in _DTYPES:
         raise ValueError(f"dtype must be one of {list(_DTYPES)}, got {dtype!r}.")
+    check_backend(backend)
+    if backend != "torch" and dtype != "float32":
+        raise ValueError(f"dtype={dtype!r} is for the torch backend; {backend!r} runs the exported graph as it is.")
     if shard_size < 1 or batch_size < 1:
         raise ValueError("shard_size and batch_size must be >= 1.")
     if state.num_processes > 1 and output_dir is None:
@@ -321,85 +373,339 @@ def label_with_teachers(
 
     resolved = _resolve(teachers)
     _check_max_length(resolved, max_length)
-    plan = {
+    common = {
         "format": MANIFEST_FORMAT,
         "teachers": [_teacher_record(spec, model, i) for i, (spec, model, _) in enumerate(resolved)],
         "text_columns": text_columns,
         "max_length": max_length,
         "dtype": dtype,
-        "num_rows": len(dataset),
-        "source_fingerprint": source_fingerprint(dataset, text_columns),
+        "backend": backend,
         "label_names_order": list(label_names_order) if label_names_order else None,
     }
+    holder = tempfile.TemporaryDirectory(prefix="tmkd-labels-") if output_dir is None else None
+    out = Path(output_dir) if output_dir is not None else Path(holder.name)
+    settings = dict(
+        resolved=resolved, batch_size=batch_size, dtype=_DTYPES[dtype], device=device, shard_size=shard_size,
+        state=state, show_progress=show_progress, label_names_order=label_names_order, overwrite=overwrite,
+        onnx_dir=Path(onnx_dir) if onnx_dir is not None else out / ONNX_TEACHERS_DIR,
+    )  # fmt: skip
+    locked = state.is_main_process and output_dir is not None
+    try:
+        with cache_lock(out, lock_timeout) if locked else nullcontext():
+            if files is None:
+                return _label_dataset(dataset, common, out if output_dir is not None else None, **settings)
+            return _label_files(files, common, out, in_memory=output_dir is None, **settings)
+    finally:
+        if holder is not None:
+            holder.cleanup()
 
-    if output_dir is not None:
-        out = Path(output_dir)
+
+_PLAN_FIELDS = ("format", "text_columns", "max_length", "dtype", "label_names_order", "num_rows", "source_fingerprint")
+
+
+def _plan_key(plan: dict) -> dict:
+    """What must match for logits to be reused: the plan without where things lie (a cache directory copied to
+    another machine, with the teachers in other folders, is still the same cache)."""
+    key = {k: plan.get(k) for k in _PLAN_FIELDS}
+    key["backend"] = plan.get("backend", "torch")  # caches from before the ONNX backends are torch's
+    key["teachers"] = [teacher_key(t) for t in plan["teachers"]]
+    return key
+
+
+def _why_not_reusable(previous: dict, plan: dict) -> str | None:
+    """Why a cache built from `previous` cannot serve `plan` (None when it can), said so a person can act on it."""
+    old, new = _plan_key(previous), _plan_key(plan)
+    if old == new:
+        return None
+    reasons = []
+    if old["teachers"] != new["teachers"]:
+        was = [t["name_or_path"] for t in previous["teachers"]]
+        now = [t["name_or_path"] for t in plan["teachers"]]
+        if len(was) == len(now):
+            changed = [i for i, (a, b) in enumerate(zip(old["teachers"], new["teachers"])) if a != b]
+            reasons.append(f"the weights of teacher(s) {changed} differ from those it was labelled with")
+        else:
+            reasons.append(f"it was labelled by {len(was)} teachers {was}, this run has {len(now)} {now}")
+    for name in ("backend", "dtype", "max_length", "text_columns", "label_names_order", "num_rows"):
+        if old.get(name) != new.get(name):
+            reasons.append(f"{name} was {old.get(name)!r}, now {new.get(name)!r}")
+    if old.get("source_fingerprint") != new.get("source_fingerprint") and old.get("num_rows") == new.get("num_rows"):
+        reasons.append("its rows' text differs")
+    return "; ".join(reasons) or "its manifest differs"
+
+
+def _retrained_only(previous: dict, plan: dict) -> bool:
+    """The same teachers (by name), rows and settings, only their weights or the backend changed: a relabel is what
+    the user wants (teachers retrained on a fresh machine), not an error."""
+    old, new = _plan_key(previous), _plan_key(plan)
+    same_names = [t["name_or_path"] for t in previous["teachers"]] == [t["name_or_path"] for t in plan["teachers"]]
+    rest = ("teachers", "backend")
+    return same_names and {k: v for k, v in old.items() if k not in rest} == {
+        k: v for k, v in new.items() if k not in rest
+    }
+
+
+def _prepare_work(work: Path, plan: dict, state) -> None:
+    """The work directory of an unfinished pass over these rows with these teachers (others' work is discarded)."""
+    if state.is_main_process:
+        plan_file = work / "plan.json"
+        if work.exists():
+            try:
+                same = _plan_key(json.loads(plan_file.read_text())) == _plan_key(plan)
+            except (OSError, ValueError, KeyError):
+                same = False
+            if not same:
+                logger.warning(f"Discarding unfinished labelling work in {work}: it was for other rows or teachers.")
+                shutil.rmtree(work)
+        work.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(plan_file, json.dumps(plan, indent=2))
+    state.wait_for_everyone()
+
+
+def _onnx_teachers(common: dict, resolved, onnx_dir: Path, state) -> list[OnnxTeacher] | None:
+    """The teachers as ONNX graphs (exported by the main process first, found again by the others)."""
+    if common["backend"] == "torch":
+        return None
+    int8 = common["backend"] == "onnx-int8"
+    with state.main_process_first():
+        return [
+            load_onnx_teacher(spec, model, tokenizer, record, onnx_dir, int8)
+            for (spec, model, tokenizer), record in zip(resolved, common["teachers"])
+        ]
+
+
+def _label_dataset(dataset: Dataset, common: dict, out: Path | None, *, overwrite, label_names_order, onnx_dir,
+                   **job) -> Dataset:  # fmt: skip
+    """Label the rows of one `Dataset` (row-range shards), cached in `out` when given."""
+    from . import __version__
+
+    state = job["state"]
+    plan = {
+        **common,
+        "num_rows": len(dataset),
+        "source_fingerprint": source_fingerprint(dataset, common["text_columns"]),
+    }
+    if out is not None:
         try:
             previous = read_manifest(out)
         except DamagedCacheError as err:
             logger.warning(f"Relabelling: {err}")
             previous = None
         if previous is not None:
-            same = {k: previous.get(k) for k in plan} == plan
-            if same:
+            reason = _why_not_reusable(previous, plan)
+            if reason is None:
                 try:
                     labelled = load_cache(out, previous)
                     logger.info(f"Teacher logits for these rows and teachers are already in {out}; loading them.")
                     return labelled
                 except DamagedCacheError as err:
                     logger.warning(f"Relabelling: {err}")
-            elif not overwrite:
+            elif overwrite or _retrained_only(previous, plan):
+                logger.warning(f"Relabelling {out}: {reason}.")
+            else:
                 raise ValueError(
                     f"{out} already holds teacher logits built from other rows or teachers "
-                    f"({previous['num_rows']} rows, teachers {[t['name_or_path'] for t in previous['teachers']]}). "
-                    "Choose another output_dir, or pass overwrite=True to replace it."
+                    f"({previous['num_rows']} rows, teachers {[t['name_or_path'] for t in previous['teachers']]}): "
+                    f"{reason}. Choose another output_dir, or pass overwrite=True to replace it."
                 )
         work = out / WORK_DIR
-        if state.is_main_process:
-            plan_file = work / "plan.json"
-            if work.exists() and (not plan_file.is_file() or json.loads(plan_file.read_text()) != plan):
-                logger.warning(f"Discarding unfinished labelling work in {work}: it was for other rows or teachers.")
-                shutil.rmtree(work)
-            work.mkdir(parents=True, exist_ok=True)
-            atomic_write_text(plan_file, json.dumps(plan, indent=2))
-        state.wait_for_everyone()
+        _prepare_work(work, plan, state)
         tmp_holder = None
     else:
         tmp_holder = tempfile.TemporaryDirectory(prefix="tmkd-labels-")
         work = Path(tmp_holder.name)
 
     try:
-        job = _LabellingJob(
-            dataset=dataset,
-            resolved=resolved,
-            plan=plan,
-            work=work,
-            batch_size=batch_size,
-            dtype=_DTYPES[dtype],
-            device=device,
-            shard_size=shard_size,
-            state=state,
-            show_progress=show_progress,
-        )
-        num_labels = job.run(label_names_order)
+        onnx = _onnx_teachers(common, job["resolved"], onnx_dir, state)
+        labelling = _LabellingJob(dataset=dataset, plan=plan, work=work, onnx=onnx, **job)
+        label_info = labelling.run(label_names_order)
         state.wait_for_everyone()
         manifest = {
             **plan,
-            "label_names": num_labels["names"],
+            "label_names": label_info["names"],
+            "onnx_exports": [t.summary() for t in onnx] if onnx else None,
             "tmkd_hf_version": __version__,
             "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         }
-        if output_dir is None:
-            logits = _assemble_array(work, len(resolved), len(dataset), shard_size)
-            labelled = _with_column(dataset, logits, manifest)
-            return labelled
+        num_teachers, shard_size = len(job["resolved"]), job["shard_size"]
+        if out is None:
+            logits = _assemble_array(work, num_teachers, len(dataset), shard_size)
+            return _with_column(dataset, logits, manifest)
         if state.is_main_process:
-            _assemble_to_disk(dataset, work, len(resolved), shard_size, num_labels["count"], manifest, Path(output_dir))
+            _assemble_to_disk(dataset, work, num_teachers, shard_size, label_info["count"], manifest, out)
         state.wait_for_everyone()
-        return load_from_disk(str(output_dir))
+        return load_from_disk(str(out))
     finally:
         if tmp_holder is not None:
             tmp_holder.cleanup()
+
+
+FILES_DIR = "files"  # output_dir/files/<file name>-<sha256[:12]>/: one pool file's soft labels
+_FILE_RECORD = "file.json"  # written last: the file's logits are finished
+_FILE_LOGITS = "logits.npy"  # float32 [rows, teachers, labels], in the file's row order
+
+
+def _file_dir(out: Path, path: str, sha256: str) -> Path:
+    return out / FILES_DIR / f"{os.path.basename(path)}-{sha256[:12]}"
+
+
+def _finished_file(folder: Path, sha256: str, common: dict) -> tuple[dict | None, str]:
+    """(the record of this file labelled before with these teachers and settings, when its logits read back whole;
+    else None and why it must be labelled)."""
+    try:
+        record = json.loads((folder / _FILE_RECORD).read_text())
+    except FileNotFoundError:
+        earlier = [p for p in folder.parent.glob(f"{folder.name[:-13]}-*") if p != folder]
+        return None, "changed since it was labelled (another sha256)" if earlier else "not labelled yet"
+    except (OSError, ValueError) as err:
+        return None, f"its record is damaged ({err})"
+    reason = _why_not_reusable(record["plan"], {**record["plan"], **common})
+    if record.get("sha256") != sha256 or reason is not None:
+        return None, reason or "its record is for other contents"
+    try:
+        logits = np.load(folder / _FILE_LOGITS, mmap_mode="r")
+    except (OSError, ValueError, EOFError) as err:
+        return None, f"its logits are damaged ({err})"
+    if logits.shape != (record["num_rows"], len(common["teachers"]), len(record["label_names"])):
+        return None, f"its logits have shape {logits.shape}, not ({record['num_rows']}, teachers, labels)"
+    return record, ""
+
+
+def _label_files(files: list[str], common: dict, out: Path, *, in_memory: bool, overwrite, label_names_order,
+                 onnx_dir, **job) -> Dataset:  # fmt: skip
+    """Label a pool given as files, one file at a time; each file's logits are kept under `out/files/`."""
+    from . import __version__
+
+    state, text_columns = job["state"], common["text_columns"]
+    shas = [file_sha256(f) for f in files]
+    sources = [{"file": f, "name": os.path.basename(f), "sha256": s} for f, s in zip(files, shas)]
+    try:
+        previous = read_manifest(out)
+    except DamagedCacheError as err:
+        logger.warning(f"Reassembling: {err}")
+        previous = None
+    if previous is not None:
+        same_sources = [s["sha256"] for s in previous.get("source_files") or []] == shas
+        reason = _why_not_reusable(previous, {**previous, **common})
+        if reason is None and same_sources and not in_memory:
+            try:
+                labelled = load_cache(out, previous)
+                logger.info(f"Teacher logits for these {len(files)} files and teachers are already in {out}.")
+                return labelled
+            except DamagedCacheError as err:
+                logger.warning(f"Reassembling: {err}")
+        was = [t["name_or_path"] for t in previous["teachers"]]
+        if reason is not None and not overwrite and not _retrained_only(previous, {**previous, **common}):
+            raise ValueError(
+                f"{out} already holds teacher logits built by other teachers or settings (teachers {was}): {reason}. "
+                "Choose another output_dir, or pass overwrite=True to replace it."
+            )
+        if reason is not None:
+            logger.warning(f"Relabelling {out}: {reason}.")
+
+    work_root = out / WORK_DIR
+    if state.is_main_process:
+        work_root.mkdir(parents=True, exist_ok=True)
+    state.wait_for_everyone()
+    onnx = None
+    records = []
+    for index, (path, sha) in enumerate(zip(files, shas)):
+        folder = _file_dir(out, path, sha)
+        record, why = _finished_file(folder, sha, common)
+        state.wait_for_everyone()
+        if record is not None:
+            logger.info(f"[{index + 1}/{len(files)}] {os.path.basename(path)}: reusing its teacher logits ({folder}).")
+            records.append(record)
+            continue
+        earlier = [p for p in (out / FILES_DIR).glob(f"{os.path.basename(path)}-*") if p != folder]
+        logger.info(f"[{index + 1}/{len(files)}] {os.path.basename(path)}: labelling it ({why}).")
+        start = time.perf_counter()
+        arrow_file = work_root / f"rows-{sha[:16]}.arrow"
+        with state.main_process_first():
+            if state.is_main_process:
+                rows = read_data_file(path, text_columns, arrow_file)
+            else:
+                rows = Dataset.from_file(str(arrow_file))
+        plan = {**common, "num_rows": len(rows), "source_fingerprint": source_fingerprint(rows, text_columns)}
+        work = folder / WORK_DIR
+        _prepare_work(work, plan, state)
+        if onnx is None:
+            onnx = _onnx_teachers(common, job["resolved"], onnx_dir, state)
+        label_info = _LabellingJob(dataset=rows, plan=plan, work=work, onnx=onnx, **job).run(label_names_order)
+        state.wait_for_everyone()
+        record = {
+            "file": path,
+            "sha256": sha,
+            "num_rows": len(rows),
+            "source_fingerprint": plan["source_fingerprint"],
+            "label_names": label_info["names"],
+            "seconds": round(time.perf_counter() - start, 2),
+            "plan": plan,
+            "onnx_exports": [t.summary() for t in onnx] if onnx else None,
+        }
+        if state.is_main_process:
+            logits = _assemble_array(work, len(job["resolved"]), len(rows), job["shard_size"])
+            _atomic_save(folder / _FILE_LOGITS, logits)
+            atomic_write_text(folder / _FILE_RECORD, json.dumps(record, indent=2))
+            shutil.rmtree(work, ignore_errors=True)
+            for old in earlier:  # the logits of the file's earlier contents
+                shutil.rmtree(old, ignore_errors=True)
+        state.wait_for_everyone()
+        records.append(record)
+
+    names = records[0]["label_names"]
+    for path, record in zip(files, records):
+        if record["label_names"] != names:
+            raise ValueError(
+                f"{path} was labelled in label order {record['label_names']}, {files[0]} in {names}: relabel with "
+                "label_names_order= to give every file one order."
+            )
+    manifest = {
+        **common,
+        "num_rows": sum(r["num_rows"] for r in records),
+        "source_files": [{**s, "num_rows": r["num_rows"], "seconds": r["seconds"]} for s, r in zip(sources, records)],
+        "label_names": names,
+        "onnx_exports": next((r["onnx_exports"] for r in records if r.get("onnx_exports")), None),
+        "tmkd_hf_version": __version__,
+        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    if state.is_main_process:
+        labelled = _assemble_files(files, shas, manifest, out, work_root, in_memory)
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        labelled = load_from_disk(str(out))
+    return labelled
+
+
+def _assemble_files(files, shas, manifest, out: Path, work_root: Path, in_memory: bool) -> Dataset:
+    """The pool's rows, file after file, with their logits: saved as the cache in `out` (or kept in memory)."""
+    parts = []
+    text_columns = manifest["text_columns"]
+    for path, sha in zip(files, shas):
+        arrow_file = work_root / f"rows-{sha[:16]}.arrow"
+        rows = (
+            Dataset.from_file(str(arrow_file))
+            if arrow_file.is_file()
+            else read_data_file(path, text_columns, arrow_file)
+        )
+        logits = np.load(_file_dir(out, path, sha) / _FILE_LOGITS, mmap_mode="r")
+        features = Features({TEACHER_LOGITS: Array2D(shape=logits.shape[1:], dtype="float32")})
+        column_file = work_root / f"logits-{sha[:16]}.arrow"
+        with ArrowWriter(path=str(column_file), features=features) as writer:
+            for start in range(0, len(logits), 8192):
+                writer.write_batch({TEACHER_LOGITS: list(np.asarray(logits[start : start + 8192]))})
+            writer.finalize()
+        source = rows.remove_columns(TEACHER_LOGITS) if TEACHER_LOGITS in rows.column_names else rows
+        parts.append(concatenate_datasets([source, Dataset.from_file(str(column_file))], axis=1))
+    labelled = concatenate_datasets(parts)
+    manifest["source_fingerprint"] = source_fingerprint(labelled, text_columns)
+    if in_memory:
+        labelled = Dataset(InMemoryTable(labelled.data.table.combine_chunks()))
+        attach_manifest(labelled, manifest)
+        return labelled
+    save_cache(labelled, manifest, out)
+    shutil.rmtree(work_root, ignore_errors=True)
+    return load_from_disk(str(out))
 
 
 def _shard_path(work: Path, teacher: int, shard: int) -> Path:
@@ -420,6 +726,7 @@ class _LabellingJob:
     shard_size: int
     state: object
     show_progress: bool
+    onnx: list[OnnxTeacher] | None = None  # the teachers as ONNX graphs (backend "onnx" / "onnx-int8")
 
     @property
     def num_rows(self) -> int:
@@ -473,7 +780,12 @@ class _LabellingJob:
         return out
 
     def loaded_teachers(self) -> Iterator[tuple[list[int], nn.Module]]:
-        """(teacher indices, model): in-memory teachers, then checkpoints one at a time (adapters share a base)."""
+        """(teacher indices, model): in-memory teachers, then checkpoints one at a time (adapters share a base); or
+        the ONNX teachers, in order."""
+        if self.onnx is not None:
+            for i, teacher in enumerate(self.onnx):
+                yield [i], teacher
+            return
         specs = [spec for spec, _, _ in self.resolved]
         for i, (_, model, _) in enumerate(self.resolved):
             if model is not None:
@@ -517,8 +829,10 @@ class _LabellingJob:
     def label_teacher(self, i: int, model: nn.Module, encoded: Dataset, permutation: list | None) -> None:
         todo = self.todo(i)
         tokenizer = self.resolved[i][2]
-        original_device = next(model.parameters()).device
-        model.to(self.device)
+        is_torch = isinstance(model, nn.Module)
+        if is_torch:
+            original_device = next(model.parameters()).device
+            model.to(self.device)
         rows_todo = sum(min(self.shard_size, self.num_rows - s * self.shard_size) for s in todo)
         bar = tqdm(
             total=rows_todo,
@@ -538,7 +852,7 @@ class _LabellingJob:
             path.parent.mkdir(parents=True, exist_ok=True)
             _atomic_save(path, logits)
         bar.close()
-        if self.resolved[i][1] is not None:  # a model the caller passed in goes back where it was
+        if is_torch and self.resolved[i][1] is not None:  # a model the caller passed in goes back where it was
             model.to(original_device)
 
     def check_finite(self, i: int, shard: int, logits: np.ndarray) -> None:

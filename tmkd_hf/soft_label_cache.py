@@ -17,12 +17,15 @@ refused with an error that names the problem and the fix.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from datasets import Dataset, load_from_disk
@@ -32,6 +35,9 @@ from .teachers import are_default_label_names
 
 MANIFEST_NAME = "tmkd_manifest.json"
 MANIFEST_FORMAT = "tmkd_hf/teacher-logits/v1"
+LOCK_NAME = ".tmkd_lock"
+
+logger = logging.getLogger(__name__)
 
 
 class DamagedCacheError(ValueError):
@@ -194,3 +200,51 @@ def save_cache(labelled: Dataset, manifest: dict, out: Path) -> None:
             os.replace(entry, out / entry.name)
     os.replace(staging / MANIFEST_NAME, out / MANIFEST_NAME)
     staging.rmdir()
+
+
+class CacheBusyError(RuntimeError):
+    """Another process is labelling into the same cache directory."""
+
+
+@contextlib.contextmanager
+def cache_lock(directory: str | os.PathLike, timeout: float | None = None) -> Iterator[None]:
+    """Hold `directory`'s labelling lock: a second labelling job pointed at the same cache waits for the first
+    (`timeout` seconds at most, then `CacheBusyError`; None waits as long as it takes), so the two never write the
+    same shards. An OS lock (`flock`) on `directory/.tmkd_lock`: released by the kernel when its holder dies, so a
+    killed run never leaves a stale lock. Where `fcntl` is missing (Windows) nothing is locked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / LOCK_NAME
+    with open(path, "a+") as f:
+        start, told = time.monotonic(), False
+        while True:
+            try:
+                fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                f.seek(0)
+                holder = f.read().strip() or "another process"
+                if timeout is not None and time.monotonic() - start >= timeout:
+                    raise CacheBusyError(
+                        f"{directory} is being labelled by {holder}; waited {timeout:.0f} s. Wait for it to finish "
+                        "(the same command then loads its result), or give this job another output directory."
+                    ) from None
+                if not told:
+                    logger.warning(f"{directory} is being labelled by {holder}: waiting for it to finish.")
+                    told = True
+                time.sleep(0.2)
+        try:
+            f.seek(0)
+            f.truncate()
+            f.write(f"pid {os.getpid()} on {os.uname().nodename} since {time.strftime('%Y-%m-%d %H:%M:%S')}")
+            f.flush()
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
