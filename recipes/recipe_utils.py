@@ -118,6 +118,17 @@ class StudentModelArguments:
             "choices": ["float32", "bfloat16", "float16"],
         },
     )
+    teacher_backend: str = field(
+        default="torch",
+        metadata={
+            "help": "How the teachers run when labelling on the fly: torch, or exported once to ONNX (onnx, "
+            "onnx-int8: 8-bit weights) and run by onnxruntime (label_with_teachers(backend=...)).",
+            "choices": ["torch", "onnx", "onnx-int8"],
+        },
+    )
+    teacher_onnx_dir: str | None = field(
+        default=None, metadata={"help": "Where the teachers' ONNX exports are kept (default: beside the soft labels)."}
+    )
     tokenizer_name: str | None = field(default=None, metadata={"help": "The student's tokenizer, if not its model's."})
     cache_dir: str | None = field(default=None, metadata={"help": "Where Hub models and datasets are cached."})
     model_revision: str = field(default="main", metadata={"help": "Revision (branch, tag, commit) of the student."})
@@ -251,6 +262,8 @@ def label_on_the_fly(
         batch_size=batch_size,
         max_length=max_length,
         dtype=model_args.teacher_dtype,
+        backend=model_args.teacher_backend,
+        onnx_dir=model_args.teacher_onnx_dir,
         output_dir=cache_dir,
         shard_size=shard_size,
         label_names_order=label_names_order,

@@ -169,6 +169,12 @@ class PipelineArguments:
 
     batch_size: int = field(default=16, metadata={"help": "Training batch size."})
     eval_batch_size: int = field(default=64, metadata={"help": "Batch size for labelling and evaluation."})
+    teacher_backend: str = field(
+        default="torch",
+        metadata={"help": "How the teachers label the rows: torch, or exported once to ONNX and run by onnxruntime "
+                  "(onnx, onnx-int8: 8-bit weights; pip install \"tmkd_hf[onnx]\"). The exports are kept in "
+                  "output_dir/labelled/onnx_teachers.", "choices": ["torch", "onnx", "onnx-int8"]},
+    )
     warmup_steps: int = field(default=30, metadata={"help": "Linear warm-up steps of every training run."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay of every training run."})
     group_by_length: bool = field(
@@ -612,6 +618,7 @@ def main(argv: list[str] | None = None) -> dict:
             split: label_with_teachers(
                 raw[split], teacher_dirs, text_columns=tuple(text_cols), batch_size=args.eval_batch_size,
                 max_length=args.max_length, output_dir=cache, label_names_order=label_names,
+                backend=args.teacher_backend, onnx_dir=os.path.join(out, "labelled", "onnx_teachers"),
                 overwrite=True,  # a cache from this run's earlier teachers is replaced; one from these teachers reused
                 show_progress=show_bars,
             )

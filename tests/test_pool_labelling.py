@@ -71,7 +71,7 @@ def test_globs_lists_and_formats_read_the_same_rows(tmp_path, pool):
     assert [f.rsplit("/", 1)[-1] for f in files] == [f"pool-{k:02d}-of-03.tsv.gz" for k in range(3)]
     assert resolve_data_files([files[2], files[0]]) == [files[2], files[0]]  # a list keeps its order
     rows = read_data_file(files[0], ("question", "sentence"), tmp_path / "a.arrow")
-    assert len(rows) == 20 and rows[0]["sentence"].endswith('"quoted') and rows[0]["idx"] == "0"
+    assert len(rows) == 20 and rows[0]["sentence"].endswith('"quoted') and rows[0]["idx"] == 0  # a number
     # the same rows as JSON Lines (gz) and parquet
     records = rows.to_list()
     with gzip.open(tmp_path / "p.jsonl.gz", "wt") as f:
@@ -87,6 +87,14 @@ def test_globs_lists_and_formats_read_the_same_rows(tmp_path, pool):
         resolve_data_files(str(tmp_path / "x.txt.gz"))
     with pytest.raises(ValueError, match="given twice"):
         resolve_data_files([files[0], files[0]])
+
+
+def test_files_that_disagree_on_a_column_type_are_joined_as_text(tmp_path, teacher_dirs):
+    write_tsv_gz(tmp_path / "a.tsv.gz", pool_rows(4, seed=1))  # idx 0..3: numbers
+    write_tsv_gz(tmp_path / "b.tsv.gz", [["b-" + r[0], *r[1:]] for r in pool_rows(3, seed=2)])  # idx text
+    labelled = label_with_teachers(str(tmp_path / "*.tsv.gz"), teacher_dirs[:1], show_progress=False)
+    assert list(labelled["idx"]) == ["0", "1", "2", "3", "b-0", "b-1", "b-2"]
+    assert list(labelled["overlap"]) == [1] * 7  # a number in both files stays a number
 
 
 def test_bad_rows_are_named_by_file_and_line(tmp_path):

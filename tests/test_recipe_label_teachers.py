@@ -122,3 +122,26 @@ def test_recipe_under_accelerate_two_processes(tmp_path, teacher_dirs, shard_siz
     one, two = load_from_disk(str(tmp_path / "one")), load_from_disk(str(tmp_path / "two"))
     assert list(two["idx"]) == list(range(37))  # original row order
     np.testing.assert_allclose(np.asarray(two["teacher_logits"]), np.asarray(one["teacher_logits"]), atol=1e-5)
+
+
+def test_recipe_labels_a_glob_of_gz_shards_with_onnx_teachers(tmp_path, teacher_dirs):
+    pytest.importorskip("onnxruntime")
+    import gzip
+
+    for k in range(2):
+        write_tsv(tmp_path / f"pool-{k}.tsv", n=10 + k)
+        (tmp_path / f"pool-{k}.tsv.gz").write_bytes(gzip.compress((tmp_path / f"pool-{k}.tsv").read_bytes()))
+    cmd = [sys.executable, str(RECIPE), "--dataset", str(tmp_path / "pool-*.tsv.gz"), "--teachers", *teacher_dirs[:2],
+           "--output_dir", str(tmp_path / "out"), "--teacher_backend", "onnx", "--teacher_onnx_dir",
+           str(tmp_path / "exports"), "--batch_size", "4"]  # fmt: skip
+    run(cmd, tmp_path)
+    manifest = read_manifest(tmp_path / "out")
+    assert manifest["backend"] == "onnx" and manifest["num_rows"] == 21
+    assert [f["name"] for f in manifest["source_files"]] == ["pool-0.tsv.gz", "pool-1.tsv.gz"]
+    assert len(list((tmp_path / "exports").iterdir())) == 2
+    labelled = load_from_disk(str(tmp_path / "out"))
+    plain = label_with_teachers([str(tmp_path / "pool-0.tsv"), str(tmp_path / "pool-1.tsv")], teacher_dirs[:2],
+                                show_progress=False)  # fmt: skip
+    np.testing.assert_allclose(
+        np.asarray(labelled["teacher_logits"]), np.asarray(plain["teacher_logits"]), atol=1e-4
+    )

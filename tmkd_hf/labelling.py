@@ -47,7 +47,7 @@ from ._allocator import trim_heap as _trim_heap
 from ._allocator import use_fixed_mmap_threshold
 from .collator import TEACHER_LOGITS
 from .onnx_teachers import ONNX_TEACHERS_DIR, OnnxTeacher, check_backend, load_onnx_teacher, teacher_key
-from .pool import file_sha256, read_data_file, resolve_data_files
+from .pool import file_sha256, join_schemas, read_data_file, resolve_data_files
 from .soft_label_cache import (
     MANIFEST_FORMAT,
     MANIFEST_NAME,
@@ -697,7 +697,7 @@ def _assemble_files(files, shas, manifest, out: Path, work_root: Path, in_memory
             writer.finalize()
         source = rows.remove_columns(TEACHER_LOGITS) if TEACHER_LOGITS in rows.column_names else rows
         parts.append(concatenate_datasets([source, Dataset.from_file(str(column_file))], axis=1))
-    labelled = concatenate_datasets(parts)
+    labelled = concatenate_datasets(join_schemas(parts))
     manifest["source_fingerprint"] = source_fingerprint(labelled, text_columns)
     if in_memory:
         labelled = Dataset(InMemoryTable(labelled.data.table.combine_chunks()))

@@ -6,7 +6,9 @@ with an error that names the file and the line, before anything of that file is 
 row by row, into an Arrow file on disk (memory-mapped afterwards), and checked as it is read:
 
 - `.tsv` is read as GLUE ships it: tab separated, **no quoting** (its sentences contain quote characters); `.csv`
-  with standard quoting. Every cell is kept as text (no type guessing, so all files of a pool agree on the schema).
+  with standard quoting. The text columns stay text; another column whose every cell is an integer (or a number)
+  becomes int64 (float64), as `datasets`' csv reader would give it; files of a pool that disagree on a column's type
+  are given it as text when they are joined (`join_schemas`).
 - `.jsonl` (and `.json`: JSON Lines, or one JSON array), `.parquet`.
 - Any of them compressed (`.gz`, `.bz2`, `.xz`, `.zst`, by extension), local or on any fsspec file system, e.g.
   a Hub dataset's files: `hf://datasets/<org>/<name>/data/*.jsonl.gz`.
@@ -283,8 +285,53 @@ def read_data_file(path: str, text_columns: Sequence[str], arrow_file: str | os.
             writer.write_batch({c: [r[c] for r in batch] for c in reader.columns})
             count += len(batch)
         writer.finalize()
+    if reader.format in ("tsv", "csv"):
+        _numbers_from_text(tmp, set(text_columns))
     os.replace(tmp, arrow_file)
     dataset = Dataset.from_file(str(arrow_file))
     if len(dataset) != count:  # cannot happen unless the disk lied; never label a short file
         raise reader.error(f"{len(dataset)} rows read back from {arrow_file}, {count} written", line=False)
     return dataset
+
+
+def _numbers_from_text(arrow_file: Path, keep_text: set[str]) -> None:
+    """Columns of a csv/tsv file whose every cell is an integer (else a number) as int64 (float64), in place."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    from datasets import Dataset
+    from datasets.arrow_writer import ArrowWriter
+
+    table = Dataset.from_file(str(arrow_file)).data.table
+    changed = False
+    for name in table.column_names:
+        if name in keep_text:
+            continue
+        for kind in (pa.int64(), pa.float64()):
+            try:
+                column = pc.cast(table.column(name), kind)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+                continue
+            table = table.set_column(table.column_names.index(name), name, column)
+            changed = True
+            break
+    if changed:
+        tmp = arrow_file.with_name(f".{arrow_file.name}.typed")
+        with ArrowWriter(path=str(tmp)) as writer:
+            writer.write_table(table)
+            writer.finalize()
+        del table
+        os.replace(tmp, arrow_file)
+
+
+def join_schemas(parts: list) -> list:
+    """`parts` (datasets read from the files of one pool) with one schema: a column typed differently in two files
+    (an id that is a number in one and text in another) becomes text in all."""
+    from datasets import Features, Value
+
+    names = parts[0].column_names
+    if any(p.column_names != names for p in parts):
+        raise ValueError(f"The files have different columns: {sorted({tuple(p.column_names) for p in parts})}.")
+    conflicting = [n for n in names if len({str(p.features[n]) for p in parts}) > 1]
+    if not conflicting:
+        return parts
+    return [p.cast(Features({**p.features, **{n: Value("string") for n in conflicting}})) for p in parts]
