@@ -152,6 +152,8 @@ def settings_of(args) -> dict:
         "weight_decay": config["weight_decay"],
         "group_by_length": config["group_by_length"],
         "readout": args.readout or _detected_readout(args),
+        # how the teachers labelled the rows; recorded only when not torch, so that earlier output dirs still match
+        **({"teacher_backend": args.teacher_backend} if getattr(args, "teacher_backend", "torch") != "torch" else {}),
     }
 
 
@@ -209,7 +211,7 @@ def check_or_save_settings(out: Path, settings: dict) -> None:
 # Settings that only stage 1 reads: an ablation that changes only these can take the other rows from an earlier one.
 STAGE1_ONLY_KEYS = ("stage1_epochs", "stage1_learning_rate")
 # Settings in which `--reuse-from` may differ: each row whose numbers do not read the changed ones is copied.
-REUSABLE_KEYS = (*STAGE1_ONLY_KEYS, "alpha", "stage2_epochs", "stage2_learning_rate")
+REUSABLE_KEYS = (*STAGE1_ONLY_KEYS, "alpha", "stage2_epochs", "stage2_learning_rate", "teacher_backend")
 # Settings that only stage 2 (or evaluation) reads: runs that differ only in these can start from one stage-1 student.
 STAGE2_ONLY_KEYS = ("alpha", "stage2_epochs", "stage2_learning_rate", "eval_batch_size", "max_eval_rows")
 REUSED_FROM_FILE = "reused_from.json"
@@ -232,7 +234,7 @@ def row_reads(row: str, key: str) -> bool:
     teachers, _, stage1 = ROW_RECIPES[base]
     if key in STAGE1_ONLY_KEYS:
         return stage1 or base.endswith("_long")
-    if key == "alpha":
+    if key in ("alpha", "teacher_backend"):  # the soft labels' weight, and how they were computed
         return teachers is not None
     return True
 
@@ -254,7 +256,7 @@ def reuse_from(source: Path, out: Path, settings: dict, log=print) -> list[str]:
         raise SystemExit(f"--reuse-from {source}: its settings differ in {changed}; only runs that differ in "
                          f"{', '.join(REUSABLE_KEYS)} can share teachers and the rows that do not read them")
     check_or_save_settings(out, settings)
-    if not (out / "labelled").exists():
+    if not (out / "labelled").exists() and "teacher_backend" not in changed:  # other soft labels: made anew
         (out / "labelled").symlink_to((source / "labelled").resolve(), target_is_directory=True)
     changed_then = {k: before.get(k) for k in changed}
     write_json(out / REUSED_FROM_FILE, {"output_dir": str(source), "settings": changed_then})
@@ -428,6 +430,8 @@ class Ablation:
                 dataset, teacher_dirs, text_columns=tuple(self.text_columns),
                 batch_size=self.settings["eval_batch_size"], max_length=self.settings["max_length"],
                 output_dir=str(cache / split), label_names_order=self.label_names, show_progress=False,
+                backend=self.settings.get("teacher_backend", "torch"),
+                onnx_dir=self.teachers_home() / "onnx_teachers",
             )
             seconds[split] = round(time.perf_counter() - start, 1)
             self.log(f"soft labels of {split} ({len(dataset)} rows): {seconds[split]:.1f} s")
@@ -785,6 +789,10 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, help="default: the pipeline config's (128)")
     parser.add_argument("--teacher-aggregation", default="mean_logits", choices=["mean_logits", "mean_probs"],
                         help="how 1avg-o-1 averages the teachers")
+    parser.add_argument("--teacher-backend", "--teacher_backend", default="torch",
+                        choices=["torch", "onnx", "onnx-int8"],
+                        help="how the teachers label every split (label_with_teachers(backend=...)); with "
+                             "--reuse-from an ablation labelled otherwise, its teachers are relabelled this way")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")
     parser.add_argument("--stop-after", type=int, help="stop (exit code 3) after N newly finished runs; resume later")
     parser.add_argument("--no-record", action="store_true", help=f"do not append the table to {RESULTS.name}")

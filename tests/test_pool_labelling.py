@@ -286,3 +286,19 @@ def test_onnx_backend_on_a_dataset_and_clear_errors(tmp_path, teacher_dirs, toke
         label_with_teachers(ds, teacher_dirs[:1], backend="onnx", dtype="bfloat16", show_progress=False)
     with pytest.raises(TypeError, match="datasets.Dataset .* or data files"):
         label_with_teachers({"question": ["a"]}, teacher_dirs[:1], show_progress=False)
+
+
+def test_files_on_another_file_system_are_read_like_local_ones(tmp_path, teacher_dirs):
+    """Any fsspec URL (a Hub dataset's files are hf://datasets/...): here fsspec's in-memory file system."""
+    import fsspec
+
+    fs = fsspec.filesystem("memory")
+    for k in range(2):
+        local = write_tsv_gz(tmp_path / f"m-{k}.tsv.gz", pool_rows(5 + k, seed=k))
+        fs.pipe(f"/hubpool/data/m-{k}.tsv.gz", local.read_bytes())
+    files = resolve_data_files("memory://hubpool/data/*.tsv.gz")
+    assert files == ["memory:///hubpool/data/m-0.tsv.gz", "memory:///hubpool/data/m-1.tsv.gz"]
+    remote = label_with_teachers(files, teacher_dirs[:1], output_dir=tmp_path / "out", show_progress=False)
+    local = label_with_teachers(str(tmp_path / "m-*.tsv.gz"), teacher_dirs[:1], show_progress=False)
+    assert np.array_equal(as_array(remote), as_array(local)) and len(remote) == 11
+    assert [f["file"] for f in read_manifest(tmp_path / "out")["source_files"]] == files
