@@ -7,8 +7,9 @@ A `TrainingArguments` subclass (TRL's `*Config` pattern), so `HfArgumentParser`,
 from __future__ import annotations
 
 import copy
+import functools
 import math
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 
 from transformers import TrainingArguments
 
@@ -71,6 +72,10 @@ class DistillationArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        self._check_distillation_fields()
+
+    def _check_distillation_fields(self) -> None:
+        """Range checks of the distillation fields (also run on arguments upgraded by `upgrade_arguments`)."""
         if not (isinstance(self.alpha, (int, float)) and 0.0 <= self.alpha <= 1.0):
             raise ValueError(
                 f"alpha must be in [0, 1] (weight of the teacher loss; labels get 1 - alpha), got {self.alpha!r}."
@@ -140,3 +145,57 @@ class DistillationArguments(TrainingArguments):
 DISTILLATION_FIELDS = tuple(
     f.name for f in fields(DistillationArguments) if f.name not in {g.name for g in fields(TrainingArguments)}
 )
+
+
+def upgrade_arguments(args: TrainingArguments, args_class: type[DistillationArguments]) -> DistillationArguments:
+    """Give a script's own `TrainingArguments` (plain or a subclass of its own) the fields of `args_class`, in place.
+
+    Why in place and not a copy: `Trainer` keeps the object it is given, so a script may change `trainer.args` (or its
+    own `args`) after construction, and its own subclass keeps its extra fields and methods. Fields the object lacks
+    take `args_class`'s defaults; the values it has are kept. Its class becomes `args_class` when it was a base of it
+    (plain `TrainingArguments`), else a subclass of both (`isinstance` of each holds; same name), created once per
+    pair and pickled by reference to the two classes, as `Trainer` saves the arguments in every checkpoint.
+    """
+    if isinstance(args, args_class):
+        return args
+    if not isinstance(args, TrainingArguments):
+        raise TypeError(f"args must be TrainingArguments (or a subclass), got {type(args).__name__}.")
+    own_class = type(args)
+    upgraded = args_class if issubclass(args_class, own_class) else _combined_arguments_class(own_class, args_class)
+    state = vars(args)
+    for f in fields(args_class):
+        if f.name in state:
+            continue
+        if f.default is not MISSING:
+            state[f.name] = f.default
+        elif f.default_factory is not MISSING:
+            state[f.name] = f.default_factory()
+        else:
+            raise TypeError(f"{args_class.__name__}.{f.name} has no default to give {own_class.__name__} arguments.")
+    args.__class__ = upgraded
+    args._check_distillation_fields()
+    return args
+
+
+@functools.cache
+def _combined_arguments_class(own_class: type, args_class: type) -> type:
+    """The dataclass `own_class` + `args_class`: what `upgrade_arguments` turns a script's subclass into."""
+    namespace = {
+        "__module__": own_class.__module__,
+        "__qualname__": own_class.__qualname__,
+        "__doc__": own_class.__doc__,
+        "__reduce__": _reduce_combined_arguments,
+        "_combined_from": (own_class, args_class),
+    }
+    return dataclass(type(own_class.__name__, (own_class, args_class), namespace))
+
+
+def _reduce_combined_arguments(self):
+    """Pickle by the two classes (the combined one has no importable name); the state is `__getstate__`'s."""
+    return _restore_combined_arguments, (*type(self)._combined_from, self.__getstate__())
+
+
+def _restore_combined_arguments(own_class: type, args_class: type, state: dict):
+    args = object.__new__(_combined_arguments_class(own_class, args_class))
+    args.__dict__.update(state)
+    return args
