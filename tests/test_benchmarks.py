@@ -461,3 +461,65 @@ def test_the_step_matched_controls_are_compared_with_tmkd_and_each_other(monkeyp
     assert "| TMKD − MKD_long | +3.0 ± 1.2 | 2 | 3 |" in lines  # 81 − 78; sqrt(2/2 + 1/3) points
     assert "| MKD_long − labels_only_long | +2.0 ± 0.6 | 3 | 1 |" in lines  # one run: no spread on its side
     assert not any(line.startswith("| TMKD − MKD |") for line in lines)  # rows without runs are left out
+
+
+@pytest.mark.slow
+def test_int8_soft_labels_rerun_every_row_that_reads_them(tmp_path, tiny_backbone):
+    """`--teacher-backend onnx-int8 --reuse-from` a torch-labelled ablation: the teachers are reused, the soft labels
+    made anew by the int8 teachers (never the torch caches), labels-only copied, every row with teachers rerun."""
+    pytest.importorskip("onnxruntime")
+    old, new = tmp_path / "old", tmp_path / "new"
+    rows = ("--rows", "labels_only", "MKD", "--seeds", "1")
+    ablation(old, tiny_backbone, *rows)
+    proc = ablation(new, tiny_backbone, *rows, "--teacher-backend", "onnx-int8", "--reuse-from", str(old))
+    assert "skip labels_only seed 1: done" in proc.stdout and "start MKD seed 1" in proc.stdout
+    assert not (new / "labelled").is_symlink()
+    manifest = json.loads((new / "labelled" / "train" / "tmkd_manifest.json").read_text())
+    assert manifest["backend"] == "onnx-int8" and manifest["onnx_exports"][0]["file"] == "model_int8.onnx"
+    assert json.loads((old / "labelled" / "train" / "tmkd_manifest.json").read_text())["backend"] == "torch"
+    assert len(list((old / "onnx_teachers").iterdir())) == 3  # exported beside the teachers, once each
+    rerun = json.loads((new / "runs" / "MKD__seed1.json").read_text())
+    assert rerun["settings"]["teacher_backend"] == "onnx-int8" and "reused_from" not in rerun
+
+
+@pytest.mark.slow
+def test_bench_labelling_scale_on_a_tiny_pool(tmp_path, tiny_backbone, monkeypatch):
+    """The backends table (every method, ratios and errors against torch fp32) and the cost curve, on a tiny
+    teacher and a 2-shard pool of 24 pairs."""
+    pytest.importorskip("onnxruntime")
+    import gzip
+
+    sys.path.insert(0, str(BENCH))
+    import bench_labelling_scale as scale
+    from transformers import AutoTokenizer, BertForSequenceClassification
+
+    pool = tmp_path / "squad_pool"
+    pool.mkdir()
+    for k in range(2):
+        lines = ["idx\tquestion\tsentence\ttitle\toverlap"]
+        lines += [f"{i}\twho built the city {i}\tthe king built the city {k} \"x\"\tT\t1" for i in range(12)]
+        (pool / f"pool-{k:02d}-of-10.tsv.gz").write_bytes(gzip.compress(("\n".join(lines) + "\n").encode()))
+    teacher = tmp_path / "teacher"
+    torch.manual_seed(0)
+    BertForSequenceClassification.from_pretrained(tiny_backbone, num_labels=2).save_pretrained(teacher)
+    AutoTokenizer.from_pretrained(tiny_backbone).save_pretrained(teacher)
+    monkeypatch.setattr(scale, "POOL", pool)
+    monkeypatch.setattr(scale, "RUNS_DIR", tmp_path / "runs")
+    monkeypatch.setattr(scale, "teachers", lambda work, names: {"tiny": str(teacher)})
+    monkeypatch.setattr(scale, "mean_tokens", lambda dataset, max_length: 9.0)
+    args = scale.argparse.Namespace(rows=16, repeats=2, batch_size=4, max_length=32, teachers=["minilm"])
+    backends = scale.run_backends(args, tmp_path / "work")
+    result = backends["teachers"]["tiny"]
+    assert set(result["pairs_per_s"]) == set(scale.METHODS) and all(len(s) == 2 for s in result["seconds"].values())
+    assert result["max_abs_diff"]["torch fp32 unsorted"] < 1e-5 and result["max_abs_diff"]["onnx fp32"] < 1e-4
+    assert 0 < result["max_abs_diff"]["onnx int8"] < 1.0 and result["int8_weight_type"] in ("QInt8", "QUInt8")
+    text = scale.report(scale.argparse.Namespace(max_length=32, batch_size=4, repeats=2), backends, None, None)
+    rows = table(text, "| teacher | method |")
+    assert rows["tiny"]["method"] == "onnx int8 (" + result["int8_weight_type"] + ")"  # the last row of the teacher
+    # the cost curve: fresh processes, k shards each
+    curve = scale.argparse.Namespace(curve=[1, 2], curve_teacher="minilm", curve_backend="onnx-int8", threads=1,
+                                     batch_size=4)  # fmt: skip
+    monkeypatch.setattr(scale, "__file__", str(BENCH / "bench_labelling_scale.py"))
+    monkeypatch.setenv("TMKD_DATA_DIR", str(tmp_path))  # the children read the tiny pool (DATA_ROOT/squad_pool)
+    points = scale.run_curve(curve, tmp_path / "work")
+    assert [p["rows"] for p in points] == [12, 24] and all(p["vmhwm_mb"] > 0 for p in points)

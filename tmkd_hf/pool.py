@@ -262,6 +262,7 @@ def read_data_file(path: str, text_columns: Sequence[str], arrow_file: str | os.
 
     reader = _Reader(str(path), text_columns)
     arrow_file = Path(arrow_file)
+    arrow_file.parent.mkdir(parents=True, exist_ok=True)
     tmp = arrow_file.with_name(f".{arrow_file.name}.tmp")
     rows = reader.rows()
     try:
