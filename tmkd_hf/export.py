@@ -61,6 +61,7 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import warnings
 from collections.abc import Sequence
 
@@ -209,6 +210,83 @@ def _fp32_nodes(path: str, config, keep_fp32) -> list[str]:
             )
         nodes += [n for n in found if n not in nodes]
     return nodes
+
+
+def _export_graph(wrapper: nn.Module, trace: dict, path: str, names: list[str], *, opset, dynamo: bool) -> None:
+    with warnings.catch_warnings():
+        # The TorchScript exporter announces its deprecation, and warns about transformers' mask code: shape
+        # comparisons that are constant for an encoder, and indexing the padding mask with aranges (never negative,
+        # which is what its "advanced indexing" warning is about); the check below runs the graph on other shapes.
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing.*")
+        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
+        warnings.filterwarnings("ignore", message="The feature will be removed.*")
+        if dynamo:
+            _require("onnxscript", "torch.onnx.export(dynamo=True)")
+            dims = {"batch": torch.export.Dim("batch"), "sequence": torch.export.Dim("sequence")}
+            try:
+                torch.onnx.export(
+                    wrapper, tuple(trace.values()), path, input_names=names, output_names=["logits"],
+                    opset_version=opset, dynamo=True,
+                    dynamic_shapes={n: {0: dims["batch"], 1: dims["sequence"]} for n in names},
+                    external_data=False, verbose=False,
+                )  # fmt: skip
+            except torch.onnx.errors.OnnxExporterError as error:  # torch.export's own error: pages of its trace
+                cause = _first_line(error.__cause__ or error)
+                raise _export_failure(f"torch.export failed ({cause})", wrapper.model, dynamo) from error
+        else:
+            axes = {n: {0: "batch", 1: "sequence"} for n in names}
+            torch.onnx.export(
+                wrapper, tuple(trace.values()), path, input_names=names, output_names=["logits"],
+                opset_version=opset or DEFAULT_OPSET, dynamo=False,
+                dynamic_axes={**axes, "logits": {0: "batch"}},
+            )  # fmt: skip
+
+
+def _check_graph(path: str, check: dict, expected: np.ndarray, model: nn.Module, dynamo: bool):
+    """The graph's logits on the check batch (another size and length than it was traced with) and their largest
+    difference to PyTorch's, or an error that names the fix. An exporter may record a shape that depends on the
+    sequence length as a constant (the TorchScript one: Longformer's window padding, Funnel's pooling, DeBERTa's
+    relative positions): onnxruntime then fails or computes other logits at any other length."""
+    where = f"on {len(_CHECK_PAIRS)} padded pairs of another length than it was traced with"
+    try:
+        logits = OnnxClassifier(path)(**check)
+    except Exception as error:  # noqa: BLE001 - onnxruntime raises its own types; the cause is named below
+        raise _export_failure(f"{where}, onnxruntime cannot run it ({_first_line(error)})", model, dynamo) from None
+    diff = _max_diff(logits, expected)
+    if not diff <= EXPORT_TOLERANCE:
+        problem = f"{where}, its logits differ from PyTorch's by {diff:.2e} (> {EXPORT_TOLERANCE})"
+        raise _export_failure(problem, model, dynamo)
+    return logits, diff
+
+
+def _first_line(error: BaseException) -> str:
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error)).strip()  # torch.export colours its messages
+    return f"{type(error).__name__}: {text.splitlines()[0][:300]}" if text else type(error).__name__
+
+
+def _export_failure(problem: str, model: nn.Module, dynamo: bool) -> RuntimeError:
+    """The error of an export that gave no graph usable at any sequence length, naming the other exporter."""
+    family = getattr(getattr(model, "config", None), "model_type", type(model).__name__)
+    if dynamo:
+        cause = "torch.export could not trace it with a free sequence length"
+        other = "the TorchScript exporter: export_onnx(..., dynamo=False)"
+    else:
+        cause = "the TorchScript exporter fixed a shape that depends on the sequence length"
+        other = "the torch.export-based exporter: export_onnx(..., dynamo=True) (needs onnxscript)"
+    return RuntimeError(
+        f"The ONNX export of this {family} model failed: {problem}. Likely cause: {cause}. Try {other}. Where both "
+        "exporters fail, the model does not export to ONNX with a dynamic sequence length: serve it with PyTorch "
+        f"(quantize_torch_int8 for int8 weights). No {ONNX_FILE} was kept."
+    )
+
+
+def _remove_export(path: str, made_dir: str | None) -> None:
+    """Remove a graph that failed (and the folder, when this export made it and nothing else is in it)."""
+    if os.path.exists(path):
+        os.remove(path)
+    if made_dir is not None and os.path.isdir(made_dir) and not os.listdir(made_dir):
+        os.rmdir(made_dir)
 
 
 class _LogitsOnly(nn.Module):
@@ -381,44 +459,19 @@ def export_onnx(
         raise ValueError(f"{model_dir} has no tokenizer; save the student with its tokenizer ({error}).") from None
     names = _input_names(model, tokenizer)
     trace, check = _tokenize(tokenizer, _TRACE_PAIRS, names), _tokenize(tokenizer, _CHECK_PAIRS, names)
+    made_dir = not os.path.isdir(output_dir)
     os.makedirs(output_dir, exist_ok=True)
     path = os.path.join(output_dir, ONNX_FILE)
-    axes = {n: {0: "batch", 1: "sequence"} for n in names}
     wrapper = _LogitsOnly(model).eval()
-    with warnings.catch_warnings():
-        # The TorchScript exporter announces its deprecation, and warns about transformers' mask code: shape
-        # comparisons that are constant for an encoder, and indexing the padding mask with aranges (never negative,
-        # which is what its "advanced indexing" warning is about); the check below runs the graph on other shapes.
-        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
-        warnings.filterwarnings("ignore", message="Exporting aten::index operator of advanced indexing.*")
-        warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
-        warnings.filterwarnings("ignore", message="The feature will be removed.*")
-        if dynamo:
-            _require("onnxscript", "torch.onnx.export(dynamo=True)")
-            dims = {"batch": torch.export.Dim("batch"), "sequence": torch.export.Dim("sequence")}
-            torch.onnx.export(
-                wrapper, tuple(trace.values()), path, input_names=names, output_names=["logits"], opset_version=opset,
-                dynamo=True, dynamic_shapes={n: {0: dims["batch"], 1: dims["sequence"]} for n in names},
-                external_data=False, verbose=False,
-            )  # fmt: skip
-        else:
-            torch.onnx.export(
-                wrapper, tuple(trace.values()), path, input_names=names, output_names=["logits"],
-                opset_version=opset or DEFAULT_OPSET, dynamo=False,
-                dynamic_axes={**axes, "logits": {0: "batch"}},
-            )  # fmt: skip
-    optimization = None
-    if optimizer_type is not None:
-        optimization = _fuse(path, model.config, optimizer_type)
-    with torch.inference_mode():
-        expected = wrapper(**check).numpy()
-    fp32_logits = OnnxClassifier(path)(**check)
-    fp32_diff = _max_diff(fp32_logits, expected)
-    if not fp32_diff <= EXPORT_TOLERANCE:
-        raise RuntimeError(
-            f"{path}: the exported graph's logits differ from PyTorch's by {fp32_diff:.2e} (> {EXPORT_TOLERANCE}) on "
-            f"a batch of {len(_CHECK_PAIRS)} padded pairs. Try the other exporter (dynamo={not dynamo})."
-        )
+    try:
+        _export_graph(wrapper, trace, path, names, opset=opset, dynamo=dynamo)
+        optimization = _fuse(path, model.config, optimizer_type) if optimizer_type is not None else None
+        with torch.inference_mode():
+            expected = wrapper(**check).numpy()
+        fp32_logits, fp32_diff = _check_graph(path, check, expected, model, dynamo)
+    except BaseException:
+        _remove_export(path, output_dir if made_dir else None)  # no graph that fails its check is left behind
+        raise
     files, check_diff, quantization = {"fp32": ONNX_FILE}, {"fp32": fp32_diff}, None
     argmax_agreement = {"fp32": float((fp32_logits.argmax(-1) == expected.argmax(-1)).mean())}
     if quantize:

@@ -4,6 +4,13 @@ The DistilBERT initialisation recipe (Sanh et al., 2019): the student keeps the 
 with fewer encoder layers, and copies the embeddings, the chosen layers (in order) and everything after the encoder
 (pooler; the classification head when the teacher has one of the right shape). Starting from teacher layers instead
 of random weights is what makes a small student trainable on a few thousand examples.
+
+A layer is more than its weights: some families build each layer with settings of its own, read from per-layer
+config fields (ModernBERT's `layer_types`: sliding-window or global attention; a Longformer's `attention_window`
+list). Those fields follow the chosen layers, and every student layer is then checked to be built like the teacher
+layer it copies; a student that would run a teacher layer with other settings is refused, never built. ALBERT
+shares one set of layer weights across its depth: its student repeats it fewer times. Funnel pools the sequence
+between blocks, so its layers cannot be picked one by one: refused.
 """
 
 from __future__ import annotations
@@ -25,6 +32,56 @@ logger = logging.get_logger(__name__)
 
 # Keyword arguments that concern where/how the teacher is loaded; all others override the student's config.
 _LOADING_KWARGS = ("revision", "cache_dir", "token", "local_files_only", "subfolder", "trust_remote_code")
+# Config lists that can be as long as the layer stack without holding one entry per layer (DeBERTa's two
+# relative-attention kinds, the architectures' names).
+_NOT_PER_LAYER = frozenset({"architectures", "pos_att_type"})
+_PLAIN = (bool, int, float, str, type(None))
+
+
+def per_layer_fields(config) -> dict[str, list]:
+    """The config fields that hold one entry per encoder layer: lists exactly as long as the layer stack
+    (ModernBERT's `layer_types`, a Longformer's `attention_window` list), less `_NOT_PER_LAYER`."""
+    num_layers = config.num_hidden_layers
+    return {
+        key: list(value)
+        for key, value in config.to_dict().items()
+        if isinstance(value, (list, tuple)) and len(value) == num_layers and key not in _NOT_PER_LAYER
+    }
+
+
+def _layer_settings(layer: nn.Module) -> dict[str, object]:
+    """How a layer was built beyond its weights: the class and plain attributes of each of its modules (attention
+    type, window size, dropout rate, ...), by dotted name."""
+    settings = {}
+    for name, module in layer.named_modules():
+        settings[name or "."] = type(module).__name__
+        for key, value in vars(module).items():
+            if not key.startswith("_") and key != "training" and isinstance(value, _PLAIN):
+                settings[f"{name}.{key}" if name else key] = value
+    return settings
+
+
+def _check_built_alike(reference: nn.Module, student: nn.Module, layer_list: str, layers: list[int]) -> None:
+    """Refuse a student whose layer `j` is not built like the teacher's layer `layers[j]` (`reference`: the teacher's
+    architecture with the student's config overrides). A per-layer setting that no config list carries would
+    otherwise run silently with the wrong value. An attribute that records the layer's own position (`layer_id`,
+    BigBird's `seed`) may differ: it is `i` in the teacher and `j` in the student."""
+    teacher_layers, student_layers = reference.get_submodule(layer_list), student.get_submodule(layer_list)
+    for j, i in enumerate(layers):
+        expected, got = _layer_settings(teacher_layers[i]), _layer_settings(student_layers[j])
+        differ = {
+            key: (expected.get(key), got.get(key))
+            for key in sorted(expected.keys() | got.keys())
+            if expected.get(key) != got.get(key) and (expected.get(key), got.get(key)) != (i, j)
+        }
+        if differ:
+            shown = ", ".join(f"{k}: {t!r} in the teacher, {s!r} here" for k, (t, s) in list(differ.items())[:3])
+            raise ValueError(
+                f"{type(student).__name__} builds a layer by its position, not from its weights alone: at position "
+                f"{j} the student cannot hold teacher layer {i} ({shown}). Choose layers that keep their place's "
+                f"build (the first ones always do: layers={list(range(len(layers)))}), or start the student from a "
+                "smaller checkpoint of the same family (MultiHeadStudent.from_pretrained)."
+            )
 
 
 def _encoder_layer_list(model: nn.Module, num_layers: int) -> str:
@@ -96,6 +153,19 @@ def student_from_teacher_layers(
     layers = _check_layers(layers, num_teacher_layers)
     if not isinstance(num_labels, int) or num_labels < 1:
         raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}.")
+    if getattr(teacher_config, "block_sizes", None) is not None:
+        raise ValueError(
+            f"{type(teacher_config).__name__}: the encoder pools the sequence between its blocks (block_sizes="
+            f"{list(teacher_config.block_sizes)}), so its layers cannot be picked one by one. Start the student from "
+            "a smaller checkpoint of the same family (MultiHeadStudent.from_pretrained)."
+        )
+    shared_groups = getattr(teacher_config, "num_hidden_groups", None)  # ALBERT: layers share their weights
+    if shared_groups not in (None, 1):
+        raise ValueError(
+            f"The teacher shares its layer weights in {shared_groups} groups (num_hidden_groups); "
+            "student_from_teacher_layers supports one shared group (every released ALBERT): the student repeats "
+            "it len(layers) times. Start the student from a smaller checkpoint (MultiHeadStudent.from_pretrained)."
+        )
 
     not_in_checkpoint: set[str] = set()
     if isinstance(teacher_name_or_path, PreTrainedModel):
@@ -107,30 +177,37 @@ def student_from_teacher_layers(
             str(teacher_name_or_path), output_loading_info=True, **load_kwargs
         )
         not_in_checkpoint = set(info.get("missing_keys", ()))
-    teacher_list = _encoder_layer_list(teacher, num_teacher_layers)
+    # ALBERT applies one shared layer num_hidden_layers times: every weight keeps its name, only the count changes.
+    layer_list = None if shared_groups == 1 else _encoder_layer_list(teacher, num_teacher_layers)
 
-    student_config = copy.deepcopy(teacher_config)
-    student_config.num_hidden_layers = len(layers)
-    student_config.num_labels = num_labels  # also resets id2label/label2id unless given in kwargs
+    reference_config = copy.deepcopy(teacher_config)  # the teacher's architecture with the student's overrides
+    reference_config.num_labels = num_labels  # also resets id2label/label2id unless given in kwargs
     for key, value in kwargs.items():
         if key in ("id2label", "label2id"):
             value = (
                 {int(k): v for k, v in value.items()} if key == "id2label" else {k: int(v) for k, v in value.items()}
             )
-        setattr(student_config, key, value)
-    if len(student_config.id2label) != num_labels:
-        raise ValueError(f"id2label has {len(student_config.id2label)} labels but num_labels={num_labels}.")
-    student_config.architectures = None
+        setattr(reference_config, key, value)
+    if len(reference_config.id2label) != num_labels:
+        raise ValueError(f"id2label has {len(reference_config.id2label)} labels but num_labels={num_labels}.")
+    reference_config.architectures = None
+    student_config = copy.deepcopy(reference_config)
+    for key, values in per_layer_fields(reference_config).items():  # each chosen layer keeps its own settings
+        setattr(student_config, key, [values[i] for i in layers])
+    student_config.num_hidden_layers = len(layers)
     student = AutoModelForSequenceClassification.from_config(student_config)
-    student_list = _encoder_layer_list(student, len(layers))
+    if layer_list is not None:
+        with torch.device("meta"):  # the teacher's layers as they would be built, without memory or weights
+            reference = AutoModelForSequenceClassification.from_config(reference_config)
+        _check_built_alike(reference, student, layer_list, layers)
 
     teacher_state = teacher.state_dict()
     student_state = student.state_dict()
-    prefix = re.compile(rf"^{re.escape(student_list)}\.(\d+)\.")
+    prefix = re.compile(rf"^{re.escape(layer_list)}\.(\d+)\.") if layer_list is not None else None
     copied, fresh = {}, []
     for key, value in student_state.items():
-        match = prefix.match(key)
-        source = f"{teacher_list}.{layers[int(match.group(1))]}.{key[match.end() :]}" if match else key
+        match = prefix.match(key) if prefix is not None else None
+        source = f"{layer_list}.{layers[int(match.group(1))]}.{key[match.end() :]}" if match else key
         if source in teacher_state and source not in not_in_checkpoint and teacher_state[source].shape == value.shape:
             copied[key] = teacher_state[source]
         elif match:  # a layer weight that the teacher cannot provide: the architectures do not line up

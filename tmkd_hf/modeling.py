@@ -25,8 +25,10 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, PreTrainedModel
 from transformers.utils import ModelOutput
+from transformers.utils import logging as hf_logging
 
 from .cross_encoder import is_cross_encoder_dir, mark_readout, read_cross_encoder, write_cross_encoder
+from .hub_id import HUB_ID
 from .losses import hard_loss
 from .readout import CONFIG_KEY, check_readout, detect_readout, masked_mean
 
@@ -158,9 +160,7 @@ def multihead_checkpoint_dir(
     path = os.fspath(name_or_path)
     if os.path.isfile(os.path.join(path, STUDENT_CONFIG_NAME)):
         return path
-    from .teachers import _HUB_ID
-
-    if os.path.exists(path) or not _HUB_ID.fullmatch(path):
+    if os.path.exists(path) or not HUB_ID.fullmatch(path):
         return None
     from huggingface_hub import hf_hub_download, snapshot_download
 
@@ -264,6 +264,13 @@ class MultiHeadStudent(nn.Module):
                 f"readout='mean' feeds the mean of the last hidden states (size {hidden_size}) to {head_module}, "
                 f"but it takes {in_features} features. Use readout='cls' for this model."
             )
+        block_sizes = getattr(model.config, "block_sizes", None) or ()
+        if readout == "mean" and len(block_sizes) > 1:  # Funnel: FunnelBaseModel returns the pooled sequence
+            raise ValueError(
+                f"readout='mean' averages the last hidden states over the attention mask, but "
+                f"{type(model).__name__} pools the sequence between its blocks (block_sizes={list(block_sizes)}): "
+                "its last hidden states are shorter than the mask. Use readout='cls' (the model's own head)."
+            )
         mark_readout(model.config, readout)
         self.model = model
         self.head_module = head_module
@@ -339,10 +346,22 @@ class MultiHeadStudent(nn.Module):
         for key in ("id2label", "label2id"):
             if key in model_kwargs:
                 setattr(config, key, model_kwargs[key])
-        model = AutoModelForSequenceClassification.from_config(config)
-        encoder_state = _load_weights(os.path.join(encoder_dir, WEIGHTS_NAME))
-        missing, unexpected = model.base_model.load_state_dict(encoder_state, strict=False)
-        missing = [k for k in missing if not k.endswith("position_ids")]
+        _load_weights(os.path.join(encoder_dir, WEIGHTS_NAME))  # a missing or damaged file, named
+        # from_pretrained, not the raw file: some families save their weights under other names than their modules'
+        # (NomicBERT's `emb_ln`, GTE's `qkv_proj`) and rename them on loading.
+        # Its report would call the head newly initialised; the Dense layer fills it below.
+        modeling_logger = hf_logging.get_logger("transformers.modeling_utils")
+        level = modeling_logger.level
+        modeling_logger.setLevel(hf_logging.ERROR)
+        try:
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                encoder_dir, config=config, dtype=torch.float32, output_loading_info=True
+            )
+        finally:
+            modeling_logger.setLevel(level)
+        prefix = model.base_model_prefix + "."
+        missing = [k for k in info["missing_keys"] if k.startswith(prefix) and not k.endswith("position_ids")]
+        unexpected = list(info["unexpected_keys"])
         if missing or unexpected:
             raise ValueError(
                 f"{encoder_dir}/{WEIGHTS_NAME} does not match its config: missing {missing}, unexpected {unexpected}."

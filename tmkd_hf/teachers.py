@@ -15,14 +15,13 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel
 
-from .cross_encoder import DENSE_DIR, is_cross_encoder_dir
+from .cross_encoder import DENSE_DIR, cross_encoder_snapshot, is_cross_encoder_dir
+from .hub_id import HUB_ID
+from .modeling import STUDENT_CONFIG_NAME, MultiHeadStudent, multihead_checkpoint_dir
 
 _DEFAULT_LABEL = re.compile(r"^LABEL_\d+$")
 ADAPTER_CONFIG = "adapter_config.json"
 _WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "adapter_model.safetensors", "adapter_model.bin")
-
-
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")  # "name" or "namespace/name"
 
 
 def check_model_location(name_or_path: str, what: str = "model") -> None:
@@ -35,7 +34,7 @@ def check_model_location(name_or_path: str, what: str = "model") -> None:
         return
     if os.path.isfile(text):
         raise ValueError(f"{what} {text!r} is a file; give the checkpoint's directory (the one with config.json).")
-    if not _HUB_ID.fullmatch(text) or ".." in text or text.endswith("."):
+    if not HUB_ID.fullmatch(text) or ".." in text or text.endswith("."):
         raise FileNotFoundError(
             f"{what} {text!r}: no such directory, and it is not a Hub id ('name' or 'namespace/name'). Check the "
             "path (relative paths are relative to the working directory, " + repr(os.getcwd()) + ")."
@@ -169,8 +168,6 @@ def _load_base(spec: TeacherSpec, **kwargs) -> PreTrainedModel:
     if spec.adapter is None:  # before the config check: a multi-head checkpoint keeps its config in tmkd_student.json
         local = tmkd_classifier_dir(spec.name_or_path, spec.revision)
         if local is not None:
-            from .modeling import MultiHeadStudent
-
             return MultiHeadStudent.from_pretrained(local, **kwargs)  # a CrossEncoder export or multi-head checkpoint
     try:
         AutoConfig.from_pretrained(spec.name_or_path, revision=spec.revision)
@@ -189,8 +186,6 @@ def _load_base(spec: TeacherSpec, **kwargs) -> PreTrainedModel:
 def is_tmkd_classifier_dir(path: str) -> bool:
     """A directory only tmkd_hf (or sentence-transformers) reads as a classifier: a mean-pooled CrossEncoder export
     or a multi-head training checkpoint."""
-    from .modeling import STUDENT_CONFIG_NAME
-
     path = str(path)
     multi_head = os.path.isfile(os.path.join(path, STUDENT_CONFIG_NAME))
     return os.path.isdir(path) and (is_cross_encoder_dir(path) or multi_head)
@@ -204,11 +199,8 @@ def tmkd_classifier_dir(name_or_path: str, revision: str | None = None) -> str |
     path = os.fspath(name_or_path)
     if os.path.isdir(path):
         return path if is_tmkd_classifier_dir(path) else None
-    if not _HUB_ID.fullmatch(path):
+    if not HUB_ID.fullmatch(path):
         return None
-    from .cross_encoder import cross_encoder_snapshot
-    from .modeling import multihead_checkpoint_dir
-
     return multihead_checkpoint_dir(path, revision=revision) or cross_encoder_snapshot(path, revision=revision)
 
 
