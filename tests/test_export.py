@@ -305,6 +305,36 @@ def test_a_model_without_token_type_ids_and_the_dynamo_exporter(tmp_path, tokeni
 
 
 @needs_onnxruntime
+@pytest.mark.parametrize(("family", "overrides", "failure"), [
+    ("funnel", {}, "logits differ"),
+    ("deberta", {"max_relative_positions": 16}, "onnxruntime cannot run"),
+])  # fmt: skip
+def test_an_export_that_fails_its_check_names_the_other_exporter_and_keeps_nothing(tmp_path, tokenizer, family,
+                                                                                     overrides, failure):  # fmt: skip
+    """The TorchScript exporter fixes some shapes that depend on the sequence length (Funnel's pooling: other logits
+    at other lengths; a DeBERTa whose relative span, 16, lies between the traced and the checked length:
+    onnxruntime fails). The error says so and names `dynamo=True`; no graph that failed is left, nor a folder the
+    export made."""
+    from test_families import family_config
+
+    torch.manual_seed(0)
+    config = family_config(family, **overrides)
+    student = MultiHeadStudent(AutoModelForSequenceClassification.from_config(config), 2).eval()
+    student.save_pretrained(tmp_path / "student", merged=True, tokenizer=tokenizer)
+    with pytest.raises(RuntimeError) as error:
+        export_onnx(tmp_path / "student", tmp_path / "onnx")
+    message = str(error.value)
+    assert message.startswith(f"The ONNX export of this {family} model failed") and failure in message
+    assert "export_onnx(..., dynamo=True)" in message and "No model.onnx was kept" in message
+    assert not (tmp_path / "onnx").exists()
+    (tmp_path / "kept").mkdir()
+    (tmp_path / "kept" / "README.md").write_text("a folder of the user's")
+    with pytest.raises(RuntimeError, match="dynamo=True"):
+        export_onnx(tmp_path / "student", tmp_path / "kept")
+    assert os.listdir(tmp_path / "kept") == ["README.md"]
+
+
+@needs_onnxruntime
 @pytest.mark.parametrize("readout", KINDS)
 def test_optimize_fuses_the_transformer_blocks_and_keeps_the_logits(tmp_path, tokenizer, readout):
     """`optimize=True`: onnxruntime's optimizer fuses every layer's attention (the graph is exported with eager

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from conftest import tiny_config
@@ -152,3 +154,92 @@ def test_bad_num_labels_and_inconsistent_id2label():
         student_from_teacher_layers(teacher, layers=[0], num_labels=0)
     with pytest.raises(ValueError, match="id2label has 3 labels but num_labels=2"):
         student_from_teacher_layers(teacher, layers=[0], num_labels=2, id2label={0: "a", 1: "b", 2: "c"})
+
+
+# ----- families whose layers carry settings of their own (tests/test_families.py runs every family end to end) -----
+
+LONG_PAIR = ("what is the largest city of the north and who built it",
+             "the largest city is the capital and it was built by a king in the first year of the war")  # fmt: skip
+
+
+def long_batch(tokenizer):
+    """One pair of about 35 tokens: longer than the tiny ModernBERT's sliding window (8) and Longformer's (4, 8)."""
+    return tokenizer([LONG_PAIR[0]], [LONG_PAIR[1]], return_tensors="pt")
+
+
+def teacher_of(family: str, num_layers: int, **overrides):
+    from test_families import family_config
+
+    torch.manual_seed(0)
+    config = family_config(family, num_layers=num_layers, **overrides)
+    return AutoModelForSequenceClassification.from_config(config).eval()
+
+
+def test_modernbert_layer_types_follow_the_chosen_layers(tokenizer):
+    """Layers 0, 3, 6 of a ModernBERT with global attention every third layer are all global: so are the student's
+    (the teacher's list, cut to the student's length, would make its layers 1 and 2 sliding-window ones)."""
+    from test_families import own_layers
+
+    teacher = teacher_of("modernbert", 7)
+    assert teacher.config.layer_types[:3] == ["full_attention", "sliding_attention", "sliding_attention"]
+    student = student_from_teacher_layers(teacher, layers=[0, 3, 6]).eval()
+    assert student.config.layer_types == ["full_attention"] * 3
+    batch = long_batch(tokenizer)
+    assert batch["input_ids"].shape[1] > teacher.config.local_attention
+    with torch.no_grad():
+        torch.testing.assert_close(student(**batch).logits, own_layers(teacher, [0, 3, 6])(**batch).logits)
+
+
+def test_modernbert_first_layer_is_built_differently_so_it_stays_first():
+    """ModernBERT's layer 0 has no attention norm (its embeddings are normed): another layer cannot take its place
+    (its norm's weights would be dropped), nor can layer 0 move. Refused, naming the layers that work."""
+    teacher = teacher_of("modernbert", 4)
+    for layers in ([1], [2, 3], [3, 0]):
+        with pytest.raises(ValueError, match=r"builds a layer by its position.*attn_norm.*layers=\[0"):
+            student_from_teacher_layers(teacher, layers=layers)
+
+
+def test_longformer_attention_windows_follow_the_chosen_layers(tokenizer):
+    from test_families import own_layers
+
+    teacher = teacher_of("longformer", 4)
+    assert teacher.config.attention_window == [4, 8, 4, 8]
+    student = student_from_teacher_layers(teacher, layers=[3, 0]).eval()
+    assert student.config.attention_window == [8, 4]
+    batch = long_batch(tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(student(**batch).logits, own_layers(teacher, [3, 0])(**batch).logits)
+
+
+def test_per_layer_fields_are_the_lists_as_long_as_the_layer_stack():
+    from tmkd_hf.initialization import per_layer_fields
+
+    assert per_layer_fields(teacher_of("modernbert", 4).config) == {
+        "layer_types": ["full_attention", "sliding_attention", "sliding_attention", "full_attention"]
+    }
+    assert per_layer_fields(teacher_of("longformer", 4).config) == {"attention_window": [4, 8, 4, 8]}
+    deberta = teacher_of("deberta-v2", 2)  # two relative-attention kinds, two layers: not one kind per layer
+    assert deberta.config.pos_att_type == ["p2c", "c2p"] and per_layer_fields(deberta.config) == {}
+    student = student_from_teacher_layers(deberta, layers=[1])
+    assert student.config.pos_att_type == ["p2c", "c2p"]
+
+
+def test_albert_student_repeats_the_shared_layer_fewer_times(tokenizer):
+    """ALBERT applies one shared layer num_hidden_layers times: a student of 2 layers applies it twice."""
+    teacher = teacher_of("albert", 4)
+    student = student_from_teacher_layers(teacher, layers=[0, 3]).eval()
+    assert student.config.num_hidden_layers == 2
+    assert all(torch.equal(value, teacher.state_dict()[key]) for key, value in student.state_dict().items())
+    shorter = copy.deepcopy(teacher)
+    shorter.config.num_hidden_layers = 2
+    batch = long_batch(tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(student(**batch).logits, shorter(**batch).logits)
+        assert not torch.allclose(student(**batch).logits, teacher(**batch).logits)  # the depth did change
+    with pytest.raises(ValueError, match=r"shares its layer weights in 2 groups"):
+        student_from_teacher_layers(teacher_of("albert", 4, num_hidden_groups=2), layers=[0, 1])
+
+
+def test_funnel_layers_cannot_be_picked_one_by_one():
+    with pytest.raises(ValueError, match=r"pools the sequence between its blocks.*MultiHeadStudent.from_pretrained"):
+        student_from_teacher_layers(teacher_of("funnel", 4), layers=[0, 1])

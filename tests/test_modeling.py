@@ -16,8 +16,10 @@ from conftest import tiny_model
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
+import tmkd_hf.hub_id
 import tmkd_hf.modeling
 import tmkd_hf.peft_student
+import tmkd_hf.teachers
 from tmkd_hf import MultiHeadStudent
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME, MultiHeadLinear, find_classification_head
 
@@ -219,3 +221,13 @@ def test_the_student_module_knows_nothing_of_lora():
     modeling = imported_modules(Path(tmkd_hf.modeling.__file__))
     assert not {m for m in modeling if "peft" in m}, modeling
     assert ".modeling" in imported_modules(Path(tmkd_hf.peft_student.__file__))
+
+
+def test_teachers_build_on_the_student_module_and_hub_ids_have_one_home():
+    """tmkd_hf.teachers loads students (it imports tmkd_hf.modeling), never the reverse; both read what a Hub id
+    looks like from tmkd_hf.hub_id."""
+    modeling = imported_modules(Path(tmkd_hf.modeling.__file__))
+    assert not {m for m in modeling if m.endswith("teachers")}, modeling
+    assert ".modeling" in imported_modules(Path(tmkd_hf.teachers.__file__))
+    assert tmkd_hf.modeling.HUB_ID is tmkd_hf.teachers.HUB_ID is tmkd_hf.hub_id.HUB_ID
+    assert tmkd_hf.hub_id.HUB_ID.fullmatch("namespace/name") and not tmkd_hf.hub_id.HUB_ID.fullmatch("a/b/c")

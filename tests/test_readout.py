@@ -257,3 +257,29 @@ def test_label_with_a_cross_encoder_teacher(tmp_path, mean_backbone, tokenizer):
         expected = teacher(**tokenizer(list(raw["question"]), list(raw["sentence"]), padding=True,
                                        return_tensors="pt")).logits
     torch.testing.assert_close(logits, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_mean_readout_is_refused_where_the_encoder_shortens_the_sequence():
+    """Funnel pools the sequence between its blocks: its last hidden states are shorter than the attention mask, so a
+    mean over the mask cannot be taken. Refused when the student is built, not at its first forward pass."""
+    from test_families import family_config
+
+    funnel = AutoModelForSequenceClassification.from_config(family_config("funnel"))
+    with pytest.raises(ValueError, match=r"pools the sequence between its blocks.*readout='cls'"):
+        MultiHeadStudent(funnel, 2, readout="mean")
+    assert MultiHeadStudent(funnel, 2).readout == "cls"
+
+
+@pytest.mark.parametrize("family", ["nomic_bert", "gte"])
+def test_cross_encoder_export_reloads_families_that_rename_their_weights(tmp_path, tokenizer, family):
+    """NomicBERT and GTE save their weights under their original checkpoints' names (`emb_ln`, `qkv_proj`) and
+    rename them on loading: the CrossEncoder export reloads through from_pretrained, not from the raw file."""
+    from test_families import family_config
+
+    torch.manual_seed(0)
+    student = MultiHeadStudent(AutoModelForSequenceClassification.from_config(family_config(family)), 2,
+                               readout="mean").eval()  # fmt: skip
+    student.save_pretrained(tmp_path / "export", merged=True, tokenizer=tokenizer)
+    batch = batch_of(tokenizer)
+    with torch.no_grad():
+        torch.testing.assert_close(load_classifier(tmp_path / "export")(**batch).logits, student(**batch).logits)
