@@ -17,6 +17,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from tmkd_hf import MultiHeadStudent, label_with_teachers, load_teacher_logits
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME
+from tmkd_hf.soft_label_cache import LOCK_NAME
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "run_qa_distill_pretrain.py"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
@@ -109,7 +110,8 @@ def test_stage1_recipe_teachers_on_the_fly_then_rerun_reuses_cache(tmp_path, tea
     assert json.loads(manifest.read_text())["num_rows"] == 40
     created = manifest.read_text()
 
-    stamps = {p.relative_to(out): p.stat().st_mtime_ns for p in (out / "teacher_logits").rglob("*") if p.is_file()}
+    cache_files = [p for p in (out / "teacher_logits").rglob("*") if p.is_file() and p.name != LOCK_NAME]
+    stamps = {p.relative_to(out): p.stat().st_mtime_ns for p in cache_files}  # the lock is taken by every run
 
     # a rerun with the same pool and teachers (command-line flags this time) reuses the soft labels: no teacher
     # forward at all (the manifest's "created" has 1 s resolution, so an equal manifest alone would not show it)
