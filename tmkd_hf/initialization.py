@@ -69,11 +69,12 @@ def _check_built_alike(reference: nn.Module, student: nn.Module, layer_list: str
     teacher_layers, student_layers = reference.get_submodule(layer_list), student.get_submodule(layer_list)
     for j, i in enumerate(layers):
         expected, got = _layer_settings(teacher_layers[i]), _layer_settings(student_layers[j])
-        differ = {
-            key: (expected.get(key), got.get(key))
-            for key in sorted(expected.keys() | got.keys())
-            if expected.get(key) != got.get(key) and (expected.get(key), got.get(key)) != (i, j)
-        }
+        differ = {}
+        for key in sorted(expected.keys() | got.keys()):
+            was, now = expected.get(key), got.get(key)
+            own_position = type(was) is int and type(now) is int and (was, now) == (i, j)  # not a bool: True == 1
+            if was != now and not own_position:
+                differ[key] = (was, now)
         if differ:
             shown = ", ".join(f"{k}: {t!r} in the teacher, {s!r} here" for k, (t, s) in list(differ.items())[:3])
             raise ValueError(
