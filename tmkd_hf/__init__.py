@@ -13,14 +13,16 @@ from .labelling import label_with_teachers
 from .model_card import BaselineResult, FormatSpeed, SpeedMeasurement, StudentCardData, TeacherInfo, write_model_card
 from .modeling import MultiHeadStudent
 from .peft_student import LoraStudentArguments, apply_lora, merge_lora, merge_student, save_merged_student
+from .pool import PoolFileError, resolve_data_files
 from .readout import detect_readout
-from .soft_label_cache import load_teacher_logits, read_manifest
+from .soft_label_cache import CacheBusyError, load_teacher_logits, read_manifest
 from .tasks import TaskSpec, build_compute_metrics, get_task, load_rows
 from .teachers import TeacherSpec, load_classifier
 from .trainer import MultiTeacherDistillationTrainer
 
 __all__ = [
     "BaselineResult",
+    "CacheBusyError",
     "DataCollatorWithTeacherLogits",
     "DistillationArguments",
     "FormatSpeed",
@@ -29,6 +31,7 @@ __all__ = [
     "MultiHeadStudent",
     "MultiTeacherDistillationTrainer",
     "OnnxClassifier",
+    "PoolFileError",
     "SpeedMeasurement",
     "StudentCardData",
     "TaskSpec",
@@ -49,6 +52,7 @@ __all__ = [
     "push_teacher_logits_to_hub",
     "quantize_torch_int8",
     "read_manifest",
+    "resolve_data_files",
     "save_merged_student",
     "student_from_teacher_layers",
     "upload_student_folder",
