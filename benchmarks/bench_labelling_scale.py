@@ -136,9 +136,10 @@ def run_backends(args, work: Path) -> dict:
         export_info = {}
         for folder in onnx_dir.iterdir():
             info_file = folder / "onnx_export.json"
-            if info_file.is_file() and json.loads((folder / "tmkd_teacher.json").read_text())["teacher"][
-                "name_or_path"
-            ] == path:
+            if (
+                info_file.is_file()
+                and json.loads((folder / "tmkd_teacher.json").read_text())["teacher"]["name_or_path"] == path
+            ):
                 export_info = json.loads(info_file.read_text())
         results[name] = {
             "teacher": path,
@@ -252,7 +253,7 @@ def curve_child(k: int, teacher: str, backend: str, out: str, onnx_dir: str, bat
 
 
 def run_curve(args, work: Path) -> list[dict]:
-    (name, path), = teachers(work, [args.curve_teacher]).items()
+    ((name, path),) = teachers(work, [args.curve_teacher]).items()
     onnx_dir = work / "onnx"
     results = []
     for k in args.curve:
@@ -391,8 +392,15 @@ def main() -> None:
     backends = None if args.skip_backends else run_backends(args, work)
     profile = profile_int8(args, work) if args.profile else None
     curve = run_curve(args, work) if args.curve else None
-    if curve and len(curve) > 1:
-        curve_plot(curve, RUNS_DIR / "labelling_cost_curve.png")
+    if curve:  # every point recorded for this teacher and backend (the latest per shard count), runs before included
+        recorded = [json.loads(line) for line in (RUNS_DIR / "curve.jsonl").read_text().splitlines() if line.strip()]
+        latest = {
+            p["shards"]: p
+            for p in recorded
+            if (p["teacher"], p["backend"]) == (curve[0]["teacher"], curve[0]["backend"])
+        }
+        if len(latest) > 1:
+            curve_plot([latest[k] for k in sorted(latest)], RUNS_DIR / "labelling_cost_curve.png")
     text = report(args, backends, profile, curve)
     print(text)
     RUNS_DIR.mkdir(parents=True, exist_ok=True)
