@@ -789,8 +789,10 @@ def main(argv=None) -> int:
     parser.add_argument("--max-length", type=int, help="default: the pipeline config's (128)")
     parser.add_argument("--teacher-aggregation", default="mean_logits", choices=["mean_logits", "mean_probs"],
                         help="how 1avg-o-1 averages the teachers")
+    from tmkd_hf.onnx_teachers import BACKENDS
+
     parser.add_argument("--teacher-backend", "--teacher_backend", default="torch",
-                        choices=["torch", "onnx", "onnx-int8"],
+                        choices=BACKENDS,
                         help="how the teachers label every split (label_with_teachers(backend=...)); with "
                              "--reuse-from an ablation labelled otherwise, its teachers are relabelled this way")
     parser.add_argument("--threads", type=int, default=0, help="torch.set_num_threads (0: torch's default)")

@@ -200,6 +200,37 @@ class Limit:
 # ----- memory: one fresh subprocess per row count -----
 
 
+def status_kb(field: str) -> int:
+    """A field of this process's /proc/self/status, in kB (0 where there is none)."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    return 0
+
+
+class PeakAnonSampler:
+    """Samples RssAnon (the heap, without file-backed pages) every 50 ms while in its `with` block; `peak_kb`."""
+
+    def __init__(self):
+        self.peak_kb = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self):
+        while not self._stop.is_set():
+            self.peak_kb = max(self.peak_kb, status_kb("RssAnon"))
+            self._stop.wait(0.05)
+
+    def __enter__(self):
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+
+
 def memory_child(rows: int, teacher: str, work: Path, mode: str) -> None:
     """Label `rows` cycled QNLI pairs with one teacher through the streaming path; print peak RSS as JSON."""
     import transformers
@@ -221,30 +252,11 @@ def memory_child(rows: int, teacher: str, work: Path, mode: str) -> None:
 
     # disk-backed (memory-mapped) like a corpus loaded with `load_dataset`
     dataset = Dataset.from_generator(gen, cache_dir=str(work / "hf-cache"))
-    peak = {"anon_kb": 0, "rss_kb": 0}
-    stop = threading.Event()
-
-    def status_kb(field: str) -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-        return 0
-
-    def sample():
-        while not stop.is_set():
-            peak["anon_kb"] = max(peak["anon_kb"], status_kb("RssAnon"))
-            peak["rss_kb"] = max(peak["rss_kb"], status_kb("VmRSS"))
-            stop.wait(0.05)
-
     rss_before_kb = status_kb("VmRSS")
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    start = time.perf_counter()
-    labelled = label_with_teachers(dataset, [teacher], output_dir=str(work / "labelled"), show_progress=False)
-    seconds = time.perf_counter() - start
-    stop.set()
-    sampler.join()
+    with PeakAnonSampler() as peak:
+        start = time.perf_counter()
+        labelled = label_with_teachers(dataset, [teacher], output_dir=str(work / "labelled"), show_progress=False)
+        seconds = time.perf_counter() - start
     assert len(labelled) == rows
     result = {
         "rows": rows,
@@ -252,7 +264,7 @@ def memory_child(rows: int, teacher: str, work: Path, mode: str) -> None:
         "rss_before_mb": rss_before_kb / 1024,
         "ru_maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "vmhwm_mb": status_kb("VmHWM") / 1024,
-        "peak_anon_mb": peak["anon_kb"] / 1024,
+        "peak_anon_mb": peak.peak_kb / 1024,
     }
     print("MEMORY_RESULT " + json.dumps(result), flush=True)
 

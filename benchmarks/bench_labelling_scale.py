@@ -37,15 +37,17 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from tmkd_hf.onnx_teachers import BACKENDS, export_dir
+from tmkd_hf.teachers import TeacherSpec
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_labelling import DATA_ROOT, RESULTS, load_average, minilm_dir  # noqa: E402
+from bench_labelling import DATA_ROOT, RESULTS, PeakAnonSampler, load_average, minilm_dir, status_kb  # noqa: E402
 
 POOL = DATA_ROOT / "squad_pool"
 TEXT_COLUMNS = ("question", "sentence")
@@ -131,16 +133,8 @@ def run_backends(args, work: Path) -> dict:
                 print(f"  repeat {r + 1}: {method:20s} {len(dataset) / s:7.1f} pairs/s (load {load_average()})",
                       flush=True)  # fmt: skip
         reference = logits["torch fp32"]
-        from tmkd_hf.onnx_teachers import ONNX_TEACHERS_DIR  # noqa: F401 - the exports live in onnx_dir
-
-        export_info = {}
-        for folder in onnx_dir.iterdir():
-            info_file = folder / "onnx_export.json"
-            if (
-                info_file.is_file()
-                and json.loads((folder / "tmkd_teacher.json").read_text())["teacher"]["name_or_path"] == path
-            ):
-                export_info = json.loads(info_file.read_text())
+        export = export_dir(onnx_dir, TeacherSpec.parse(path).identity())  # where label() exported it
+        export_info = json.loads((export / "onnx_export.json").read_text())
         results[name] = {
             "teacher": path,
             "pairs_per_s": {m: len(dataset) / statistics.median(s) for m, s in seconds.items()},
@@ -167,9 +161,7 @@ def profile_int8(args, work: Path) -> dict:
     from datasets import Dataset
     from transformers import AutoTokenizer
 
-    from tmkd_hf.onnx_teachers import export_dir
     from tmkd_hf.pool import read_data_file
-    from tmkd_hf.teachers import TeacherSpec
 
     pool = read_data_file(pool_files(1)[0], TEXT_COLUMNS, work / "pool-00.arrow")
     dataset = Dataset.from_dict({c: list(pool[c][: args.rows]) for c in TEXT_COLUMNS})
@@ -218,36 +210,18 @@ def curve_child(k: int, teacher: str, backend: str, out: str, onnx_dir: str, bat
 
     disable_progress_bars()
     transformers.logging.set_verbosity_error()
-    peak = {"anon_kb": 0}
-    stop = threading.Event()
-
-    def status_kb(field: str) -> int:
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith(field + ":"):
-                    return int(line.split()[1])
-        return 0
-
-    def sample():
-        while not stop.is_set():
-            peak["anon_kb"] = max(peak["anon_kb"], status_kb("RssAnon"))
-            stop.wait(0.05)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    start = time.perf_counter()
-    labelled = label_with_teachers(pool_files(k), [teacher], backend=backend, onnx_dir=onnx_dir, output_dir=out,
-                                   batch_size=batch_size, show_progress=False)  # fmt: skip
-    seconds = time.perf_counter() - start
-    stop.set()
-    sampler.join()
+    with PeakAnonSampler() as peak:
+        start = time.perf_counter()
+        labelled = label_with_teachers(pool_files(k), [teacher], backend=backend, onnx_dir=onnx_dir, output_dir=out,
+                                       batch_size=batch_size, show_progress=False)  # fmt: skip
+        seconds = time.perf_counter() - start
     result = {
         "shards": k,
         "rows": len(labelled),
         "seconds": seconds,
         "rows_per_s": len(labelled) / seconds,
         "vmhwm_mb": status_kb("VmHWM") / 1024,
-        "peak_anon_mb": peak["anon_kb"] / 1024,
+        "peak_anon_mb": peak.peak_kb / 1024,
     }
     print("CURVE_RESULT " + json.dumps(result), flush=True)
 
@@ -374,7 +348,7 @@ def main() -> None:
     parser.add_argument("--profile", action="store_true")
     parser.add_argument("--curve", type=int, nargs="*", default=[])
     parser.add_argument("--curve-teacher", default="minilm", choices=["minilm", "mpnet"])
-    parser.add_argument("--curve-backend", default="onnx-int8", choices=["torch", "onnx", "onnx-int8"])
+    parser.add_argument("--curve-backend", default="onnx-int8", choices=BACKENDS)
     parser.add_argument("--work", default=os.environ.get("TMKD_BENCH_WORK", "outputs/bench-labelling-scale"))
     parser.add_argument("--no-record", action="store_true", help="do not append to benchmarks/RESULTS.md")
     # internal: one point of the cost curve in a fresh process

@@ -27,6 +27,7 @@ from datasets import Dataset
 
 from tmkd_hf import label_with_teachers, tasks, use_fixed_mmap_threshold
 from tmkd_hf.distributed import leave_process_group
+from tmkd_hf.onnx_teachers import BACKENDS
 from tmkd_hf.pool import resolve_data_files
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded by its path: recipe_utils.py is beside it
@@ -70,7 +71,7 @@ class LabellingArguments:
         metadata={
             "help": "How the teachers run: torch, or exported once to ONNX and run by onnxruntime (onnx: fp32, "
             "onnx-int8: 8-bit weights; pip install \"tmkd_hf[onnx]\").",
-            "choices": ["torch", "onnx", "onnx-int8"],
+            "choices": list(BACKENDS),
         },
     )
     teacher_onnx_dir: str | None = field(

@@ -31,6 +31,7 @@ from datasets import Dataset
 from transformers import AutoTokenizer, HfArgumentParser, set_seed
 
 from tmkd_hf import label_with_teachers, student_from_teacher_layers
+from tmkd_hf.onnx_teachers import BACKENDS
 from tmkd_hf.teachers import check_argument_locations
 
 TEACHER_LOGITS_SUBDIR = "teacher_logits"  # where a recipe caches the soft labels of teachers labelled on the fly
@@ -123,7 +124,7 @@ class StudentModelArguments:
         metadata={
             "help": "How the teachers run when labelling on the fly: torch, or exported once to ONNX (onnx, "
             "onnx-int8: 8-bit weights) and run by onnxruntime (label_with_teachers(backend=...)).",
-            "choices": ["torch", "onnx", "onnx-int8"],
+            "choices": list(BACKENDS),
         },
     )
     teacher_onnx_dir: str | None = field(

@@ -81,6 +81,7 @@ from tmkd_hf import (
 )
 from tmkd_hf.export import ONNX_SUBFOLDER, check_onnx_installed
 from tmkd_hf.modeling import STUDENT_CONFIG_NAME, multihead_checkpoint_dir
+from tmkd_hf.onnx_teachers import BACKENDS
 from tmkd_hf.plots import ACCURACY_VS_SPEED_FILE, MatplotlibMissing, plot_accuracy_vs_speed
 from tmkd_hf.soft_label_cache import same_label_order
 from tmkd_hf.tasks import load_rows, local_metric
@@ -173,7 +174,7 @@ class PipelineArguments:
         default="torch",
         metadata={"help": "How the teachers label the rows: torch, or exported once to ONNX and run by onnxruntime "
                   "(onnx, onnx-int8: 8-bit weights; pip install \"tmkd_hf[onnx]\"). The exports are kept in "
-                  "output_dir/labelled/onnx_teachers.", "choices": ["torch", "onnx", "onnx-int8"]},
+                  "output_dir/labelled/onnx_teachers.", "choices": list(BACKENDS)},
     )
     warmup_steps: int = field(default=30, metadata={"help": "Linear warm-up steps of every training run."})
     weight_decay: float = field(default=0.01, metadata={"help": "AdamW weight decay of every training run."})

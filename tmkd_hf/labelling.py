@@ -445,6 +445,28 @@ def _retrained_only(previous: dict, plan: dict) -> bool:
     }
 
 
+def _previous_manifest(out: Path, then: str) -> dict | None:
+    """The manifest of a finished cache in `out`, or None (a damaged one is named in a warning: `then` is done)."""
+    try:
+        return read_manifest(out)
+    except DamagedCacheError as err:
+        logger.warning(f"{then}: {err}")
+        return None
+
+
+def _refuse_or_relabel(out: Path, previous: dict, plan: dict, reason: str, overwrite: bool) -> None:
+    """A cache in `out` that cannot serve `plan` (`reason`): relabelled when the user allows it or only the teachers'
+    weights or the backend changed (`_retrained_only`), else refused."""
+    if overwrite or _retrained_only(previous, plan):
+        logger.warning(f"Relabelling {out}: {reason}.")
+        return
+    raise ValueError(
+        f"{out} already holds teacher logits built from other rows or teachers "
+        f"({previous['num_rows']} rows, teachers {[t['name_or_path'] for t in previous['teachers']]}): "
+        f"{reason}. Choose another output_dir, or pass overwrite=True to replace it."
+    )
+
+
 def _prepare_work(work: Path, plan: dict, state) -> None:
     """The work directory of an unfinished pass over these rows with these teachers (others' work is discarded)."""
     if state.is_main_process:
@@ -486,11 +508,7 @@ def _label_dataset(dataset: Dataset, common: dict, out: Path | None, *, overwrit
         "source_fingerprint": source_fingerprint(dataset, common["text_columns"]),
     }
     if out is not None:
-        try:
-            previous = read_manifest(out)
-        except DamagedCacheError as err:
-            logger.warning(f"Relabelling: {err}")
-            previous = None
+        previous = _previous_manifest(out, "Relabelling")
         if previous is not None:
             reason = _why_not_reusable(previous, plan)
             if reason is None:
@@ -500,14 +518,8 @@ def _label_dataset(dataset: Dataset, common: dict, out: Path | None, *, overwrit
                     return labelled
                 except DamagedCacheError as err:
                     logger.warning(f"Relabelling: {err}")
-            elif overwrite or _retrained_only(previous, plan):
-                logger.warning(f"Relabelling {out}: {reason}.")
             else:
-                raise ValueError(
-                    f"{out} already holds teacher logits built from other rows or teachers "
-                    f"({previous['num_rows']} rows, teachers {[t['name_or_path'] for t in previous['teachers']]}): "
-                    f"{reason}. Choose another output_dir, or pass overwrite=True to replace it."
-                )
+                _refuse_or_relabel(out, previous, plan, reason, overwrite)
         work = out / WORK_DIR
         _prepare_work(work, plan, state)
         tmp_holder = None
@@ -555,8 +567,7 @@ def _finished_file(folder: Path, sha256: str, common: dict) -> tuple[dict | None
     try:
         record = json.loads((folder / _FILE_RECORD).read_text())
     except FileNotFoundError:
-        earlier = [p for p in folder.parent.glob(f"{folder.name[:-13]}-*") if p != folder]
-        return None, "changed since it was labelled (another sha256)" if earlier else "not labelled yet"
+        return None, "not labelled yet"
     except (OSError, ValueError) as err:
         return None, f"its record is damaged ({err})"
     reason = _why_not_reusable(record["plan"], {**record["plan"], **common})
@@ -579,14 +590,11 @@ def _label_files(files: list[str], common: dict, out: Path, *, in_memory: bool, 
     state, text_columns = job["state"], common["text_columns"]
     shas = [file_sha256(f) for f in files]
     sources = [{"file": f, "name": os.path.basename(f), "sha256": s} for f, s in zip(files, shas)]
-    try:
-        previous = read_manifest(out)
-    except DamagedCacheError as err:
-        logger.warning(f"Reassembling: {err}")
-        previous = None
+    previous = _previous_manifest(out, "Reassembling")
     if previous is not None:
         same_sources = [s["sha256"] for s in previous.get("source_files") or []] == shas
-        reason = _why_not_reusable(previous, {**previous, **common})
+        plan = {**previous, **common}  # the files are compared one by one below
+        reason = _why_not_reusable(previous, plan)
         if reason is None and same_sources and not in_memory:
             try:
                 labelled = load_cache(out, previous)
@@ -594,14 +602,8 @@ def _label_files(files: list[str], common: dict, out: Path, *, in_memory: bool, 
                 return labelled
             except DamagedCacheError as err:
                 logger.warning(f"Reassembling: {err}")
-        was = [t["name_or_path"] for t in previous["teachers"]]
-        if reason is not None and not overwrite and not _retrained_only(previous, {**previous, **common}):
-            raise ValueError(
-                f"{out} already holds teacher logits built by other teachers or settings (teachers {was}): {reason}. "
-                "Choose another output_dir, or pass overwrite=True to replace it."
-            )
         if reason is not None:
-            logger.warning(f"Relabelling {out}: {reason}.")
+            _refuse_or_relabel(out, previous, plan, reason, overwrite)
 
     work_root = out / WORK_DIR
     if state.is_main_process:
@@ -618,6 +620,8 @@ def _label_files(files: list[str], common: dict, out: Path, *, in_memory: bool, 
             records.append(record)
             continue
         earlier = [p for p in (out / FILES_DIR).glob(f"{os.path.basename(path)}-*") if p != folder]
+        if earlier and why == "not labelled yet":
+            why = "changed since it was labelled (another sha256)"
         logger.info(f"[{index + 1}/{len(files)}] {os.path.basename(path)}: labelling it ({why}).")
         start = time.perf_counter()
         arrow_file = work_root / f"rows-{sha[:16]}.arrow"
