@@ -540,6 +540,14 @@ def load_metric(task: TaskSpec) -> Callable[[np.ndarray, np.ndarray], dict[str, 
     return with_evaluate
 
 
+def _rows_by_group(groups: Sequence[Any]) -> list[np.ndarray]:
+    """The row indices of each group id, groups in order of first appearance."""
+    rows_of: dict[Any, list[int]] = {}
+    for i, g in enumerate(groups):
+        rows_of.setdefault(g, []).append(i)
+    return [np.asarray(rows) for rows in rows_of.values()]
+
+
 def ranking_metrics(scores: np.ndarray, relevant: np.ndarray, groups: Sequence[Any]) -> dict[str, float]:
     """Per-group (per-question) mean average precision and mean reciprocal rank.
 
@@ -555,12 +563,8 @@ def ranking_metrics(scores: np.ndarray, relevant: np.ndarray, groups: Sequence[A
             f"ranking_metrics got {len(scores)} scores, {len(relevant)} labels and {len(groups)} group ids; one of "
             "each per row is needed."
         )
-    rows_of: dict[Any, list[int]] = {}
-    for i, g in enumerate(groups):
-        rows_of.setdefault(g, []).append(i)
     average_precisions, reciprocal_ranks = [], []
-    for rows in rows_of.values():
-        rows = np.asarray(rows)
+    for rows in _rows_by_group(groups):
         if not relevant[rows].any():
             continue
         ranked = relevant[rows][np.argsort(-scores[rows], kind="stable")]
@@ -570,6 +574,53 @@ def ranking_metrics(scores: np.ndarray, relevant: np.ndarray, groups: Sequence[A
     if not average_precisions:
         return {"map": float("nan"), "mrr": float("nan")}
     return {"map": float(np.mean(average_precisions)), "mrr": float(np.mean(reciprocal_ranks))}
+
+
+def expected_random_ap(candidates: int, relevant: int) -> float:
+    """Exact expected average precision of a uniformly random ranking of `candidates` rows, `relevant` of them
+    relevant (Bestgen, 2015, "Exact expected average precision of the random baseline for system evaluation").
+
+    With n candidates and R relevant, the row at rank r is relevant with probability R/n and then has on average
+    (r-1)(R-1)/(n-1) relevant rows above it, so E[AP] = (1/R) sum_r (R/n)(1 + (r-1)(R-1)/(n-1)) / r
+    = (H_n + (R-1)/(n-1) (n - H_n)) / n, H_n the n-th harmonic number. One relevant in n: H_n / n.
+    """
+    n, r = int(candidates), int(relevant)
+    if not 1 <= r <= n:
+        raise ValueError(f"expected_random_ap needs 1 <= relevant <= candidates, got {relevant} of {candidates}.")
+    harmonic = math.fsum(1.0 / k for k in range(1, n + 1))
+    return 1.0 if n == 1 else (harmonic + (r - 1) / (n - 1) * (n - harmonic)) / n
+
+
+def expected_random_rr(candidates: int, relevant: int) -> float:
+    """Exact expected reciprocal rank of the first relevant row in a uniformly random ranking of `candidates` rows,
+    `relevant` of them relevant: sum_k P(first relevant at rank k) / k, where P(first at k) is the chance that the
+    k - 1 rows above are all irrelevant times R / (n - k + 1)."""
+    n, r = int(candidates), int(relevant)
+    if not 1 <= r <= n:
+        raise ValueError(f"expected_random_rr needs 1 <= relevant <= candidates, got {relevant} of {candidates}.")
+    expected, none_yet = 0.0, 1.0  # none_yet: probability that ranks 1 .. k-1 hold no relevant row
+    for k in range(1, n - r + 2):
+        expected += none_yet * r / (n - k + 1) / k
+        none_yet *= (n - r - k + 1) / (n - k + 1)
+    return expected
+
+
+def random_ranking_metrics(relevant: np.ndarray, groups: Sequence[Any]) -> dict[str, float]:
+    """The MAP and MRR a uniformly random ranking within each group scores on average: the chance level of
+    `ranking_metrics` on these rows. Exact, per group from its number of candidates and of relevant ones
+    (`expected_random_ap`, `expected_random_rr`), then averaged over groups the way `ranking_metrics` averages:
+    groups with no relevant candidate left out, NaN when none is left."""
+    relevant = np.asarray(relevant, dtype=bool).reshape(-1)
+    if len(relevant) != len(groups):
+        raise ValueError(f"random_ranking_metrics got {len(relevant)} labels and {len(groups)} group ids.")
+    counts = [(len(rows), int(relevant[rows].sum())) for rows in _rows_by_group(groups)]
+    counts = [(n, r) for n, r in counts if r > 0]
+    if not counts:
+        return {"map": float("nan"), "mrr": float("nan")}
+    return {
+        "map": float(np.mean([expected_random_ap(n, r) for n, r in counts])),
+        "mrr": float(np.mean([expected_random_rr(n, r) for n, r in counts])),
+    }
 
 
 def build_compute_metrics(
