@@ -12,7 +12,10 @@
    student is saved in `student/`.
 5. Baseline: the same student architecture and initialisation trained on the labels only, with stage 2's budget.
 6. Accuracy on validation and test of every teacher, their ensemble (mean of probabilities), both students and the
-   majority class (with a warning when the teachers do not beat it: then there is nothing to distil).
+   majority class; with `--group_column` (rows of one question share its value) also MAP and MRR per question,
+   ranked by the probability of the relevant label, beside the exact expected MAP / MRR of a random ranking. A
+   warning when the teachers do not beat chance on the task's main metric (MAP with a group column, else Matthews
+   correlation): then there is nothing to distil.
 7. Inference speed of the student against one teacher: same inputs, same process, examples per second.
 8. The merged student and `results.json` / `results.md`, and `accuracy_vs_speed.png` (test accuracy against
    examples/s, from those numbers; beside them and in the student's folder, whose card shows it) when matplotlib is
@@ -84,7 +87,7 @@ from tmkd_hf.modeling import STUDENT_CONFIG_NAME, multihead_checkpoint_dir
 from tmkd_hf.onnx_teachers import BACKENDS
 from tmkd_hf.plots import ACCURACY_VS_SPEED_FILE, MatplotlibMissing, plot_accuracy_vs_speed
 from tmkd_hf.soft_label_cache import same_label_order
-from tmkd_hf.tasks import load_rows, local_metric
+from tmkd_hf.tasks import build_compute_metrics, custom_task, load_rows, local_metric, random_ranking_metrics
 from tmkd_hf.teachers import load_classifier
 
 if os.path.dirname(os.path.abspath(__file__)) not in sys.path:  # loaded by its path: the recipes are beside it
@@ -121,6 +124,18 @@ class PipelineArguments:
         default_factory=lambda: ["question", "sentence"], metadata={"help": "One or two text columns."}
     )
     label_column: str = field(default="label", metadata={"help": "Column of the label names."})
+    group_column: str | None = field(
+        default=None,
+        metadata={"help": "Question-answering as ranking: a column of validation.tsv/test.tsv whose value the rows of "
+                  "one question share. Adds MAP and MRR per model (candidates of a question ranked by the relevant "
+                  "label's probability) to results.json, results.md and the card, and the nothing-to-distil warning "
+                  "judges the teachers by MAP. Needs two labels."},
+    )
+    positive_label: str | None = field(
+        default=None,
+        metadata={"help": "With group_column: the relevant label (default: the one of the two named 1, true, yes, "
+                  "relevant, positive or entailment)."},
+    )
     max_length: int = field(default=128, metadata={"help": "Truncation length (padding is dynamic, per batch)."})
     max_train_rows: int | None = field(default=None, metadata={"help": "Use only the first N train rows."})
     max_unlabeled_rows: int | None = field(default=None, metadata={"help": "Use only the first N unlabeled rows."})
@@ -215,6 +230,11 @@ class PipelineArguments:
             raise ValueError(f"readout must be 'cls', 'mean' or null (the backbone's own), got {self.readout!r}.")
         if self.speed_repeats < 1:
             raise ValueError(f"speed_repeats must be >= 1, got {self.speed_repeats}.")
+        if self.group_column is not None and self.group_column == self.label_column:
+            raise ValueError(f"group_column and label_column are both {self.label_column!r}: the group column holds "
+                             "the question id shared by a question's candidates, not the label.")
+        if self.positive_label is not None and self.group_column is None:
+            raise ValueError("positive_label names the relevant label of a ranking: give group_column too.")
 
 
 def parse_args(argv: list[str] | None = None) -> PipelineArguments:
@@ -242,14 +262,17 @@ def resolve_data_dir(data_dir: str) -> str:
     return in_repo if os.path.isdir(in_repo) else data_dir
 
 
-def read_tsv(path: str, columns: list[str], limit: int | None) -> Dataset:
+def read_tsv(path: str, columns: list[str], limit: int | None, roles: dict[str, str] | None = None) -> Dataset:
     """The wanted columns of a plain TSV (one header, no quoting: `tmkd_hf.tasks.load_rows`), as text, its first
-    `limit` rows; a clear error on a missing file or column."""
+    `limit` rows; a clear error on a missing file or column (`roles`: what a column is for, named in that error)."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{path} does not exist: data_dir needs train/validation/test/unlabeled.tsv.")
     rows = load_rows(path, max_rows=limit)
-    if any(c not in rows.column_names for c in columns):
-        raise ValueError(f"{path} has columns {rows.column_names}, but {columns} are needed.")
+    columns = list(dict.fromkeys(columns))  # a column in two roles (text and group) is read once
+    missing = [c for c in columns if c not in rows.column_names]
+    if missing:
+        why = "".join(f"; {c!r} is the {roles[c]}" for c in missing if c in (roles or {}))
+        raise ValueError(f"{path} has columns {rows.column_names}, but {columns} are needed (missing: {missing}{why}).")
     # every column as text: one that pandas reads as numbers comes back as their text (1, 0.5)
     return rows.select_columns(columns).cast(Features({c: Value("string") for c in columns}))
 
@@ -263,6 +286,58 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     z = logits - logits.max(-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(-1, keepdims=True)
+
+
+POSITIVE_LABEL_NAMES = ("1", "true", "yes", "relevant", "positive", "entailment")
+
+
+def relevant_label(label_names: list[str], positive_label: str | None, group_column: str) -> int:
+    """The id of the relevant label of a ranking (question answering: which candidate answers the question)."""
+    if len(label_names) != 2:
+        raise ValueError(f"group_column {group_column!r} ranks candidates as relevant or not, which needs two labels; "
+                         f"train has {label_names}.")
+    if positive_label is not None:
+        if positive_label not in label_names:
+            raise ValueError(f"positive_label {positive_label!r} is not a label of train: {label_names}.")
+        return label_names.index(positive_label)
+    known = [i for i, name in enumerate(label_names) if name.strip().lower() in POSITIVE_LABEL_NAMES]
+    if len(known) != 1:
+        raise ValueError(f"Which of the labels {label_names} marks a relevant candidate? Pass --positive_label.")
+    return known[0]
+
+
+def ranking_scores(logits: np.ndarray, labels: np.ndarray, groups: list, label_names: list[str], positive: int,
+                   text_columns: list[str], group_column: str) -> dict[str, float]:
+    """MAP and MRR per group (question) of one model's logits, as `run_glue_distill.py` scores a ranking task
+    (`tmkd_hf.tasks.build_compute_metrics`: candidates ranked by the relevant label's log-probability). For an
+    ensemble pass the log of its mean probabilities: the same ranking as its mean probability."""
+    task = custom_task(text_columns, group_column=group_column, positive_label=label_names[positive])
+    compute = build_compute_metrics(task, label_names, groups, metric=lambda predictions, references: {})
+    scored = compute(SimpleNamespace(predictions=np.asarray(logits, dtype=np.float64), label_ids=labels))
+    return {"map": scored["map"], "mrr": scored["mrr"]}
+
+
+def question_counts(relevant: np.ndarray, groups: list) -> dict[str, int]:
+    """How many questions (groups) a split has, and how many of them have a relevant candidate (only those are
+    ranked: `tmkd_hf.tasks.ranking_metrics`)."""
+    with_relevant = {g for g, r in zip(groups, relevant) if r}
+    return {"questions": len(set(groups)), "with_relevant": len(with_relevant)}
+
+
+def ensemble_log_probs(logits: list[np.ndarray]) -> np.ndarray:
+    """Log of the mean of the teachers' probabilities (the ensemble), computed in log space in float64: confident
+    rows are not rounded to probability 1.0, where they would tie and be ranked by row order."""
+    log_probs = []
+    for one in logits:
+        one = np.asarray(one, dtype=np.float64)
+        log_probs.append(one - np.logaddexp.reduce(one, axis=-1, keepdims=True))
+    return np.logaddexp.reduce(np.stack(log_probs), axis=0) - np.log(len(log_probs))
+
+
+def mcc(logits_or_probs: np.ndarray, labels: np.ndarray) -> float:
+    """Matthews correlation of the argmax (multi-class R_K), as `tmkd_hf.tasks` scores CoLA."""
+    predictions = np.asarray(logits_or_probs).argmax(-1)
+    return local_metric(("glue", "cola"), predictions, labels)["matthews_correlation"]
 
 
 def encode(tokenizer, dataset: Dataset, text_columns: list[str], max_length: int) -> list[dict]:
@@ -508,21 +583,28 @@ def main(argv: list[str] | None = None) -> dict:
     logger.info(f"backbone={backbone} data_dir={data_dir} output_dir={out} torch threads={torch.get_num_threads()}")
 
     # ----- data: the label names travel with the rows (ClassLabel), ids in sorted-name order -----
-    text_cols, label_col = list(args.text_columns), args.label_column
+    text_cols, label_col, group_col = list(args.text_columns), args.label_column, args.group_column
     limits = {"train": args.max_train_rows, "unlabeled": args.max_unlabeled_rows}
+    roles = {group_col: "group_column (the question id its candidates share)"} if group_col else None
     raw = {
         split: read_tsv(
             os.path.join(data_dir, f"{split}.tsv"),
-            text_cols + ([] if split == "unlabeled" else [label_col]),
+            text_cols + ([] if split == "unlabeled" else [label_col])
+            + ([group_col] if group_col and split in ("validation", "test") else []),
             limits.get(split, args.max_eval_rows),
+            roles,
         )
         for split in SPLITS
     }
+    groups = {s: list(raw[s][group_col]) for s in ("validation", "test")} if group_col else None
+    if group_col and group_col not in text_cols + [label_col]:  # kept only as the ids above
+        raw.update({s: raw[s].remove_columns(group_col) for s in ("validation", "test")})
     label_names = sorted(set(raw["train"][label_col]))
     unknown = {s: sorted(set(raw[s][label_col]) - set(label_names)) for s in ("validation", "test")}
     if any(unknown.values()):
         raise ValueError(f"Evaluation labels not seen in train: {unknown} (train has {label_names}).")
     id2label = dict(enumerate(label_names))
+    positive = relevant_label(label_names, args.positive_label, group_col) if group_col else None
     for split in ("train", "validation", "test"):
         raw[split] = raw[split].cast_column(label_col, ClassLabel(names=label_names))
         if label_col != "label":
@@ -701,6 +783,15 @@ def main(argv: list[str] | None = None) -> dict:
             models[name] = OnnxStudent(classifier, onnx_config)
     accuracies: dict[str, dict[str, float]] = {s: {} for s in ("validation", "test")}
     probs: dict[str, dict[str, np.ndarray]] = {s: {} for s in accuracies}
+    # with group_column: MAP and MRR per split and model (the majority class ranks nothing: one score for every
+    # candidate; the chance level is `random_ranking`, a random order within each question, expected exactly)
+    rankings: dict[str, dict[str, dict[str, float]]] = {s: {} for s in accuracies}
+    teacher_logits: dict[str, dict[str, np.ndarray]] = {s: {} for s in accuracies}  # for the ensemble's ranking
+
+    def rank(split: str, name: str, logits: np.ndarray) -> None:
+        if group_col:
+            rankings[split][name] = ranking_scores(logits, labels[split], groups[split], label_names, positive,
+                                                   text_cols, group_col)
     loaded = {}
     for name, source in models.items():
         model = load_classifier(source) if isinstance(source, str) else source
@@ -713,13 +804,22 @@ def main(argv: list[str] | None = None) -> dict:
             logits = predict_logits(model, model_tokenizer, feats, args.eval_batch_size)
             probs[split][name] = softmax(logits)
             accuracies[split][name] = accuracy(logits, labels[split])
+            rank(split, name, logits)
+            if name.startswith("teacher_") and group_col:
+                teacher_logits[split][name] = logits
     majority = int(np.bincount(np.asarray(list(raw["train"]["label"])), minlength=len(label_names)).argmax())
     for split in accuracies:
         ensemble = np.mean([probs[split][f"teacher_{i}"] for i in range(num_teachers)], axis=0)
         accuracies[split]["teacher_ensemble"] = accuracy(ensemble, labels[split])
         accuracies[split]["majority_class"] = float((labels[split] == majority).mean())
+        if group_col:
+            rank(split, "teacher_ensemble",
+                 ensemble_log_probs([teacher_logits[split][f"teacher_{i}"] for i in range(num_teachers)]))
+        if group_col:
+            rankings[split]["random_ranking"] = random_ranking_metrics(labels[split] == positive, groups[split])
     timings["evaluation"] = round(time.perf_counter() - t0, 1)
-    warnings = nothing_to_distil_warnings(accuracies, num_teachers, label_names[majority])
+    warnings = nothing_to_distil_warnings(
+        *main_metric(probs, labels, num_teachers, rankings if group_col else None), num_teachers)
     for warning in warnings:
         logger.warning(warning)
     progress.end("evaluation")
@@ -762,8 +862,13 @@ def main(argv: list[str] | None = None) -> dict:
     timings["total"] = round(time.perf_counter() - started, 1)
     results = {
         "task": {"data_dir": data_dir, "text_columns": text_cols, "label_names": label_names,
-                 "rows": {s: len(d) for s, d in raw.items()}},
+                 "rows": {s: len(d) for s, d in raw.items()},
+                 **({"group_column": group_col, "positive_label": label_names[positive],
+                     "questions": {s: question_counts(labels[s] == positive, groups[s]) for s in groups}}
+                    if group_col else {})},
         "accuracy": {s: {k: round(v, 4) for k, v in accs.items()} for s, accs in accuracies.items()},
+        **({metric: {s: {k: round(v[metric], 4) for k, v in by_model.items()} for s, by_model in rankings.items()}
+            for metric in ("map", "mrr")} if group_col else {}),
         "majority_label": label_names[majority],
         "readout": loaded["tmkd_student"][0].readout if isinstance(loaded["tmkd_student"][0], MultiHeadStudent)
         else "cls",
@@ -804,20 +909,68 @@ def main(argv: list[str] | None = None) -> dict:
     return results
 
 
-NOTHING_TO_DISTIL_MARGIN = 0.02  # teachers within 2 points of the majority class have not learnt the task
+# How far above chance the best teacher (or the ensemble) must score on the task's main metric before the pipeline
+# believes the teachers learnt the task. MCC 0.05 is about what the old rule asked on a balanced binary task (2
+# accuracy points over the majority class: 52 % with balanced predictions is MCC 0.04). MAP 0.05: the AP of a random
+# ranking spreads by about 0.3 from question to question, so over ~100 questions a random ranking's MAP lands within
+# about 0.03 (one standard error) of its expectation; teachers within 0.05 (under two standard errors) are not
+# clearly above chance.
+NOTHING_TO_DISTIL_MARGINS = {"MAP": 0.05, "MCC": 0.05}
 
 
-def nothing_to_distil_warnings(accuracies: dict, num_teachers: int, majority_label: str) -> list[str]:
-    """Plain warnings when the teachers (or their ensemble) do not beat predicting the majority class."""
+def main_metric(probs: dict, labels: dict, num_teachers: int, rankings: dict | None = None):
+    """`(metric, scores, chance)`: the task's main metric, its value per split for every teacher and the teacher
+    ensemble (`scores[split][model]`), and its chance level per split (`chance[split]`).
+
+    - With a group column (`rankings`, as `main` builds them: split -> model -> {"map", "mrr"}, with
+      "random_ranking"): MAP, against the exact expected MAP of a random ranking within each question
+      (`tmkd_hf.tasks.random_ranking_metrics`, from each question's number of candidates and of relevant ones).
+      A user of a ranking job keeps the best candidates per question; accuracy says little when 1 candidate in 8 is
+      relevant (always "irrelevant" scores 87.5 %).
+    - Otherwise: the Matthews correlation (MCC) of the argmax, against 0. Chosen over accuracy, whose chance level
+      (the majority class) leaves almost no room on imbalanced data, and over macro-F1 because MCC's chance level is
+      0 for every prediction that ignores the input, whatever the class balance and whatever rate it predicts each
+      class at (the majority class, coin flips at any rate), so no chance level has to be estimated; macro-F1's
+      chance level depends on those rates (the majority class scores 2p / (1 + p) / K for its share p of K classes,
+      guessing at the label rates scores 1 / K).
+    """
+    names = [f"teacher_{i}" for i in range(num_teachers)] + ["teacher_ensemble"]
+    if rankings is not None:
+        scores = {split: {name: by_model[name]["map"] for name in names} for split, by_model in rankings.items()}
+        return "MAP", scores, {split: by_model["random_ranking"]["map"] for split, by_model in rankings.items()}
+    scores = {}
+    for split, by_model in probs.items():
+        ensemble = np.mean([by_model[name] for name in names[:-1]], axis=0)
+        scores[split] = {name: mcc(by_model[name] if name in by_model else ensemble, labels[split]) for name in names}
+    return "MCC", scores, {split: 0.0 for split in probs}
+
+
+def _metric_text(metric: str, value: float) -> str:
+    return f"{value:.2f}" if metric == "MCC" else f"{100 * value:.1f}"  # MAP in points, as accuracy
+
+
+def nothing_to_distil_warnings(metric: str, scores: dict, chance: dict, num_teachers: int) -> list[str]:
+    """Plain warnings when neither the best teacher nor the ensemble beats chance on the task's main metric (see
+    `main_metric`) by `NOTHING_TO_DISTIL_MARGINS[metric]`; splits whose chance level is undefined (NaN: no question
+    with a relevant candidate) are skipped."""
+    margin = NOTHING_TO_DISTIL_MARGINS[metric]
+    chance_name, chance_why = {
+        "MAP": ("the MAP of a random ranking", "each question's candidates in random order, expected exactly"),
+        "MCC": ("chance", "the MCC of any prediction that ignores the input, the majority class included"),
+    }[metric]
     warnings = []
-    for split, accs in accuracies.items():
-        best = max(accs[f"teacher_{i}"] for i in range(num_teachers))
-        if max(best, accs["teacher_ensemble"]) <= accs["majority_class"] + NOTHING_TO_DISTIL_MARGIN:
+    for split, values in scores.items():
+        if math.isnan(chance[split]):
+            continue
+        best = max(values[f"teacher_{i}"] for i in range(num_teachers))
+        ensemble = values["teacher_ensemble"]
+        if max(best, ensemble) <= chance[split] + margin:
             warnings.append(
-                f"Nothing to distil on {split}: the best teacher reaches {100 * best:.1f} % and the ensemble "
-                f"{100 * accs['teacher_ensemble']:.1f} %, against {100 * accs['majority_class']:.1f} % for always "
-                f"predicting the majority class ({majority_label!r}). The teachers have not learnt the task; a student "
-                "distilled from them cannot either. Train better teachers (more epochs, another backbone) first."
+                f"Nothing to distil on {split}: the best teacher's {metric} {_metric_text(metric, best)} and the "
+                f"ensemble's {_metric_text(metric, ensemble)} are at most {_metric_text(metric, margin)} above "
+                f"{chance_name}, {_metric_text(metric, chance[split])} ({chance_why}). The teachers have not learnt "
+                "the task; a student distilled from them cannot either. Train better teachers (more epochs, another "
+                "backbone) first."
             )
     return warnings
 
@@ -847,6 +1000,7 @@ def model_descriptions(results: dict) -> dict[str, str]:
         if given else f"same student and initialisation, labels only, {cfg['stage2_epochs']:g} epochs "
         "(stage 2's budget)",
         "majority_class": f"always the most frequent train label ({results.get('majority_label')}): nothing learnt",
+        "random_ranking": "each question's candidates in random order (expected MAP / MRR, exact): chance",
         "tmkd_student_onnx": "the TMKD student exported to ONNX (student/onnx/model.onnx, fp32), run by onnxruntime",
         "tmkd_student_onnx_int8": "the same graph with int8 weights (model_int8.onnx, onnxruntime dynamic "
         f"quantization{int8_weights}), run by onnxruntime",
@@ -858,8 +1012,10 @@ def write_student_card(results: dict, stage2_trainer, labelled_train: Dataset, s
     acc, params, speed, cfg = results["accuracy"], results["parameters"], results["speed"], results["config"]
     described = model_descriptions(results)
 
-    def scores(name: str) -> dict[str, dict[str, float]]:
-        return {split: {"accuracy": acc[split][name]} for split in acc if name in acc[split]}
+    def scores(name: str) -> dict[str, dict[str, float]]:  # accuracy, and MAP / MRR with a group column
+        found = {split: {metric: results[metric][split][name] for metric in ("accuracy", "map", "mrr")
+                         if metric in results and name in results[metric][split]} for split in acc}
+        return {split: values for split, values in found.items() if values}
 
     base_model = cfg["student_backbone"]
     if cfg["backbone"] == base_model and cfg["student_backbone_from_package"]:
@@ -883,6 +1039,9 @@ def write_student_card(results: dict, stage2_trainer, labelled_train: Dataset, s
         for name in ("teacher_ensemble", "tmkd_stage1_only", "labels_only_student")
     ]
     card.baselines.append(BaselineResult("majority_class", described["majority_class"], scores("majority_class"), None))
+    if "map" in results:
+        card.baselines.append(BaselineResult("random_ranking", described["random_ranking"], scores("random_ranking"),
+                                             None))
     rows = results["task"]["rows"]
     stage1_data = ({"name": given, "stage": "stage 1: the given stage-1 student (not trained in this run)"} if given
                    else {"name": f"{results['task']['data_dir']}/unlabeled.tsv", "rows": rows["unlabeled"],
@@ -916,6 +1075,8 @@ def write_student_card(results: dict, stage2_trainer, labelled_train: Dataset, s
         f"labels-only student, exact McNemar test on the same rows: p = {p_values['validation']:.2g} (validation), "
         f"{p_values['test']:.2g} (test)."
     )
+    if "map" in results:
+        card.notes += " " + ranking_note(results)
     if results.get("warnings"):
         card.notes += "\n\n" + "\n\n".join(f"**Warning:** {w}" for w in results["warnings"])
     return write_model_card(student_dir, card)
@@ -959,6 +1120,18 @@ def write_accuracy_vs_speed_picture(results: dict, folders: list[str]) -> list[s
     return paths
 
 
+def ranking_note(results: dict) -> str:
+    """What MAP and MRR mean in this run's tables (with a group column)."""
+    task = results["task"]
+    counted = ", ".join(f"{split} {c['with_relevant']} of {c['questions']}" for split, c in task["questions"].items())
+    return (
+        f"MAP and MRR: the candidates of each question (rows sharing {task['group_column']!r}) ranked by the "
+        f"probability of {task['positive_label']!r}, averaged over the questions with a relevant candidate "
+        f"({counted} questions). majority_class ranks nothing (one score for every candidate); random_ranking is "
+        "the exact expected MAP / MRR of a random order within each question."
+    )
+
+
 def render_markdown(results: dict) -> str:
     acc, rows, params = results["accuracy"], results["task"]["rows"], results["parameters"]
     speed = results["speed"]
@@ -977,13 +1150,20 @@ def render_markdown(results: dict) -> str:
         + f"validation {rows['validation']} rows, test {rows['test']} rows (standard error of an accuracy: at most "
         f"±{stderr('validation'):.1f} and ±{stderr('test'):.1f} points).",
         "",
-        "| model | what | validation acc | test acc |",
-        "|---|---|---|---|",
+    ]
+    ranked = [m for m in ("map", "mrr") if m in results]  # with a group column
+    columns = [("accuracy", "acc")] + [(m, m.upper()) for m in ranked]
+    lines += [
+        "| model | what | " + " | ".join(f"{split} {title}" for _, title in columns for split in acc) + " |",
+        "|---|---|" + "---|" * (len(columns) * len(acc)),
     ]
     for name in described:
-        if name in acc["validation"]:
-            lines.append(f"| {name} | {described[name]} | {100 * acc['validation'][name]:.1f} | "
-                         f"{100 * acc['test'][name]:.1f} |")
+        if any(name in results[metric]["validation"] for metric, _ in columns):
+            cells = [results[metric][split].get(name) for metric, _ in columns for split in acc]
+            lines.append(f"| {name} | {described[name]} | "
+                         + " | ".join("–" if v is None else f"{100 * v:.1f}" for v in cells) + " |")
+    if ranked:
+        lines += ["", ranking_note(results)]
     p_values = results["tmkd_vs_labels_only_mcnemar_p"]
     lines += [
         "",
