@@ -1,0 +1,626 @@
+"""Stage 1 at scale (issue 33): TMKD's stage 1 on a large unlabelled pool from other articles, with a strong teacher.
+
+The ablation's stage 1 saw 4,627 pairs (`qnli/unlabeled.tsv`) from the very Wikipedia articles that train, validation
+and test come from. Here stage 1 reads the SQuAD pool (`../shared/data/squad_pool/`: 436,852 question-sentence pairs
+from 442 other articles, 10 shards; the first k shards are a random k/10 of the articles), labelled once by every
+teacher with `label_with_teachers(files, backend=...)` (onnx-int8 by default: 4.7x torch fp32 for MPNet, issue 32),
+one cache per teacher group whose per-file logits (`files/*/logits.npy` + `file.json`) are small enough to commit.
+
+Teachers: the three MiniLM-L6 teachers and MPNet-base of a `bench_mpnet.py` output (`--teachers-from DIR`; train them
+with `bench_mpnet.py --teachers-only`). Stage 2 is bench_mpnet's: the QNLI train split with the same teachers' soft
+labels (its torch cache, reused), the same student (layers 0, 1, 2 of all-MiniLM-L6-v2, mean readout), budgets and
+seeds; the numbers are on QNLI validation and test (accuracy, MAP / MRR per question).
+
+Rows (students; `ROW_RECIPES`): TKD_mpnet (MPNet alone, one head), TMKD_all (all 4 teachers, one head each),
+TMKD_minilm (the 3 MiniLM teachers). Each run is a (row, pool, stage-1 epochs, seed):
+
+| pool | what |
+|---|---|
+| `squadK` | the first K shards of the SQuAD pool (K = 1, 2, 4, 10: about 44k, 88k, 175k, 437k pairs) |
+| `qnli` | `qnli/unlabeled.tsv` (4,627 pairs from the evaluation articles), labelled with the same backend |
+| `squad-nN` | N pairs drawn (seed 0) from the first SQuAD shard: the control at the old pool's size |
+
+Stage 1's length is given per run (`--stage1-epochs`, and its steps are in the table): choose it per pool size on
+validation by running a few and reading the validation column. Long stage 1s save a Trainer checkpoint every
+`--checkpoint-steps` steps, and a killed run resumes from its last checkpoint; every finished run is one JSON file under
+`<output_dir>/runs/`, reused on the next start.
+
+`--table-only` writes `pool_scale.md` and `pool_scale.png` (test accuracy against stage-1 pool pairs, log x, both
+pools, each seed a dot) from the saved runs.
+
+Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_pool_scale.py --threads 2 \\
+          --teachers-from outputs/mpnet-qnli --pools squad1 --stage1-epochs 1 --rows TMKD_all TKD_mpnet --seeds 1 2 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
+
+import bench_ablation as ab  # noqa: E402
+import bench_mpnet as mp  # noqa: E402
+from bench_labelling import DATA_ROOT, RESULTS, code_version, command_line, load_average, machine  # noqa: E402
+
+ROW_RECIPES = {  # teacher subset (mp.MpnetBench.teacher_subsets), heads
+    "TKD_mpnet": ("big", 1),
+    "TMKD_all": ("all", "all"),
+    "TMKD_minilm": ("minilm", "all"),
+}
+PEER_ROWS = {"peer_cls": "cls", "peer_mean": "mean"}  # sentence-transformers CrossEncoderTrainer + MSELoss
+ALL_ROWS = (*ROW_RECIPES, *PEER_ROWS)
+DESCRIPTIONS = {
+    "TKD_mpnet": "stage 1 + stage 2 with the MPNet teacher alone, one head",
+    "TMKD_all": "TMKD, all 4 teachers, one head each",
+    "TMKD_minilm": "TMKD, the 3 MiniLM teachers, one head each",
+    "peer_cls": "peer: CrossEncoder(num_labels=1) ([CLS]), CrossEncoderTrainer, MSE to the 4 teachers' mean margin",
+    "peer_mean": "peer: Transformer -> Pooling(mean) -> Dense(1) CrossEncoder, the same training",
+}
+GROUPS = {"minilm": list(range(mp.NUM_MINILM)), "mpnet": [mp.BIG]}  # teacher groups labelled apart (own tokenizers)
+SUBSET_GROUPS = {"big": ["mpnet"], "minilm": ["minilm"], "all": ["minilm", "mpnet"]}
+POOL_PATTERN = re.compile(r"^(squad(?P<shards>\d+)|qnli|squad-n(?P<rows>\d+))$")
+BAR = 83.2  # issue 33: TMKD within 2 points of the MPNet teacher's 85.2 on QNLI test, mean of 5 seeds, std <= 1.0
+DEFAULT_LABELS_DIR = Path(__file__).resolve().parent / "soft_labels"
+CONTROL_SEED = 0  # which pairs of the first shard make the `squad-nN` control
+
+
+def shard_files(root: Path) -> list[Path]:
+    files = sorted(root.glob("pool-*-of-*.tsv.gz"))
+    if not files:
+        raise SystemExit(f"no SQuAD pool shards (pool-*-of-*.tsv.gz) under {root}; see ../shared/data/README.md")
+    return files
+
+
+def check_pool(name: str, num_shards: int) -> str:
+    match = POOL_PATTERN.match(name)
+    if not match:
+        raise argparse.ArgumentTypeError(f"unknown pool {name!r}: squadK (K shards), qnli, or squad-nN (N pairs)")
+    if match["shards"] and not 1 <= int(match["shards"]) <= num_shards:
+        raise argparse.ArgumentTypeError(f"pool {name}: the SQuAD pool has {num_shards} shards")
+    return name
+
+
+def run_name(row: str, pool: str, epochs: float) -> str:
+    return f"{row}__{pool}__e{epochs:g}"
+
+
+class PoolScaleBench(mp.MpnetBench):
+    """bench_mpnet's teachers, QNLI soft labels and student, with stage 1 on a chosen pool."""
+
+    def __init__(self, args, out: Path, teachers_from: Path):
+        self.teachers_from = teachers_from
+        super().__init__(args, out, str(teachers_from / "teachers" / f"teacher_{mp.BIG}"))
+        self.shards = shard_files(Path(args.pool_dir))
+        self.labels_dir = Path(args.labels_dir)
+        self.pools: dict[tuple[str, str], object] = {}
+        self.labelling_file = self.out / "pool_labelling.json"
+
+    # ----- teachers and the QNLI splits' soft labels: those of the bench_mpnet output -----
+
+    def teachers_home(self) -> Path:
+        return self.teachers_from
+
+    def teachers(self) -> list[str]:
+        dirs = [self.teachers_from / "teachers" / f"teacher_{i}" for i in range(mp.BIG + 1)]
+        missing = [str(d) for d in dirs if not (d / "config.json").is_file()]
+        if missing:
+            raise SystemExit(f"--teachers-from {self.teachers_from}: no trained teacher in {missing}; train them with "
+                             "`python benchmarks/bench_mpnet.py --teachers-only --output_dir "
+                             f"{self.teachers_from}` first")
+        return [str(d) for d in dirs]
+
+    def label(self, teacher_dirs: list[str]) -> None:
+        # the QNLI splits (train for stage 2, validation and test for the numbers) as bench_mpnet labelled them
+        linked = self.out / "labelled"
+        if not linked.exists():
+            linked.symlink_to((self.teachers_from / "labelled").resolve(), target_is_directory=True)
+        self.teacher_dirs = teacher_dirs
+        super().label(teacher_dirs)
+
+    # ----- stage-1 pools, labelled file by file with the pool backend -----
+
+    def pool_files(self, pool: str) -> list[str] | None:
+        match = POOL_PATTERN.match(pool)
+        if pool == "qnli":
+            return None  # qnli/unlabeled.tsv as the ablation reads it
+        if match["shards"]:
+            return [str(f) for f in self.shards[: int(match["shards"])]]
+        return [str(self.shards[0])]
+
+    def labelled_files(self, files: list[str] | None, group: str, name: str):
+        """`files` labelled by the teachers of `group` (None: the QNLI pool as read, row limit included)."""
+        from tmkd_hf import label_with_teachers
+
+        dirs = [self.teacher_dirs[i] for i in GROUPS[group]]
+        start = time.perf_counter()
+        labelled = label_with_teachers(
+            self.raw["pool"] if files is None else files, dirs, text_columns=tuple(self.text_columns),
+            batch_size=self.settings["eval_batch_size"],
+            max_length=self.settings["max_length"], output_dir=str(self.labels_dir / name / group),
+            label_names_order=self.label_names, show_progress=False, backend=self.settings["pool_backend"],
+            onnx_dir=self.teachers_home() / "onnx_teachers",
+        )
+        seconds = round(time.perf_counter() - start, 1)
+        if files is not None:
+            self.record_labelling(name, group, files, seconds)
+        self.log(f"pool {name} ({len(labelled)} pairs, {len(files or [1])} file(s)) labelled by the {group} teachers "
+                 f"({self.settings['pool_backend']}): {seconds:.1f} s in this call")
+        return labelled
+
+    def record_labelling(self, name: str, group: str, files: list[str], seconds: float) -> None:
+        """Each file's labelling seconds as the cache's per-file records say (the first, real measurement)."""
+        folder = self.labels_dir / name / group / "files"
+        record = json.loads(self.labelling_file.read_text()) if self.labelling_file.is_file() else {}
+        for path in files:
+            base = os.path.basename(path)
+            for info in folder.glob(f"{base}-*/file.json"):
+                data = json.loads(info.read_text())
+                record.setdefault(group, {})[base] = {"rows": data["num_rows"], "seconds": data["seconds"],
+                                                      "backend": self.settings["pool_backend"]}
+        ab.write_json(self.labelling_file, record)
+
+    def pool_dataset(self, pool: str, subset: str):
+        """The stage-1 rows of `pool`, tokenized for the student, with the soft labels of teacher subset `subset`."""
+        key = (pool, subset)
+        if key not in self.pools:
+            rows = self.pool_rows(pool, subset)
+            if (pool, "tokens") not in self.pools:  # tokenized once per pool, whatever the teacher subset
+                self.pools[pool, "tokens"] = self.tokenized(rows.remove_columns("teacher_logits"))
+            self.pools[key] = self.pools[pool, "tokens"].add_column("teacher_logits", list(rows["teacher_logits"]))
+        return self.pools[key]
+
+    def pool_rows(self, pool: str, subset: str):
+        """The stage-1 rows of `pool` as text, with the soft labels of teacher subset `subset`."""
+        key = (pool, subset, "text")
+        if key in self.pools:
+            return self.pools[key]
+        name = "qnli_pool" if pool == "qnli" else "squad_pool"
+        files = self.pool_files(pool)
+        parts = {g: self.labelled_files(files, g, name) for g in SUBSET_GROUPS[subset]}
+        first = next(iter(parts.values()))
+        logits = np.concatenate([np.asarray(p.with_format("numpy")["teacher_logits"]) for p in parts.values()], axis=1)
+        rows = first.select_columns(self.text_columns)
+        match = POOL_PATTERN.match(pool)
+        if match["rows"]:  # the control: N pairs drawn from the first shard
+            n = int(match["rows"])
+            if n > len(rows):
+                raise SystemExit(f"pool {pool}: the first shard has only {len(rows)} pairs")
+            picked = np.sort(np.random.default_rng(CONTROL_SEED).choice(len(rows), size=n, replace=False))
+            rows, logits = rows.select(picked), logits[picked]
+        self.pools[key] = rows.add_column("teacher_logits", logits.tolist())
+        return self.pools[key]
+
+    # ----- one run -----
+
+    def training_args(self, name: str, learning_rate: float, epochs: float, seed: int, alpha: float, **extra):
+        args = super().training_args(name, learning_rate, epochs, seed, alpha, **extra)
+        if name.endswith("-stage1") and self.args.checkpoint_steps:  # long stage 1s: resumable
+            from transformers.trainer_utils import SaveStrategy
+
+            args.save_strategy = SaveStrategy.STEPS
+            args.save_steps = self.args.checkpoint_steps
+            args.save_total_limit = 1
+        return args
+
+    def train(self, name: str, model, dataset, tokenizer=None, **kwargs) -> float:
+        from transformers.trainer_utils import get_last_checkpoint
+
+        from tmkd_hf import MultiTeacherDistillationTrainer
+
+        work = self.out / "work" / name
+        resume = get_last_checkpoint(str(work)) if work.is_dir() else None
+        if resume:
+            self.log(f"{name}: resuming from {resume}")
+        start = time.perf_counter()
+        trainer = MultiTeacherDistillationTrainer(model=model, args=self.training_args(name, **kwargs),
+                                                  train_dataset=dataset, processing_class=tokenizer or self.tokenizer)
+        trainer.train(resume_from_checkpoint=resume)
+        seconds = time.perf_counter() - start
+        if resume:  # the time before the crash, as the checkpoint's trainer state counted it
+            seconds += _seconds_before(resume)
+        shutil.rmtree(work, ignore_errors=True)
+        return round(seconds, 1)
+
+    def pool_run(self, row: str, pool: str, epochs: float, seed: int) -> None:
+        from transformers import set_seed
+
+        from tmkd_hf import MultiHeadStudent, student_from_teacher_layers
+
+        subset, heads = ROW_RECIPES[row]
+        s, seconds = self.settings, {}
+        name = run_name(row, pool, epochs)
+        pool_set = self.pool_dataset(pool, subset)
+        start = time.perf_counter()
+        set_seed(seed)
+        student = student_from_teacher_layers(self.backbone, layers=s["student_layers"], **self.model_kwargs)
+        num_heads = len(pool_set[0]["teacher_logits"]) if heads == "all" else 1
+        student = MultiHeadStudent(student, num_heads=num_heads, readout=s["readout"])
+        seconds["stage1"] = self.train(f"{name}-seed{seed}-stage1", student, pool_set, seed=seed, alpha=1.0,
+                                       learning_rate=s["stage1_learning_rate"], epochs=epochs)
+        seconds["stage2"] = self.train(f"{name}-seed{seed}-stage2", student, self.train_sets[subset], seed=seed,
+                                       alpha=s["alpha"], learning_rate=s["stage2_learning_rate"],
+                                       epochs=s["stage2_epochs"])
+        model = student.merge_heads()
+        t0 = time.perf_counter()
+        metrics = {sp: self.metrics(sp, self.pipeline.predict_logits(model, self.tokenizer, self.features[sp],
+                                                                      s["eval_batch_size"]))
+                   for sp in self.eval_splits}
+        seconds["evaluation"] = round(time.perf_counter() - t0, 1)
+        seconds["total"] = round(time.perf_counter() - start, 1)
+        steps = math.ceil(len(pool_set) / s["batch_size"]) * epochs
+        self.save_run(name, seed, metrics, seconds, base_row=row, pool=pool, stage1_rows=len(pool_set),
+                      stage1_epochs=epochs, stage1_steps=round(steps), num_heads=num_heads,
+                      stage2_rows=len(self.train_sets[subset]), load=load_average())
+        self.log(f"{name} seed {seed}: " + ", ".join(f"{sp} acc {m['accuracy']:.4f}" for sp, m in metrics.items())
+                 + f" ({seconds['total']} s; stage 1 {seconds['stage1']} s)")
+
+    def peer_run(self, row: str, pool: str, epochs: float, seed: int) -> None:
+        """The peer row: our student's layers as a sentence-transformers CrossEncoder, distilled by
+        `CrossEncoderTrainer` + `MSELoss` to the 4 teachers' mean logit margin in the same two stages."""
+        import peer_crossencoder as peer
+
+        s = self.settings
+        kind = PEER_ROWS[row]
+        learning_rate = self.peer_learning_rate(kind)
+        config = peer.PeerConfig(kind=kind, layers=tuple(s["student_layers"]), learning_rate=learning_rate,
+                                 stage1_epochs=epochs, stage2_epochs=s["stage2_epochs"], batch_size=s["batch_size"],
+                                 warmup_steps=s["warmup_steps"], weight_decay=s["weight_decay"],
+                                 max_length=s["max_length"], seed=seed, positive=self.label2id[ab.POSITIVE],
+                                 eval_batch_size=s["eval_batch_size"])
+        pool_rows = self.pool_rows(pool, "all")
+        result = peer.run_peer(self.backbone, pool=pool_rows, train=self.labelled["train"],
+                               eval_sets={sp: self.raw[sp] for sp in self.eval_splits},
+                               text_columns=self.text_columns, config=config, out_dir=self.out / "peer",
+                               name=f"{run_name(row, pool, epochs)}__seed{seed}",
+                               group_column=self.files["group_column"], log=self.log)
+        steps = math.ceil(len(pool_rows) / s["batch_size"]) * epochs
+        self.save_run(run_name(row, pool, epochs), seed, result["metrics"], result["seconds"], base_row=row, pool=pool,
+                      stage1_rows=len(pool_rows), stage1_epochs=epochs, stage1_steps=round(steps), num_heads=0,
+                      stage2_rows=len(self.labelled["train"]), peer_learning_rate=learning_rate, load=load_average())
+
+    def peer_learning_rate(self, kind: str) -> float:
+        """`--peer-learning-rate`, else the one `--tune-peer` chose on validation (tuning_<kind>.json)."""
+        if self.args.peer_learning_rate:
+            return self.args.peer_learning_rate
+        tuned = self.out / "peer" / f"tuning_{kind}.json"
+        if not tuned.is_file():
+            raise SystemExit(f"peer_{kind}: no learning rate; choose it on validation with --tune-peer first, or "
+                             "give --peer-learning-rate")
+        return json.loads(tuned.read_text())["learning_rate"]
+
+    def tune_peer(self, kinds: list[str], pool: str, epochs: float, seed: int) -> None:
+        """The peer's tuning budget: its learning rate chosen on validation accuracy (seed `seed`, `pool`)."""
+        import peer_crossencoder as peer
+
+        s = self.settings
+        for kind in kinds:
+            if (self.out / "peer" / f"tuning_{kind}.json").is_file():
+                continue
+            config = peer.PeerConfig(kind=kind, layers=tuple(s["student_layers"]), stage1_epochs=epochs,
+                                     stage2_epochs=s["stage2_epochs"], batch_size=s["batch_size"],
+                                     warmup_steps=s["warmup_steps"], weight_decay=s["weight_decay"],
+                                     max_length=s["max_length"], seed=seed, positive=self.label2id[ab.POSITIVE],
+                                     eval_batch_size=s["eval_batch_size"])
+            chosen = peer.tune_peer(self.backbone, pool=self.pool_rows(pool, "all"), train=self.labelled["train"],
+                                    eval_sets={sp: self.raw[sp] for sp in self.eval_splits},
+                                    text_columns=self.text_columns, config=config, out_dir=self.out / "peer",
+                                    learning_rates=self.args.peer_grid, group_column=self.files["group_column"],
+                                    log=self.log)
+            self.log(f"peer_{kind}: learning rate {chosen['learning_rate']:g} chosen on validation ({pool}, "
+                     f"{epochs:g} stage-1 epoch(s), seed {seed})")
+
+    def run_pools(self, rows: list[str], pools: list[str], epochs: list[float], seeds: list[int]) -> None:
+        for pool in pools:
+            for e in epochs:
+                for seed in seeds:
+                    for row in rows:
+                        path = ab.run_file(self.out, run_name(row, pool, e), seed)
+                        if path.is_file():
+                            self.log(f"skip {path.stem}: done")
+                            continue
+                        self.log(f"start {path.stem}")
+                        (self.peer_run if row in PEER_ROWS else self.pool_run)(row, pool, e, seed)
+                        self.newly_finished += 1
+                        if self.args.stop_after and self.newly_finished >= self.args.stop_after:
+                            raise ab.StopRequested(f"stopped after {self.newly_finished} new run(s) (--stop-after)")
+
+
+def _seconds_before(checkpoint: str) -> float:
+    state = Path(checkpoint) / "trainer_state.json"
+    if not state.is_file():
+        return 0.0
+    logged = json.loads(state.read_text()).get("log_history", [])
+    return float(next((h["train_runtime"] for h in reversed(logged) if "train_runtime" in h), 0.0))
+
+
+# ----- the table and the picture, from the saved runs only -----
+
+
+def student_runs(out: Path) -> dict[tuple[str, str, float], list[dict]]:
+    groups: dict[tuple[str, str, float], list[dict]] = {}
+    for row_runs in ab.load_runs(out).values():
+        for run in row_runs:
+            if "pool" in run:
+                groups.setdefault((run["base_row"], run["pool"], run["stage1_epochs"]), []).append(run)
+    return groups
+
+
+def _acc(runs: list[dict], split: str = "test", key: str = "accuracy") -> list[float]:
+    return [100 * r["metrics"][split][key] for r in sorted(runs, key=lambda r: r["seed"]) if split in r["metrics"]]
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "–"
+    return f"{statistics.mean(values):.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
+
+
+def _difference(a: list[float], b: list[float]) -> str:
+    se = math.sqrt(sum(statistics.variance(x) / len(x) for x in (a, b) if len(x) > 1))
+    return f"{statistics.mean(a) - statistics.mean(b):+.1f} ± {se:.1f}"
+
+
+def _pool_order(pool: str) -> tuple:
+    match = POOL_PATTERN.match(pool)
+    return (0, 0) if pool == "qnli" else (1, int(match["rows"])) if match["rows"] else (2, int(match["shards"]))
+
+
+def build_table(out: Path) -> str:
+    runs = ab.load_runs(out)
+    groups = student_runs(out)
+    if not runs:
+        return f"No finished runs in {out / 'runs'}."
+    settings = next(iter(runs.values()))[0]["settings"]
+    lines = [f"Stage 1 on the pool named in each row, labelled by the teachers with {settings['pool_backend']}; "
+             "stage 2 on qnli/train.tsv as bench_mpnet.py (its torch soft labels); student layers "
+             f"{settings['student_layers']} of {settings['backbone']}, readout {settings['readout']}; stage 1 lr "
+             f"{settings['stage1_learning_rate']:g}, stage 2 {settings['stage2_epochs']:g} epochs, lr "
+             f"{settings['stage2_learning_rate']:g}, alpha {settings['alpha']:g}, T {settings['temperature']:g}, "
+             f"batch {settings['batch_size']}. Pools: squadK = the first K shards of squad_pool (other articles); "
+             "qnli = qnli/unlabeled.tsv (the evaluation articles); squad-nN = N pairs drawn from the first shard. "
+             "Students: mean ± sample std over seeds.", "",
+             "| row | pool | pool pairs | stage-1 epochs | stage-1 steps | runs (seeds) | validation acc | test acc | "
+             "test MAP | test acc by seed | min per run |", "|" + "---|" * 11]
+    refs = [r for r in ("majority", *sorted(r for r in runs if r.startswith("teacher_")), "ensemble_minilm",
+                        "ensemble", "ensemble_weighted") if r in runs]
+    names = {f"teacher_{i}": f"MiniLM-L6 teacher {i}" for i in range(mp.NUM_MINILM)}
+    names[f"teacher_{mp.BIG}"] = "MPNet-base teacher"
+    for ref in refs:
+        r = runs[ref][0]["metrics"]
+        lines.append(f"| {names.get(ref, ref)} | – | – | – | – | 1 | {100 * r['validation']['accuracy']:.1f} | "
+                     f"{100 * r['test']['accuracy']:.1f} | "
+                     + (f"{100 * r['test']['map']:.1f}" if "map" in r["test"] else "–") + " | – | – |")
+    for (row, pool, epochs), g in sorted(groups.items(), key=lambda kv: (kv[0][0], _pool_order(kv[0][1]), kv[0][2])):
+        seeds = sorted(r["seed"] for r in g)
+        minutes = statistics.mean(r["seconds"]["total"] for r in g) / 60
+        lines.append(f"| {row} | {pool} | {g[0]['stage1_rows']:,} | {epochs:g} | {g[0]['stage1_steps']:,} | "
+                     f"{len(g)} ({', '.join(map(str, seeds))}) | {_mean_std(_acc(g, 'validation'))} | "
+                     f"{_mean_std(_acc(g))} | {_mean_std(_acc(g, 'test', 'map'))} | "
+                     f"{', '.join(f'{x:.1f}' for x in _acc(g))} | {minutes:.0f} |")
+    # the comparisons the issue asks for, wherever both sides ran
+    diffs = []
+    keys = sorted({(p, e) for (_, p, e) in groups}, key=lambda k: (_pool_order(k[0]), k[1]))
+    for pool, e in keys:
+        a, b = groups.get(("TMKD_all", pool, e)), groups.get(("TKD_mpnet", pool, e))
+        if a and b:
+            diffs.append(f"| TMKD_all − TKD_mpnet | {pool}, {e:g} epoch(s) | {_difference(_acc(a), _acc(b))} | "
+                         f"{len(a)} | {len(b)} |")
+        for peer_row in PEER_ROWS:
+            q = groups.get((peer_row, pool, e))
+            if a and q:
+                diffs.append(f"| TMKD_all − {peer_row} | {pool}, {e:g} epoch(s) | {_difference(_acc(a), _acc(q))} | "
+                             f"{len(a)} | {len(q)} |")
+        m = groups.get(("TMKD_minilm", pool, e))
+        if m and "ensemble_minilm" in runs:
+            ens = [100 * runs["ensemble_minilm"][0]["metrics"]["test"]["accuracy"]]
+            diffs.append(f"| TMKD_minilm − ensemble_minilm | {pool}, {e:g} epoch(s) | {_difference(_acc(m), ens)} | "
+                         f"{len(m)} | 1 |")
+    for row in ALL_ROWS:
+        for e in sorted({k[1] for k in keys}):
+            old = groups.get((row, "qnli", e))
+            for (r, pool, e2), new in groups.items():
+                if r == row and e2 == e and pool.startswith("squad-n") and old:
+                    diffs.append(f"| {row}: {pool} − qnli (control, equal size) | {e:g} epoch(s) | "
+                                 f"{_difference(_acc(new), _acc(old))} | {len(new)} | {len(old)} |")
+    if diffs:
+        lines += ["", "Differences of mean test accuracy (points) ± standard error (sqrt(s_a^2/n_a + s_b^2/n_b)):", "",
+                  "| a − b | where | difference | a runs | b runs |", "|---|---|---|---|---|", *diffs]
+    bar = []
+    for (row, pool, e), g in groups.items():
+        if row.startswith("TMKD") and len(g) >= 5:
+            acc = _acc(g)
+            ok = statistics.mean(acc) >= BAR and statistics.stdev(acc) <= 1.0
+            bar.append(f"- {row} on {pool}, {e:g} epoch(s): {_mean_std(acc)} over {len(g)} seeds: "
+                       f"{'meets' if ok else 'misses'} the bar ({BAR} test, std <= 1.0)"
+                       + ("" if ok else f" by {BAR - statistics.mean(acc):.1f} points") + ".")
+    if bar:
+        lines += ["", *bar]
+    labelling = out / "pool_labelling.json"
+    if labelling.is_file():
+        cost = json.loads(labelling.read_text())
+        lines += ["", "Labelling the pool (seconds per file, as each file's cache recorded it when it was labelled):",
+                  "", "| teachers | files | pairs | seconds | pairs/s | backend |", "|---|---|---|---|---|---|"]
+        for group, files in cost.items():
+            rows = sum(f["rows"] for f in files.values())
+            secs = sum(f["seconds"] for f in files.values())
+            backends = sorted({f["backend"] for f in files.values()})
+            lines.append(f"| {group} ({len(GROUPS[group])}) | {len(files)} | {rows:,} | {secs:.0f} | "
+                         f"{rows / secs:.0f} | {', '.join(backends)} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_plot(out: Path) -> Path | None:
+    """Test accuracy against stage-1 pool pairs (log x): each seed a dot, the mean per (row, pool) joined along the
+    SQuAD pool, the old in-article pool as hollow markers; the MPNet teacher, the ensembles and the bar as lines."""
+    from tmkd_hf.plots import MatplotlibMissing, _figure, _save
+
+    groups = student_runs(out)
+    if not groups:
+        return None
+    try:
+        figure = _figure(7.0, 4.5)
+    except MatplotlibMissing as missing:
+        print(f"[pool-scale] warning: {missing}", flush=True)
+        return None
+    runs = ab.load_runs(out)
+    ax = figure.add_subplot()
+    colours = {"TMKD_all": "tab:green", "TKD_mpnet": "tab:blue", "TMKD_minilm": "tab:orange", "peer_cls": "tab:grey",
+               "peer_mean": "tab:purple"}
+    for row, colour in colours.items():
+        by_epochs: dict[float, list] = {}
+        for (r, pool, e), g in groups.items():
+            if r == row:
+                by_epochs.setdefault(e, []).append((pool, g))
+        for e, items in by_epochs.items():
+            line_x, line_y = [], []
+            for pool, g in sorted(items, key=lambda it: it[1][0]["stage1_rows"]):
+                x, acc = g[0]["stage1_rows"], _acc(g)
+                hollow = pool == "qnli"
+                ax.scatter([x] * len(acc), acc, s=14, color=colour, alpha=0.5,
+                           facecolors="none" if hollow else colour, zorder=3)
+                if not hollow:
+                    line_x.append(x)
+                    line_y.append(statistics.mean(acc))
+            if line_x:
+                ax.plot(line_x, line_y, "o-", color=colour, label=f"{row}, stage 1 {e:g} epoch(s), mean", zorder=4)
+    for ref, style, label in ((f"teacher_{mp.BIG}", "--", "MPNet-base teacher"),
+                              ("ensemble_minilm", ":", "MiniLM ensemble")):
+        if ref in runs:
+            ax.axhline(100 * runs[ref][0]["metrics"]["test"]["accuracy"], linestyle=style, color="grey", label=label)
+    ax.axhline(BAR, linestyle="-.", color="tab:red", label=f"bar {BAR}")
+    ax.set_xscale("log")
+    ax.set_xlabel("stage-1 pool pairs (log; hollow: qnli/unlabeled.tsv, the evaluation articles)")
+    ax.set_ylabel("QNLI test accuracy (%)")
+    ax.set_title("TMKD stage 1 at scale: the SQuAD pool from other articles")
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    path = out / "pool_scale.png"
+    _save(figure, [path])
+    return path
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--output_dir", "--output-dir", default=str(ab.REPO / "outputs" / "pool-scale"))
+    parser.add_argument("--teachers-from", "--teachers_from", type=Path, default=ab.REPO / "outputs" / "mpnet-qnli",
+                        help="a bench_mpnet.py output_dir with its 4 trained teachers (bench_mpnet.py --teachers-only)")
+    parser.add_argument("--pool-dir", "--pool_dir", default=str(DATA_ROOT / "squad_pool"))
+    parser.add_argument("--labels-dir", "--labels_dir", default=str(DEFAULT_LABELS_DIR),
+                        help="where the pools' soft labels are kept, per teacher group (per-file logits: commit them)")
+    parser.add_argument("--pool-backend", "--pool_backend", default="onnx-int8",
+                        help="how the teachers label the stage-1 pools (label_with_teachers(backend=...))")
+    parser.add_argument("--pools", nargs="+", default=["squad1"], help="squadK, qnli, squad-nN (see above)")
+    parser.add_argument("--stage1-epochs", "--stage1_epochs", dest="pool_stage1_epochs", type=float, nargs="+",
+                        default=[1.0], help="stage 1's epochs (each value: its own runs)")
+    parser.add_argument("--rows", nargs="+", default=list(ROW_RECIPES), choices=list(ALL_ROWS))
+    parser.add_argument("--tune-peer", "--tune_peer", action="store_true",
+                        help="choose each requested peer row's learning rate on validation (first pool and stage-1 "
+                             "epochs, first seed) before the runs")
+    parser.add_argument("--peer-grid", "--peer_grid", type=float, nargs="+", default=[5e-5, 1e-4, 2e-4, 4e-4])
+    parser.add_argument("--peer-learning-rate", "--peer_learning_rate", type=float,
+                        help="the peer rows' learning rate (default: what --tune-peer chose)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--checkpoint-steps", type=int, default=1000,
+                        help="save stage 1 every N steps (resumable); 0: never")
+    parser.add_argument("--label-only", action="store_true", help="label the pools and stop")
+    parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--max-train-rows", type=int, help="quick check: first N train rows")
+    parser.add_argument("--max-eval-rows", type=int, help="quick check: first N validation/test rows")
+    parser.add_argument("--epochs-scale", type=float, default=1.0,
+                        help="quick check: as the --teachers-from run was made (multiplies stage 2's epochs)")
+    parser.add_argument("--backbone", help="the student's model dir (default: all-MiniLM-L6-v2)")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--stop-after", type=int, help="stop (exit code 3) after N newly finished runs")
+    parser.add_argument("--no-record", action="store_true", help=f"do not append the table to {RESULTS.name}")
+    args = parser.parse_args(argv)
+    out = Path(args.output_dir)
+    if args.table_only:
+        table = build_table(out)
+        print(table)
+        if out.is_dir():
+            (out / "pool_scale.md").write_text(table)
+            write_plot(out)
+        return 0
+    num_shards = len(shard_files(Path(args.pool_dir)))
+    try:
+        args.pools = [check_pool(p, num_shards) for p in args.pools]
+    except argparse.ArgumentTypeError as error:
+        parser.error(str(error))
+    teachers_from = Path(args.teachers_from)
+    saved = teachers_from / "settings.json"
+    if not saved.is_file():
+        raise SystemExit(f"--teachers-from {teachers_from}: no settings.json (not a bench_mpnet.py output_dir)")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+    import datasets
+    import transformers
+
+    datasets.disable_progress_bars()
+    transformers.logging.set_verbosity_error()
+    transformers.logging.disable_progress_bar()
+    # bench_mpnet's settings, as its teachers and QNLI soft labels were made; stage 1's length is per run here
+    theirs = json.loads(saved.read_text())
+    args.rte, args.max_unlabeled_rows = False, theirs.get("max_unlabeled_rows")
+    args.student_layers = args.batch_size = args.max_length = args.readout = None
+    args.teacher_aggregation = "mean_logits"
+    args.big_teacher_name = theirs["big_teacher"]
+    args.big_teacher_epochs = theirs["big_teacher_epochs"] / args.epochs_scale  # settings_of scales it again
+    args.big_teacher_learning_rate = theirs["big_teacher_learning_rate"]
+    args.big_teacher_seed, args.big_teacher_readout = theirs["big_teacher_seed"], theirs["big_teacher_readout"]
+    ours = mp.settings_of(args)
+    different = {k: (theirs.get(k), ours.get(k)) for k in set(theirs) | set(ours)
+                 if theirs.get(k) != ours.get(k) and k != "stage1_epochs"}
+    if different:
+        raise SystemExit(f"--teachers-from {teachers_from}: made with other settings ({different}: theirs, here)")
+    settings = {k: v for k, v in ours.items() if k not in ("stage1_epochs", "max_unlabeled_rows")}
+    settings.update(pool_backend=args.pool_backend, teachers_from=str(teachers_from))
+    ab.check_or_save_settings(out, settings)
+    command = command_line(__file__, argv)
+    started = time.perf_counter()
+    bench = PoolScaleBench(args, out, teachers_from)
+    bench.settings = settings
+    bench.log(f"output_dir {out}; teachers from {teachers_from}; pools {args.pools}; {torch.get_num_threads()} "
+              f"torch threads; load {load_average()}")
+    bench.label(bench.teachers())
+    if args.label_only:
+        for pool in args.pools:
+            for subset in sorted({ROW_RECIPES[r][0] if r in ROW_RECIPES else "all" for r in args.rows}):
+                bench.pool_dataset(pool, subset)
+        return 0
+    if args.tune_peer:
+        bench.tune_peer([PEER_ROWS[r] for r in args.rows if r in PEER_ROWS], args.pools[0],
+                        args.pool_stage1_epochs[0], args.seeds[0])
+    try:
+        bench.run_pools(args.rows, args.pools, args.pool_stage1_epochs, args.seeds)
+    except ab.StopRequested as stop:
+        bench.log(str(stop))
+        return 3
+    table = build_table(out)
+    (out / "pool_scale.md").write_text(table)
+    write_plot(out)
+    bench.log(f"finished in {time.perf_counter() - started:.0f} s\n\n{table}")
+    if not args.no_record:
+        with RESULTS.open("a") as f:
+            f.write("\n".join([f"## {time.strftime('%Y-%m-%d %H:%M %Z')} — stage 1 at scale (bench_pool_scale.py)",
+                               "", f"- machine: {machine()}", f"- command: `{command}` (resumable: finished runs "
+                               "reused)", f"- code: tmkd_hf at {code_version()}", "", table]) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

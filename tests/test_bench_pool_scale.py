@@ -1,0 +1,142 @@
+"""bench_pool_scale.py on tiny stand-ins: bench_mpnet's tiny teachers (made by `bench_mpnet.py --teachers-only`), a
+tiny sharded pool of real QNLI pairs as gzipped TSV shards, every pool kind (K shards, the old in-article pool, the
+equal-size control), a stage 1 killed mid-way and resumed from its checkpoint with the numbers of an uninterrupted
+run, and the table and picture from the saved runs."""
+
+from __future__ import annotations
+
+import csv
+import gzip
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from test_bench_mpnet import DATA, REPO, TINY, stand_ins  # noqa: F401  (the fixture)
+
+pytestmark = [
+    pytest.mark.slow,  # ~2 min: tiny teachers, then a dozen tiny students
+    pytest.mark.skipif(not (DATA / "qnli" / "train.tsv").is_file(), reason=f"QNLI TSVs not found under {DATA}"),
+]
+
+
+def load_bench():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    spec = importlib.util.spec_from_file_location("bench_pool_scale", REPO / "benchmarks" / "bench_pool_scale.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory, stand_ins):  # noqa: F811
+    out = tmp_path_factory.mktemp("mpnet") / "mpnet"
+    small, big = stand_ins
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_mpnet.py"), "--output_dir", str(out),
+                           "--backbone", small, "--mpnet_dir", big, *TINY, "--teachers-only", "--no-costs"],
+                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Two gzipped shards with the squad_pool columns, rows taken from qnli/unlabeled.tsv."""
+    root = tmp_path_factory.mktemp("pool")
+    with open(DATA / "qnli" / "unlabeled.tsv", newline="") as f:
+        rows = list(csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE))[:40]
+    for k, part in enumerate((rows[:24], rows[24:])):
+        with gzip.open(root / f"pool-{k:02d}-of-02.tsv.gz", "wt") as f:
+            f.write("idx\tquestion\tsentence\ttitle\toverlap\n")
+            for r in part:
+                f.write(f"{r['idx']}\t{r['question']}\t{r['sentence']}\tT\t1\n")
+    return root
+
+
+def arguments(out: Path, teachers: Path, shards: Path, labels: Path, small: str, *extra: str) -> list[str]:
+    return ["--output_dir", str(out), "--teachers-from", str(teachers), "--pool-dir", str(shards),
+            "--labels-dir", str(labels), "--pool-backend", "torch", "--backbone", small, "--max-train-rows", "32",
+            "--max-eval-rows", "40", "--epochs-scale", "0.5", "--threads", "1", "--no-record", *extra]
+
+
+def test_pools_resume_table_and_plot(tmp_path, teachers, shards, stand_ins, monkeypatch):  # noqa: F811
+    bench = load_bench()
+    from tmkd_hf import MultiTeacherDistillationTrainer
+
+    small = stand_ins[0]
+    labels = tmp_path / "labels"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    common = ("--rows", "TMKD_all", "TKD_mpnet", "--seeds", "1", "--stage1-epochs", "2", "--checkpoint-steps", "1")
+
+    # every pool kind, uninterrupted
+    done = tmp_path / "done"
+    assert bench.main(arguments(done, teachers, shards, labels, small, "--pools", "squad1", "squad2", "qnli",
+                                "squad-n8", *common)) == 0
+    # the peer (sentence-transformers CrossEncoderTrainer), its learning rate chosen on validation first
+    assert bench.main(arguments(done, teachers, shards, labels, small, "--pools", "squad1", "--rows", "peer_mean",
+                                "--seeds", "1", "--stage1-epochs", "2", "--tune-peer", "--peer-grid", "1e-4",
+                                "4e-4")) == 0
+    tuning = json.loads((done / "peer" / "tuning_mean.json").read_text())
+    peer_run = json.loads((done / "runs" / "peer_mean__squad1__e2__seed1.json").read_text())
+    assert peer_run["peer_learning_rate"] == tuning["learning_rate"] in (1e-4, 4e-4)
+    assert peer_run["stage1_rows"] == 24 and "map" in peer_run["metrics"]["test"]
+    runs = {p.stem: json.loads(p.read_text()) for p in (done / "runs").glob("*__e2__seed1.json")}
+    assert {r["stage1_rows"] for r in runs.values()} == {24, 40, 8, 32}  # squad1, squad2, squad-n8, qnli (32 rows)
+    tmkd = runs["TMKD_all__squad2__e2__seed1"]
+    assert tmkd["num_heads"] == 4 and tmkd["stage1_steps"] == 2 * 3  # 40 rows, batch 16: 3 steps per epoch
+    assert runs["TKD_mpnet__squad1__e2__seed1"]["num_heads"] == 1
+    # one cache per teacher group, one folder of logits per shard, reused across pool sizes
+    for group, teachers_in_group in (("minilm", 3), ("mpnet", 1)):
+        folders = sorted((labels / "squad_pool" / group / "files").iterdir())
+        assert [f.name.split("-")[1] for f in folders] == ["00", "01"]
+        logits = __import__("numpy").load(folders[0] / "logits.npy")
+        assert logits.shape == (24, teachers_in_group, 2)
+    cost = json.loads((done / "pool_labelling.json").read_text())
+    assert set(cost["minilm"]) == {"pool-00-of-02.tsv.gz", "pool-01-of-02.tsv.gz"}
+
+    # a stage 1 killed after two steps resumes from its checkpoint and ends with the same numbers
+    original = MultiTeacherDistillationTrainer.training_step
+    calls = {"n": 0}
+
+    def crashing_step(self, *args, **kwargs):
+        if "stage1" in self.args.output_dir:
+            calls["n"] += 1
+            if calls["n"] == 3:
+                raise RuntimeError("simulated crash")
+        return original(self, *args, **kwargs)
+
+    crashed = tmp_path / "crashed"
+    one = arguments(crashed, teachers, shards, labels, small, "--pools", "squad2", "--rows", "TMKD_all", "--seeds",
+                    "1", "--stage1-epochs", "2", "--checkpoint-steps", "1")
+    monkeypatch.setattr(MultiTeacherDistillationTrainer, "training_step", crashing_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        bench.main(one)
+    monkeypatch.setattr(MultiTeacherDistillationTrainer, "training_step", original)
+    checkpoints = list((crashed / "work").glob("*stage1/checkpoint-*"))
+    assert [c.name for c in checkpoints] == ["checkpoint-2"]
+    assert bench.main(one) == 0
+    resumed = json.loads((crashed / "runs" / "TMKD_all__squad2__e2__seed1.json").read_text())
+    assert resumed["metrics"] == tmkd["metrics"]
+    assert not (crashed / "work").exists() or not list((crashed / "work").iterdir())
+
+    # the table and the picture from the saved runs
+    assert bench.main(["--output_dir", str(done), "--table-only"]) == 0
+    table = (done / "pool_scale.md").read_text()
+    for needle in ("| TMKD_all | squad2 | 40 | 2 | 6 | 1 (1) |", "| TKD_mpnet | qnli | 32 |", "MPNet-base teacher",
+                   "TMKD_all − TKD_mpnet", "TMKD_all − peer_mean | squad1",
+                   "Labelling the pool", "TMKD_all: squad-n8 − qnli (control, equal size)"):
+        assert needle in table, (needle, table)
+    assert (done / "pool_scale.png").stat().st_size > 10_000
+
+
+def test_bad_pool_names_and_missing_teachers(tmp_path, shards, stand_ins):  # noqa: F811
+    bench = load_bench()
+    with pytest.raises(SystemExit):
+        bench.main(["--output_dir", str(tmp_path / "x"), "--pool-dir", str(shards), "--pools", "squad3"])
+    with pytest.raises(SystemExit, match="not a bench_mpnet.py output_dir"):
+        bench.main(["--output_dir", str(tmp_path / "x"), "--pool-dir", str(shards), "--teachers-from",
+                    str(tmp_path / "nothing"), "--pools", "squad1"])
