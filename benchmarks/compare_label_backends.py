@@ -34,13 +34,25 @@ def backend_of(out: Path) -> str:
     return json.loads((out / "settings.json").read_text()).get("teacher_backend", "torch")
 
 
-def load_logits(out: Path, split: str) -> np.ndarray | None:
+def load_labelled(out: Path, split: str):
     from datasets import load_from_disk
 
     folder = out / "labelled" / split
-    if not folder.is_dir():
+    return load_from_disk(str(folder)) if folder.is_dir() else None
+
+
+def load_logits(out: Path, split: str) -> np.ndarray | None:
+    labelled = load_labelled(out, split)
+    if labelled is None:
         return None
-    return np.asarray(load_from_disk(str(folder)).with_format("numpy")["teacher_logits"], dtype=np.float64)
+    return np.asarray(labelled.with_format("numpy")["teacher_logits"], dtype=np.float64)
+
+
+def teacher_accuracies(logits: np.ndarray, labels: np.ndarray) -> list[float]:
+    """Each teacher's accuracy, then the ensemble's (mean of the teachers' probabilities)."""
+    probs = np.exp(logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True))
+    each = [float((logits[:, t].argmax(-1) == labels).mean()) for t in range(logits.shape[1])]
+    return each + [float((probs.mean(1).argmax(-1) == labels).mean())]
 
 
 def label_agreement(a: np.ndarray, b: np.ndarray, temperature: float) -> dict:
@@ -79,6 +91,19 @@ def compare(a_dir: Path, b_dir: Path, rows: list[str]) -> str:
         m = label_agreement(a, b, settings["temperature"])
         lines.append(f"| {split} | {m['rows']:,} | {m['teachers']} | {m['max_abs']:.4f} | {m['mean_abs']:.4f} | "
                      f"{100 * m['argmax_agreement']:.2f} % | {m['mean_kl']:.2e} |")
+    graded = [sp for sp in ("validation", "test") if load_labelled(a_dir, sp) is not None
+              and "label" in load_labelled(a_dir, sp).column_names and load_logits(b_dir, sp) is not None]
+    if graded:
+        labelled = {sp: load_labelled(a_dir, sp) for sp in graded}
+        num_teachers = load_logits(a_dir, graded[0]).shape[1]
+        names = [f"teacher_{t}" for t in range(num_teachers)] + ["ensemble"]
+        lines += ["", "The teachers' own accuracy with each backend's logits:", "",
+                  "| split | backend | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
+        for sp in graded:
+            labels = np.asarray(labelled[sp]["label"])
+            for name, out in ((a_name, a_dir), (b_name, b_dir)):
+                accs = teacher_accuracies(load_logits(out, sp), labels)
+                lines.append(f"| {sp} | {name} | " + " | ".join(f"{100 * x:.1f}" for x in accs) + " |")
     for row in rows:
         ra, rb = runs_by_seed(a_dir, row), runs_by_seed(b_dir, row)
         seeds = sorted(set(ra) & set(rb))

@@ -28,6 +28,7 @@ def make_ablation(out: Path, backend: str, logits: np.ndarray, test_acc: list[fl
     (out / "runs").mkdir(parents=True)
     (out / "settings.json").write_text(json.dumps(settings))
     Dataset.from_dict({"teacher_logits": logits.tolist()}).save_to_disk(str(out / "labelled" / "train"))
+    Dataset.from_dict({"label": [0, 1], "teacher_logits": logits.tolist()}).save_to_disk(str(out / "labelled" / "test"))
     for seed, (t, v) in enumerate(zip(test_acc, val_acc), start=1):
         run = {"row": "TMKD", "seed": seed, "metrics": {"test": {"accuracy": t}, "validation": {"accuracy": v}}}
         (out / "runs" / f"TMKD__seed{seed}.json").write_text(json.dumps(run))
@@ -54,6 +55,10 @@ def test_label_agreement_and_paired_differences(tmp_path):
     # test differences +1, 0, -1: mean 0, sd 1, paired SE 1/sqrt(3)
     assert f"paired +0.00 ± {1 / math.sqrt(3):.2f} (SE)" in table
     assert "onnx-int8 − torch" in table
+    # the teachers' accuracy on test (labels 0, 1): fp32 teacher 1 says 0 (0.5 > 0.0) then 1 (0.1 > 0.0): 100 %;
+    # int8 teacher 1 says 0 then 0: 50 %; the ensembles agree with the labels in both
+    assert "| test | torch | 100.0 | 100.0 | 100.0 |" in table
+    assert "| test | onnx-int8 | 100.0 | 50.0 | 100.0 |" in table
 
 
 def test_refuses_a_dir_that_is_not_an_ablation(tmp_path):
