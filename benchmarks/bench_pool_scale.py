@@ -3,7 +3,8 @@
 The ablation's stage 1 saw 4,627 pairs (`qnli/unlabeled.tsv`) from the very Wikipedia articles that train, validation
 and test come from. Here stage 1 reads the SQuAD pool (`../shared/data/squad_pool/`: 436,852 question-sentence pairs
 from 442 other articles, 10 shards; the first k shards are a random k/10 of the articles), labelled once by every
-teacher with `label_with_teachers(files, backend=...)` (onnx-int8 by default: 4.7x torch fp32 for MPNet, issue 32),
+teacher with `label_with_teachers(files, backend=...)` (onnx-int8-ffn-fp32 by default: int8 with the feed-forward
+output layers in fp32; plain int8 cost the MiniLM teachers 0.6-1.1 test points and their students 0.8, issue 32),
 one cache per teacher group whose per-file logits (`files/*/logits.npy` + `file.json`) are small enough to commit.
 
 Teachers: the three MiniLM-L6 teachers and MPNet-base of a `bench_mpnet.py` output (`--teachers-from DIR`; train them
@@ -520,7 +521,7 @@ def main(argv=None) -> int:
     parser.add_argument("--pool-dir", "--pool_dir", default=str(DATA_ROOT / "squad_pool"))
     parser.add_argument("--labels-dir", "--labels_dir", default=str(DEFAULT_LABELS_DIR),
                         help="where the pools' soft labels are kept, per teacher group (per-file logits: commit them)")
-    parser.add_argument("--pool-backend", "--pool_backend", default="onnx-int8",
+    parser.add_argument("--pool-backend", "--pool_backend", default="onnx-int8-ffn-fp32",
                         help="how the teachers label the stage-1 pools (label_with_teachers(backend=...))")
     parser.add_argument("--pools", nargs="+", default=["squad1"], help="squadK, qnli, squad-nN (see above)")
     parser.add_argument("--stage1-epochs", "--stage1_epochs", dest="pool_stage1_epochs", type=float, nargs="+",

@@ -70,7 +70,8 @@ class LabellingArguments:
         default="torch",
         metadata={
             "help": "How the teachers run: torch, or exported once to ONNX and run by onnxruntime (onnx: fp32, "
-            "onnx-int8: 8-bit weights; pip install \"tmkd_hf[onnx]\").",
+            "onnx-int8: 8-bit weights; onnx-int8-ffn-fp32: the same with the feed-forward output layers in fp32, "
+            "closer to fp32; pip install \"tmkd_hf[onnx]\").",
             "choices": list(BACKENDS),
         },
     )

@@ -123,7 +123,8 @@ class StudentModelArguments:
         default="torch",
         metadata={
             "help": "How the teachers run when labelling on the fly: torch, or exported once to ONNX (onnx, "
-            "onnx-int8: 8-bit weights) and run by onnxruntime (label_with_teachers(backend=...)).",
+            "onnx-int8: 8-bit weights; onnx-int8-ffn-fp32: int8 with the feed-forward output layers in fp32) "
+            "and run by onnxruntime (label_with_teachers(backend=...)).",
             "choices": list(BACKENDS),
         },
     )

@@ -188,7 +188,8 @@ class PipelineArguments:
     teacher_backend: str = field(
         default="torch",
         metadata={"help": "How the teachers label the rows: torch, or exported once to ONNX and run by onnxruntime "
-                  "(onnx, onnx-int8: 8-bit weights; pip install \"tmkd_hf[onnx]\"). The exports are kept in "
+                  "(onnx, onnx-int8: 8-bit weights, onnx-int8-ffn-fp32: int8 with the feed-forward output layers in "
+                  "fp32; pip install \"tmkd_hf[onnx]\"). The exports are kept in "
                   "output_dir/labelled/onnx_teachers.", "choices": list(BACKENDS)},
     )
     warmup_steps: int = field(default=30, metadata={"help": "Linear warm-up steps of every training run."})

@@ -302,3 +302,29 @@ def test_files_on_another_file_system_are_read_like_local_ones(tmp_path, teacher
     local = label_with_teachers(str(tmp_path / "m-*.tsv.gz"), teacher_dirs[:1], show_progress=False)
     assert np.array_equal(as_array(remote), as_array(local)) and len(remote) == 11
     assert [f["file"] for f in read_manifest(tmp_path / "out")["source_files"]] == files
+
+
+def test_int8_with_the_feed_forward_outputs_in_fp32(tmp_path, pool, teacher_dirs, monkeypatch):
+    """The closer int8 backend: its own export folder and int8 file (the feed-forward output MatMuls left in fp32,
+    recorded), never taken for plain int8's, and reused by a later run."""
+    pytest.importorskip("onnxruntime")
+    out, onnx_dir = tmp_path / "out", tmp_path / "exports"
+    files = str(pool / "*.tsv.gz")
+    plain = label_with_teachers(files, teacher_dirs[:1], output_dir=out, backend="onnx-int8", onnx_dir=onnx_dir,
+                                show_progress=False)  # fmt: skip
+    calls = count_label_shards(monkeypatch)
+    mixed = label_with_teachers(files, teacher_dirs[:1], output_dir=out, backend="onnx-int8-ffn-fp32",
+                                onnx_dir=onnx_dir, show_progress=False)  # fmt: skip
+    assert len(calls) == 3, "plain int8's cache is never taken for this backend's"
+    manifest = read_manifest(out)
+    assert manifest["backend"] == "onnx-int8-ffn-fp32"
+    kept = manifest["onnx_exports"][0]["quantization"]["kept_fp32"]
+    num_layers = json.loads((Path(teacher_dirs[0]) / "config.json").read_text())["num_hidden_layers"]
+    assert kept["requested"] == ["ffn_output"] and len(kept["nodes"]) == num_layers
+    exports = sorted(p.name for p in onnx_dir.iterdir())
+    assert len(exports) == 2 and exports[1] == exports[0] + "-ffnoutput-fp32"
+    assert not np.array_equal(as_array(mixed), as_array(plain))  # another int8 file, other logits
+    stamp = (onnx_dir / exports[1] / "model_int8.onnx").stat().st_mtime_ns
+    label_with_teachers(files, teacher_dirs[:1], output_dir=tmp_path / "other", backend="onnx-int8-ffn-fp32",
+                        onnx_dir=onnx_dir, show_progress=False)  # fmt: skip
+    assert (onnx_dir / exports[1] / "model_int8.onnx").stat().st_mtime_ns == stamp, "the export was reused"

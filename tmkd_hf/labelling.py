@@ -46,7 +46,7 @@ from transformers.utils import logging
 from ._allocator import trim_heap as _trim_heap
 from ._allocator import use_fixed_mmap_threshold
 from .collator import TEACHER_LOGITS
-from .onnx_teachers import ONNX_TEACHERS_DIR, OnnxTeacher, check_backend, load_onnx_teacher, teacher_key
+from .onnx_teachers import INT8_BACKENDS, ONNX_TEACHERS_DIR, OnnxTeacher, check_backend, load_onnx_teacher, teacher_key
 from .pool import file_sha256, join_schemas, read_data_file, resolve_data_files
 from .soft_label_cache import (
     MANIFEST_FORMAT,
@@ -324,8 +324,9 @@ def label_with_teachers(
         device: where the teachers run (default: this process's accelerator device, else CPU).
         overwrite: replace a finished cache in `output_dir` that was built from other rows or teachers.
         show_progress: show a progress bar with rows/s per teacher.
-        backend: `"torch"`, or `"onnx"` / `"onnx-int8"`: each teacher exported once to ONNX (fp32, or int8
-            weights) and run by onnxruntime (`tmkd_hf.onnx_teachers`); needs `pip install "tmkd_hf[onnx]"`.
+        backend: `"torch"`, or `"onnx"` / `"onnx-int8"` / `"onnx-int8-ffn-fp32"`: each teacher exported once to
+            ONNX (fp32; int8 weights; int8 with the feed-forward output layers kept in fp32, the closer to fp32)
+            and run by onnxruntime (`tmkd_hf.onnx_teachers`); needs `pip install "tmkd_hf[onnx]"`.
         onnx_dir: where the ONNX exports of the teachers are kept and found again (default:
             `output_dir/onnx_teachers`).
         lock_timeout: how long to wait for another labelling job that holds `output_dir` (default: as long as it
@@ -488,10 +489,11 @@ def _onnx_teachers(common: dict, resolved, onnx_dir: Path, state) -> list[OnnxTe
     """The teachers as ONNX graphs (exported by the main process first, found again by the others)."""
     if common["backend"] == "torch":
         return None
-    int8 = common["backend"] == "onnx-int8"
+    int8 = common["backend"] in INT8_BACKENDS
+    keep_fp32 = INT8_BACKENDS.get(common["backend"], ())
     with state.main_process_first():
         return [
-            load_onnx_teacher(spec, model, tokenizer, record, onnx_dir, int8)
+            load_onnx_teacher(spec, model, tokenizer, record, onnx_dir, int8, keep_fp32)
             for (spec, model, tokenizer), record in zip(resolved, common["teachers"])
         ]
 

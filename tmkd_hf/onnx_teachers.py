@@ -1,4 +1,5 @@
-"""Teachers run by onnxruntime for labelling (`label_with_teachers(..., backend="onnx" | "onnx-int8")`).
+"""Teachers run by onnxruntime for labelling (`label_with_teachers(..., backend="onnx" | "onnx-int8" |
+"onnx-int8-ffn-fp32")`).
 
 Why: labelling a large pool is the teachers' forward passes and nothing else, and on a CPU onnxruntime runs them
 faster than PyTorch, int8 weights faster still (`benchmarks/bench_labelling.py --backends`). Each teacher is exported
@@ -25,7 +26,11 @@ from transformers.utils import logging
 
 logger = logging.get_logger(__name__)
 
-BACKENDS = ("torch", "onnx", "onnx-int8")
+BACKENDS = ("torch", "onnx", "onnx-int8", "onnx-int8-ffn-fp32")
+# the int8 backends, and the matrix multiplications each leaves in fp32 (`export_onnx(keep_fp32=...)`): plain int8
+# cost trained MiniLM teachers 0.6-1.1 points of QNLI test accuracy, int8 with the feed-forward output layers in fp32
+# 0.0-0.4 (benchmarks/RESULTS.md, 2026-12-07)
+INT8_BACKENDS = {"onnx-int8": (), "onnx-int8-ffn-fp32": ("ffn_output",)}
 ONNX_TEACHERS_DIR = "onnx_teachers"  # the default export cache, beside the labelling output
 _TEACHER_FILE = "tmkd_teacher.json"  # in each export folder: the teacher record it was made from
 
@@ -48,9 +53,10 @@ def teacher_key(record: dict) -> str:
     return hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]
 
 
-def export_dir(onnx_dir: str | os.PathLike, record: dict) -> Path:
+def export_dir(onnx_dir: str | os.PathLike, record: dict, keep_fp32: tuple[str, ...] = ()) -> Path:
     stem = os.path.basename(str(record["name_or_path"]).rstrip("/")) or "teacher"
-    return Path(onnx_dir) / f"{stem}-{teacher_key(record)}"
+    kept = "".join(f"-{name.replace('_', '')}-fp32" for name in keep_fp32)  # another int8 file: another folder
+    return Path(onnx_dir) / f"{stem}-{teacher_key(record)}{kept}"
 
 
 class OnnxTeacher:
@@ -81,8 +87,9 @@ class OnnxTeacher:
         }
 
 
-def _read_export(folder: Path, key: str, int8: bool) -> dict | None:
-    """The export info of `folder` when it holds a finished export of the teacher `key` (with int8 if needed)."""
+def _read_export(folder: Path, key: str, int8: bool, keep_fp32: tuple[str, ...] = ()) -> dict | None:
+    """The export info of `folder` when it holds a finished export of the teacher `key` (with the int8 file, made
+    with `keep_fp32`, if needed)."""
     from .export import EXPORT_INFO_FILE
 
     try:
@@ -94,10 +101,15 @@ def _read_export(folder: Path, key: str, int8: bool) -> dict | None:
         return None
     if not all((folder / name).is_file() for name in info["files"].values()):
         return None
+    kept = ((info.get("quantization") or {}).get("kept_fp32") or {}).get("requested") or []
+    if int8 and list(kept) != list(keep_fp32):
+        return None
     return info
 
 
-def load_onnx_teacher(spec, model, tokenizer, record: dict, onnx_dir: str | os.PathLike, int8: bool) -> OnnxTeacher:
+def load_onnx_teacher(
+    spec, model, tokenizer, record: dict, onnx_dir: str | os.PathLike, int8: bool, keep_fp32: tuple[str, ...] = ()
+) -> OnnxTeacher:
     """The teacher `record` as an `OnnxTeacher`, exported into `onnx_dir` unless a finished export is there.
 
     A local checkpoint is exported from its folder; an adapter (merged on its base) or an in-memory model is saved
@@ -107,9 +119,10 @@ def load_onnx_teacher(spec, model, tokenizer, record: dict, onnx_dir: str | os.P
     from .export import export_onnx
     from .teachers import load_teacher
 
-    folder = export_dir(onnx_dir, record)
+    keep_fp32 = tuple(keep_fp32) if int8 else ()
+    folder = export_dir(onnx_dir, record, keep_fp32)
     key = teacher_key(record)
-    info = _read_export(folder, key, int8)
+    info = _read_export(folder, key, int8, keep_fp32)
     if info is not None:
         logger.info(f"Reusing the ONNX export of {record['name_or_path']} in {folder}.")
         return OnnxTeacher(folder, int8, info)
@@ -125,7 +138,7 @@ def load_onnx_teacher(spec, model, tokenizer, record: dict, onnx_dir: str | os.P
             teacher.save_pretrained(source)
             tokenizer.save_pretrained(source)
         logger.info(f"Exporting teacher {record['name_or_path']} to ONNX{' (and int8)' if int8 else ''} in {folder}.")
-        info = export_onnx(source, staging / "export", quantize=int8)
+        info = export_onnx(source, staging / "export", quantize=int8, keep_fp32=keep_fp32)
         (staging / "export" / _TEACHER_FILE).write_text(json.dumps({"key": key, "teacher": record}, indent=2))
         if folder.exists():
             shutil.rmtree(folder)
