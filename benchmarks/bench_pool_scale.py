@@ -103,7 +103,10 @@ class PoolScaleBench(mp.MpnetBench):
 
     def __init__(self, args, out: Path, teachers_from: Path):
         self.teachers_from = teachers_from
-        super().__init__(args, out, str(teachers_from / "teachers" / f"teacher_{mp.BIG}"))
+        big = teachers_from / "teachers" / f"teacher_{mp.BIG}"
+        # the big teacher's folder gives MpnetBench its tokenizer (for training it, which never happens here); with
+        # `--label-only` for the MiniLM group it need not exist yet
+        super().__init__(args, out, str(big if (big / "config.json").is_file() else args.backbone or ab.minilm_dir()))
         self.shards = shard_files(Path(args.pool_dir))
         self.labels_dir = Path(args.labels_dir)
         self.pools: dict[tuple[str, str], object] = {}
@@ -114,9 +117,11 @@ class PoolScaleBench(mp.MpnetBench):
     def teachers_home(self) -> Path:
         return self.teachers_from
 
-    def teachers(self) -> list[str]:
+    def teachers(self, groups: tuple[str, ...] = tuple(GROUPS)) -> list[str]:
+        """All 4 teachers' folders; those of `groups` must hold a trained teacher."""
         dirs = [self.teachers_from / "teachers" / f"teacher_{i}" for i in range(mp.BIG + 1)]
-        missing = [str(d) for d in dirs if not (d / "config.json").is_file()]
+        needed = [dirs[i] for g in groups for i in GROUPS[g]]
+        missing = [str(d) for d in needed if not (d / "config.json").is_file()]
         if missing:
             raise SystemExit(f"--teachers-from {self.teachers_from}: no trained teacher in {missing}; train them with "
                              "`python benchmarks/bench_mpnet.py --teachers-only --output_dir "
@@ -536,7 +541,9 @@ def main(argv=None) -> int:
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     parser.add_argument("--checkpoint-steps", type=int, default=1000,
                         help="save stage 1 every N steps (resumable); 0: never")
-    parser.add_argument("--label-only", action="store_true", help="label the pools and stop")
+    parser.add_argument("--label-only", action="store_true",
+                        help="label the pools for the --rows' teacher groups and stop (e.g. --rows TMKD_minilm: the "
+                             "MiniLM group alone, before MPNet is trained)")
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--max-train-rows", type=int, help="quick check: first N train rows")
     parser.add_argument("--max-eval-rows", type=int, help="quick check: first N validation/test rows")
@@ -597,12 +604,14 @@ def main(argv=None) -> int:
     bench.settings = settings
     bench.log(f"output_dir {out}; teachers from {teachers_from}; pools {args.pools}; {torch.get_num_threads()} "
               f"torch threads; load {load_average()}")
-    bench.label(bench.teachers())
-    if args.label_only:
+    if args.label_only:  # the pools only, for the requested rows' teacher groups (other teachers may not exist yet)
+        subsets = sorted({ROW_RECIPES[r][0] if r in ROW_RECIPES else "all" for r in args.rows})
+        bench.teacher_dirs = bench.teachers(tuple(sorted({g for sub in subsets for g in SUBSET_GROUPS[sub]})))
         for pool in args.pools:
-            for subset in sorted({ROW_RECIPES[r][0] if r in ROW_RECIPES else "all" for r in args.rows}):
-                bench.pool_dataset(pool, subset)
+            for subset in subsets:
+                bench.pool_rows(pool, subset)
         return 0
+    bench.label(bench.teachers())
     if args.tune_peer:
         bench.tune_peer([PEER_ROWS[r] for r in args.rows if r in PEER_ROWS], args.pools[0],
                         args.pool_stage1_epochs[0], args.seeds[0])

@@ -140,3 +140,20 @@ def test_bad_pool_names_and_missing_teachers(tmp_path, shards, stand_ins):  # no
     with pytest.raises(SystemExit, match="not a bench_mpnet.py output_dir"):
         bench.main(["--output_dir", str(tmp_path / "x"), "--pool-dir", str(shards), "--teachers-from",
                     str(tmp_path / "nothing"), "--pools", "squad1"])
+
+
+def test_label_only_for_the_minilm_group_before_mpnet_exists(tmp_path, teachers, shards, stand_ins):  # noqa: F811
+    """`--label-only --rows TMKD_minilm` labels the pool with the MiniLM group alone: MPNet need not be trained."""
+    bench = load_bench()
+    partial = tmp_path / "partial"
+    (partial / "teachers").mkdir(parents=True)
+    (partial / "settings.json").write_text((teachers / "settings.json").read_text())
+    for i in range(3):
+        (partial / "teachers" / f"teacher_{i}").symlink_to(teachers / "teachers" / f"teacher_{i}")
+    labels = tmp_path / "labels"
+    args = arguments(tmp_path / "out", partial, shards, labels, stand_ins[0], "--pools", "squad2", "--label-only")
+    assert bench.main([*args, "--rows", "TMKD_minilm"]) == 0
+    assert len(list((labels / "squad_pool" / "minilm" / "files").iterdir())) == 2
+    assert not (labels / "squad_pool" / "mpnet").exists()
+    with pytest.raises(SystemExit, match="no trained teacher"):
+        bench.main([*args, "--rows", "TKD_mpnet"])
