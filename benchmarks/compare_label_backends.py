@@ -37,8 +37,10 @@ def backend_of(out: Path) -> str:
 def load_labelled(out: Path, split: str):
     from datasets import load_from_disk
 
+    from tmkd_hf.soft_label_cache import MANIFEST_NAME
+
     folder = out / "labelled" / split
-    return load_from_disk(str(folder)) if folder.is_dir() else None
+    return load_from_disk(str(folder)) if (folder / MANIFEST_NAME).is_file() else None  # finished caches only
 
 
 def load_logits(out: Path, split: str) -> np.ndarray | None:

@@ -12,6 +12,8 @@ import numpy as np
 import pytest
 from datasets import Dataset
 
+from tmkd_hf.soft_label_cache import MANIFEST_NAME
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -29,6 +31,9 @@ def make_ablation(out: Path, backend: str, logits: np.ndarray, test_acc: list[fl
     (out / "settings.json").write_text(json.dumps(settings))
     Dataset.from_dict({"teacher_logits": logits.tolist()}).save_to_disk(str(out / "labelled" / "train"))
     Dataset.from_dict({"label": [0, 1], "teacher_logits": logits.tolist()}).save_to_disk(str(out / "labelled" / "test"))
+    for split in ("train", "test"):  # finished caches (a cache still being written has no manifest: left out)
+        (out / "labelled" / split / MANIFEST_NAME).write_text("{}")
+    (out / "labelled" / "pool").mkdir()
     for seed, (t, v) in enumerate(zip(test_acc, val_acc), start=1):
         run = {"row": "TMKD", "seed": seed, "metrics": {"test": {"accuracy": t}, "validation": {"accuracy": v}}}
         (out / "runs" / f"TMKD__seed{seed}.json").write_text(json.dumps(run))
