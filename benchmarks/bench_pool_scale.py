@@ -281,11 +281,7 @@ class PoolScaleBench(mp.MpnetBench):
         s = self.settings
         kind = PEER_ROWS[row]
         learning_rate = self.peer_learning_rate(kind)
-        config = peer.PeerConfig(kind=kind, layers=tuple(s["student_layers"]), learning_rate=learning_rate,
-                                 stage1_epochs=epochs, stage2_epochs=s["stage2_epochs"], batch_size=s["batch_size"],
-                                 warmup_steps=s["warmup_steps"], weight_decay=s["weight_decay"],
-                                 max_length=s["max_length"], seed=seed, positive=self.label2id[ab.POSITIVE],
-                                 eval_batch_size=s["eval_batch_size"])
+        config = self.peer_config(kind, epochs, seed, learning_rate=learning_rate)
         pool_rows = self.pool_rows(pool, "all")
         result = peer.run_peer(self.backbone, pool=pool_rows, train=self.labelled["train"],
                                eval_sets={sp: self.raw[sp] for sp in self.eval_splits},
@@ -296,6 +292,17 @@ class PoolScaleBench(mp.MpnetBench):
         self.save_run(run_name(row, pool, epochs), seed, result["metrics"], result["seconds"], base_row=row, pool=pool,
                       stage1_rows=len(pool_rows), stage1_epochs=epochs, stage1_steps=round(steps), num_heads=0,
                       stage2_rows=len(self.labelled["train"]), peer_learning_rate=learning_rate, load=load_average())
+
+    def peer_config(self, kind: str, epochs: float, seed: int, **extra):
+        """The peer's settings: our student's layers, budgets and batches (the learning rate is its own)."""
+        import peer_crossencoder as peer
+
+        s = self.settings
+        return peer.PeerConfig(kind=kind, layers=tuple(s["student_layers"]), stage1_epochs=epochs,
+                               stage2_epochs=s["stage2_epochs"], batch_size=s["batch_size"],
+                               warmup_steps=s["warmup_steps"], weight_decay=s["weight_decay"],
+                               max_length=s["max_length"], seed=seed, positive=self.label2id[ab.POSITIVE],
+                               eval_batch_size=s["eval_batch_size"], **extra)
 
     def peer_learning_rate(self, kind: str) -> float:
         """`--peer-learning-rate`, else the one `--tune-peer` chose on validation (tuning_<kind>.json)."""
@@ -311,15 +318,10 @@ class PoolScaleBench(mp.MpnetBench):
         """The peer's tuning budget: its learning rate chosen on validation accuracy (seed `seed`, `pool`)."""
         import peer_crossencoder as peer
 
-        s = self.settings
         for kind in kinds:
             if (self.out / "peer" / f"tuning_{kind}.json").is_file():
                 continue
-            config = peer.PeerConfig(kind=kind, layers=tuple(s["student_layers"]), stage1_epochs=epochs,
-                                     stage2_epochs=s["stage2_epochs"], batch_size=s["batch_size"],
-                                     warmup_steps=s["warmup_steps"], weight_decay=s["weight_decay"],
-                                     max_length=s["max_length"], seed=seed, positive=self.label2id[ab.POSITIVE],
-                                     eval_batch_size=s["eval_batch_size"])
+            config = self.peer_config(kind, epochs, seed)
             chosen = peer.tune_peer(self.backbone, pool=self.pool_rows(pool, "all"), train=self.labelled["train"],
                                     eval_sets={sp: self.raw[sp] for sp in self.eval_splits},
                                     text_columns=self.text_columns, config=config, out_dir=self.out / "peer",

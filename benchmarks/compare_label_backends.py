@@ -43,13 +43,6 @@ def load_labelled(out: Path, split: str):
     return load_from_disk(str(folder)) if (folder / MANIFEST_NAME).is_file() else None  # finished caches only
 
 
-def load_logits(out: Path, split: str) -> np.ndarray | None:
-    labelled = load_labelled(out, split)
-    if labelled is None:
-        return None
-    return np.asarray(labelled.with_format("numpy")["teacher_logits"], dtype=np.float64)
-
-
 def teacher_accuracies(logits: np.ndarray, labels: np.ndarray) -> list[float]:
     """Each teacher's accuracy, then the ensemble's (mean of the teachers' probabilities)."""
     probs = np.exp(logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True))
@@ -86,25 +79,27 @@ def compare(a_dir: Path, b_dir: Path, rows: list[str]) -> str:
              f"(T = {settings['temperature']:g} for the KL):", "",
              "| split | rows | teachers | max abs logit diff | mean abs logit diff | argmax agreement | mean KL |",
              "|---|---|---|---|---|---|---|"]
+    caches = {(side, split): load_labelled(out, split)
+              for side, out in (("a", a_dir), ("b", b_dir)) for split in SPLITS}  # each cache read once
+    logits = {key: None if ds is None else np.asarray(ds.with_format("numpy")["teacher_logits"], dtype=np.float64)
+              for key, ds in caches.items()}
     for split in SPLITS:
-        a, b = load_logits(a_dir, split), load_logits(b_dir, split)
+        a, b = logits["a", split], logits["b", split]
         if a is None or b is None:
             continue
         m = label_agreement(a, b, settings["temperature"])
         lines.append(f"| {split} | {m['rows']:,} | {m['teachers']} | {m['max_abs']:.4f} | {m['mean_abs']:.4f} | "
                      f"{100 * m['argmax_agreement']:.2f} % | {m['mean_kl']:.2e} |")
-    graded = [sp for sp in ("validation", "test") if load_labelled(a_dir, sp) is not None
-              and "label" in load_labelled(a_dir, sp).column_names and load_logits(b_dir, sp) is not None]
+    graded = [sp for sp in ("validation", "test") if caches["a", sp] is not None
+              and "label" in caches["a", sp].column_names and logits["b", sp] is not None]
     if graded:
-        labelled = {sp: load_labelled(a_dir, sp) for sp in graded}
-        num_teachers = load_logits(a_dir, graded[0]).shape[1]
-        names = [f"teacher_{t}" for t in range(num_teachers)] + ["ensemble"]
+        names = [f"teacher_{t}" for t in range(logits["a", graded[0]].shape[1])] + ["ensemble"]
         lines += ["", "The teachers' own accuracy with each backend's logits:", "",
                   "| split | backend | " + " | ".join(names) + " |", "|---|---|" + "---|" * len(names)]
         for sp in graded:
-            labels = np.asarray(labelled[sp]["label"])
-            for name, out in ((a_name, a_dir), (b_name, b_dir)):
-                accs = teacher_accuracies(load_logits(out, sp), labels)
+            labels = np.asarray(caches["a", sp]["label"])
+            for name, side in ((a_name, "a"), (b_name, "b")):
+                accs = teacher_accuracies(logits[side, sp], labels)
                 lines.append(f"| {sp} | {name} | " + " | ".join(f"{100 * x:.1f}" for x in accs) + " |")
     for row in rows:
         ra, rb = runs_by_seed(a_dir, row), runs_by_seed(b_dir, row)
