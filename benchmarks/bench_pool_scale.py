@@ -111,6 +111,7 @@ class PoolScaleBench(mp.MpnetBench):
         self.labels_dir = Path(args.labels_dir)
         self.pools: dict[tuple[str, str], object] = {}
         self.labelling_file = self.out / "pool_labelling.json"
+        self.resumed: list[str] = []  # stages resumed from a checkpoint: their seconds count only the last start
 
     # ----- teachers and the QNLI splits' soft labels: those of the bench_mpnet output -----
 
@@ -235,8 +236,8 @@ class PoolScaleBench(mp.MpnetBench):
                                                   train_dataset=dataset, processing_class=tokenizer or self.tokenizer)
         trainer.train(resume_from_checkpoint=resume)
         seconds = time.perf_counter() - start
-        if resume:  # the time before the crash, as the checkpoint's trainer state counted it
-            seconds += _seconds_before(resume)
+        if resume:  # the time before the crash is not known (a checkpoint does not keep it): say so in the run
+            self.resumed.append(name)
         shutil.rmtree(work, ignore_errors=True)
         return round(seconds, 1)
 
@@ -269,7 +270,9 @@ class PoolScaleBench(mp.MpnetBench):
         steps = math.ceil(len(pool_set) / s["batch_size"]) * epochs
         self.save_run(name, seed, metrics, seconds, base_row=row, pool=pool, stage1_rows=len(pool_set),
                       stage1_epochs=epochs, stage1_steps=round(steps), num_heads=num_heads,
-                      stage2_rows=len(self.train_sets[subset]), load=load_average())
+                      stage2_rows=len(self.train_sets[subset]), load=load_average(),
+                      **({"resumed": [n for n in self.resumed if n.startswith(f"{name}-seed{seed}-")]}
+                         if self.resumed else {}))
         self.log(f"{name} seed {seed}: " + ", ".join(f"{sp} acc {m['accuracy']:.4f}" for sp, m in metrics.items())
                  + f" ({seconds['total']} s; stage 1 {seconds['stage1']} s)")
 
@@ -346,14 +349,6 @@ class PoolScaleBench(mp.MpnetBench):
                             raise ab.StopRequested(f"stopped after {self.newly_finished} new run(s) (--stop-after)")
 
 
-def _seconds_before(checkpoint: str) -> float:
-    state = Path(checkpoint) / "trainer_state.json"
-    if not state.is_file():
-        return 0.0
-    logged = json.loads(state.read_text()).get("log_history", [])
-    return float(next((h["train_runtime"] for h in reversed(logged) if "train_runtime" in h), 0.0))
-
-
 # ----- the table and the picture, from the saved runs only -----
 
 
@@ -417,7 +412,8 @@ def build_table(out: Path) -> str:
         lines.append(f"| {row} | {pool} | {g[0]['stage1_rows']:,} | {epochs:g} | {g[0]['stage1_steps']:,} | "
                      f"{len(g)} ({', '.join(map(str, seeds))}) | {_mean_std(_acc(g, 'validation'))} | "
                      f"{_mean_std(_acc(g))} | {_mean_std(_acc(g, 'test', 'map'))} | "
-                     f"{', '.join(f'{x:.1f}' for x in _acc(g))} | {minutes:.0f} |")
+                     f"{', '.join(f'{x:.1f}' for x in _acc(g))} | {minutes:.0f}"
+                     + (" (resumed: at least)" if any(r.get("resumed") for r in g) else "") + " |")
     # the comparisons the issue asks for, wherever both sides ran
     diffs = []
     keys = sorted({(p, e) for (_, p, e) in groups}, key=lambda k: (_pool_order(k[0]), k[1]))

@@ -121,6 +121,10 @@ def test_pools_resume_table_and_plot(tmp_path, teachers, shards, stand_ins, monk
     assert bench.main(one) == 0
     resumed = json.loads((crashed / "runs" / "TMKD_all__squad2__e2__seed1.json").read_text())
     assert resumed["metrics"] == tmkd["metrics"]
+    assert resumed["resumed"] == ["TMKD_all__squad2__e2-seed1-stage1"]  # its seconds count only the last start
+    assert "resumed" not in tmkd
+    assert bench.main(["--output_dir", str(crashed), "--table-only"]) == 0
+    assert "(resumed: at least) |" in (crashed / "pool_scale.md").read_text()
     assert not (crashed / "work").exists() or not list((crashed / "work").iterdir())
 
     # the table and the picture from the saved runs
