@@ -13,7 +13,18 @@ labels (its torch cache, reused), the same student (layers 0, 1, 2 of all-MiniLM
 seeds; the numbers are on QNLI validation and test (accuracy, MAP / MRR per question).
 
 Rows (students; `ROW_RECIPES`): TKD_mpnet (MPNet alone, one head), TMKD_all (all 4 teachers, one head each),
-TMKD_minilm (the 3 MiniLM teachers). Each run is a (row, pool, stage-1 epochs, seed):
+TMKD_minilm (the 3 MiniLM teachers), and the peers `peer_cls` / `peer_mean` (`PEER_ROWS`). Each run is a (row, pool,
+stage-1 epochs, seed). Lever `--student-layers L [L ...]`: the backbone layers the student keeps instead of the
+settings' (e.g. `0 1 2 3 4 5`, the whole MiniLM-L6, or `0 2 4`), for our students and the peers alike (a peer's
+learning rate stays the one `--tune-peer` chose for the default student). Its runs are named apart
+(`run_name(..., layers)`: `TMKD_all__squad1__e1__L0-1-2-3-4-5`), record `student_layers` (and, as every new run,
+`student_parameters`) and are tabled as their own rows, e.g. `TMKD_all (layers 0-5)`, with their difference to the
+default student's row at the same pool and epochs; the teachers and the saved settings do not change, so they share
+an output_dir with the default runs:
+
+    ... --pools squad1 --stage1-epochs 1 --rows TMKD_all TKD_mpnet --student-layers 0 1 2 3 4 5 --seeds 1 2 3
+
+Pools:
 
 | pool | what |
 |---|---|
@@ -94,8 +105,30 @@ def check_pool(name: str, num_shards: int) -> str:
     return name
 
 
-def run_name(row: str, pool: str, epochs: float) -> str:
-    return f"{row}__{pool}__e{epochs:g}"
+def run_name(row: str, pool: str, epochs: float, layers: list[int] | tuple[int, ...] | None = None) -> str:
+    """A run's name; a `--student-layers` lever run (`layers`: not the settings' student layers) has its own."""
+    return f"{row}__{pool}__e{epochs:g}" + (f"__L{'-'.join(map(str, layers))}" if layers else "")
+
+
+def layers_label(layers: tuple[int, ...]) -> str:
+    """Layer indices for people: consecutive ones as a range (0 1 2 3 4 5 -> '0-5', 0 2 4 -> '0,2,4')."""
+    parts, start = [], 0
+    for i in range(1, len(layers) + 1):
+        if i == len(layers) or layers[i] != layers[i - 1] + 1:
+            parts.append(f"{layers[start]}" if i - start == 1 else f"{layers[start]}-{layers[i - 1]}")
+            start = i
+    return ",".join(parts)
+
+
+def row_label(row: str, layers: tuple[int, ...] | None) -> str:
+    return row if layers is None else f"{row} (layers {layers_label(layers)})"
+
+
+def non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"layer {value}: give 0-based indices (0, 1, ...)")
+    return value
 
 
 class PoolScaleBench(mp.MpnetBench):
@@ -112,6 +145,7 @@ class PoolScaleBench(mp.MpnetBench):
         self.pools: dict[tuple[str, str], object] = {}
         self.labelling_file = self.out / "pool_labelling.json"
         self.resumed: list[str] = []  # stages resumed from a checkpoint: their seconds count only the last start
+        self.layers: list[int] | None = None  # `--student-layers` when not the settings' student layers (a lever)
 
     # ----- teachers and the QNLI splits' soft labels: those of the bench_mpnet output -----
 
@@ -241,6 +275,10 @@ class PoolScaleBench(mp.MpnetBench):
         shutil.rmtree(work, ignore_errors=True)
         return round(seconds, 1)
 
+    def lever(self) -> dict:
+        """A `--student-layers` lever run records its layers (a default run: nothing, as before)."""
+        return {"student_layers": list(self.layers)} if self.layers else {}
+
     def pool_run(self, row: str, pool: str, epochs: float, seed: int) -> None:
         from transformers import set_seed
 
@@ -248,11 +286,12 @@ class PoolScaleBench(mp.MpnetBench):
 
         subset, heads = ROW_RECIPES[row]
         s, seconds = self.settings, {}
-        name = run_name(row, pool, epochs)
+        name = run_name(row, pool, epochs, self.layers)
         pool_set = self.pool_dataset(pool, subset)
         start = time.perf_counter()
         set_seed(seed)
-        student = student_from_teacher_layers(self.backbone, layers=s["student_layers"], **self.model_kwargs)
+        student = student_from_teacher_layers(self.backbone, layers=self.layers or s["student_layers"],
+                                              **self.model_kwargs)
         num_heads = len(pool_set[0]["teacher_logits"]) if heads == "all" else 1
         student = MultiHeadStudent(student, num_heads=num_heads, readout=s["readout"])
         seconds["stage1"] = self.train(f"{name}-seed{seed}-stage1", student, pool_set, seed=seed, alpha=1.0,
@@ -261,6 +300,7 @@ class PoolScaleBench(mp.MpnetBench):
                                        alpha=s["alpha"], learning_rate=s["stage2_learning_rate"],
                                        epochs=s["stage2_epochs"])
         model = student.merge_heads()
+        parameters = int(sum(p.numel() for p in model.parameters()))
         t0 = time.perf_counter()
         metrics = {sp: self.metrics(sp, self.pipeline.predict_logits(model, self.tokenizer, self.features[sp],
                                                                       s["eval_batch_size"]))
@@ -270,7 +310,8 @@ class PoolScaleBench(mp.MpnetBench):
         steps = math.ceil(len(pool_set) / s["batch_size"]) * epochs
         self.save_run(name, seed, metrics, seconds, base_row=row, pool=pool, stage1_rows=len(pool_set),
                       stage1_epochs=epochs, stage1_steps=round(steps), num_heads=num_heads,
-                      stage2_rows=len(self.train_sets[subset]), load=load_average(),
+                      stage2_rows=len(self.train_sets[subset]), student_parameters=parameters, **self.lever(),
+                      load=load_average(),
                       **({"resumed": [n for n in self.resumed if n.startswith(f"{name}-seed{seed}-")]}
                          if self.resumed else {}))
         self.log(f"{name} seed {seed}: " + ", ".join(f"{sp} acc {m['accuracy']:.4f}" for sp, m in metrics.items())
@@ -284,24 +325,27 @@ class PoolScaleBench(mp.MpnetBench):
         s = self.settings
         kind = PEER_ROWS[row]
         learning_rate = self.peer_learning_rate(kind)
-        config = self.peer_config(kind, epochs, seed, learning_rate=learning_rate)
+        config = self.peer_config(kind, epochs, seed, layers=self.layers, learning_rate=learning_rate)
         pool_rows = self.pool_rows(pool, "all")
         result = peer.run_peer(self.backbone, pool=pool_rows, train=self.labelled["train"],
                                eval_sets={sp: self.raw[sp] for sp in self.eval_splits},
                                text_columns=self.text_columns, config=config, out_dir=self.out / "peer",
-                               name=f"{run_name(row, pool, epochs)}__seed{seed}",
+                               name=f"{run_name(row, pool, epochs, self.layers)}__seed{seed}",
                                group_column=self.files["group_column"], log=self.log)
         steps = math.ceil(len(pool_rows) / s["batch_size"]) * epochs
-        self.save_run(run_name(row, pool, epochs), seed, result["metrics"], result["seconds"], base_row=row, pool=pool,
-                      stage1_rows=len(pool_rows), stage1_epochs=epochs, stage1_steps=round(steps), num_heads=0,
-                      stage2_rows=len(self.labelled["train"]), peer_learning_rate=learning_rate, load=load_average())
+        self.save_run(run_name(row, pool, epochs, self.layers), seed, result["metrics"], result["seconds"],
+                      base_row=row, pool=pool, stage1_rows=len(pool_rows), stage1_epochs=epochs,
+                      stage1_steps=round(steps), num_heads=0, stage2_rows=len(self.labelled["train"]),
+                      peer_learning_rate=learning_rate, student_parameters=result["num_parameters"], **self.lever(),
+                      load=load_average())
 
-    def peer_config(self, kind: str, epochs: float, seed: int, **extra):
-        """The peer's settings: our student's layers, budgets and batches (the learning rate is its own)."""
+    def peer_config(self, kind: str, epochs: float, seed: int, layers=None, **extra):
+        """The peer's settings: our student's layers (`layers`, else the settings'), budgets and batches (the learning
+        rate is its own)."""
         import peer_crossencoder as peer
 
         s = self.settings
-        return peer.PeerConfig(kind=kind, layers=tuple(s["student_layers"]), stage1_epochs=epochs,
+        return peer.PeerConfig(kind=kind, layers=tuple(layers or s["student_layers"]), stage1_epochs=epochs,
                                stage2_epochs=s["stage2_epochs"], batch_size=s["batch_size"],
                                warmup_steps=s["warmup_steps"], weight_decay=s["weight_decay"],
                                max_length=s["max_length"], seed=seed, positive=self.label2id[ab.POSITIVE],
@@ -338,7 +382,7 @@ class PoolScaleBench(mp.MpnetBench):
             for e in epochs:
                 for seed in seeds:
                     for row in rows:
-                        path = ab.run_file(self.out, run_name(row, pool, e), seed)
+                        path = ab.run_file(self.out, run_name(row, pool, e, self.layers), seed)
                         if path.is_file():
                             self.log(f"skip {path.stem}: done")
                             continue
@@ -352,12 +396,24 @@ class PoolScaleBench(mp.MpnetBench):
 # ----- the table and the picture, from the saved runs only -----
 
 
-def student_runs(out: Path) -> dict[tuple[str, str, float], list[dict]]:
-    groups: dict[tuple[str, str, float], list[dict]] = {}
+def run_layers(run: dict) -> tuple[int, ...] | None:
+    """A run's `--student-layers` lever (None: the settings' student layers, every run made before the option)."""
+    layers = run.get("student_layers")
+    return None if not layers or layers == run["settings"]["student_layers"] else tuple(layers)
+
+
+def _layers_order(layers: tuple[int, ...] | None) -> tuple:
+    return (0,) if layers is None else (1, len(layers), *layers)
+
+
+def student_runs(out: Path) -> dict[tuple[str, tuple[int, ...] | None, str, float], list[dict]]:
+    """The student runs by (base row, student layers (None: the settings'), pool, stage-1 epochs)."""
+    groups: dict[tuple[str, tuple[int, ...] | None, str, float], list[dict]] = {}
     for row_runs in ab.load_runs(out).values():
         for run in row_runs:
             if "pool" in run:
-                groups.setdefault((run["base_row"], run["pool"], run["stage1_epochs"]), []).append(run)
+                key = (run["base_row"], run_layers(run), run["pool"], run["stage1_epochs"])
+                groups.setdefault(key, []).append(run)
     return groups
 
 
@@ -394,7 +450,9 @@ def build_table(out: Path) -> str:
              f"{settings['stage2_learning_rate']:g}, alpha {settings['alpha']:g}, T {settings['temperature']:g}, "
              f"batch {settings['batch_size']}. Pools: squadK = the first K shards of squad_pool (other articles); "
              "qnli = qnli/unlabeled.tsv (the evaluation articles); squad-nN = N pairs drawn from the first shard. "
-             "Students: mean ± sample std over seeds.", "",
+             "Students: mean ± sample std over seeds."
+             + (" A row marked '(layers …)' is the --student-layers lever: the student keeps those layers of the "
+                "backbone instead." if any(k[1] for k in groups) else ""), "",
              "| row | pool | pool pairs | stage-1 epochs | stage-1 steps | runs (seeds) | validation acc | test acc | "
              "test MAP | test acc by seed | min per run |", "|" + "---|" * 11]
     refs = [r for r in ("majority", *sorted(r for r in runs if r.startswith("teacher_")), "ensemble_minilm",
@@ -406,48 +464,61 @@ def build_table(out: Path) -> str:
         lines.append(f"| {names.get(ref, ref)} | – | – | – | – | 1 | {100 * r['validation']['accuracy']:.1f} | "
                      f"{100 * r['test']['accuracy']:.1f} | "
                      + (f"{100 * r['test']['map']:.1f}" if "map" in r["test"] else "–") + " | – | – |")
-    for (row, pool, epochs), g in sorted(groups.items(), key=lambda kv: (kv[0][0], _pool_order(kv[0][1]), kv[0][2])):
+    order = sorted(groups.items(), key=lambda kv: (kv[0][0], _layers_order(kv[0][1]), _pool_order(kv[0][2]), kv[0][3]))
+    for (row, layers, pool, epochs), g in order:
         seeds = sorted(r["seed"] for r in g)
         minutes = statistics.mean(r["seconds"]["total"] for r in g) / 60
-        lines.append(f"| {row} | {pool} | {g[0]['stage1_rows']:,} | {epochs:g} | {g[0]['stage1_steps']:,} | "
-                     f"{len(g)} ({', '.join(map(str, seeds))}) | {_mean_std(_acc(g, 'validation'))} | "
-                     f"{_mean_std(_acc(g))} | {_mean_std(_acc(g, 'test', 'map'))} | "
-                     f"{', '.join(f'{x:.1f}' for x in _acc(g))} | {minutes:.0f}"
+        lines.append(f"| {row_label(row, layers)} | {pool} | {g[0]['stage1_rows']:,} | {epochs:g} | "
+                     f"{g[0]['stage1_steps']:,} | {len(g)} ({', '.join(map(str, seeds))}) | "
+                     f"{_mean_std(_acc(g, 'validation'))} | {_mean_std(_acc(g))} | "
+                     f"{_mean_std(_acc(g, 'test', 'map'))} | {', '.join(f'{x:.1f}' for x in _acc(g))} | {minutes:.0f}"
                      + (" (resumed: at least)" if any(r.get("resumed") for r in g) else "") + " |")
-    # the comparisons the issue asks for, wherever both sides ran
+    # the comparisons the issue asks for, wherever both sides ran (each among students of the same layers)
     diffs = []
-    keys = sorted({(p, e) for (_, p, e) in groups}, key=lambda k: (_pool_order(k[0]), k[1]))
+    keys = sorted({(p, e) for (_, _, p, e) in groups}, key=lambda k: (_pool_order(k[0]), k[1]))
+    variants = sorted({layers for (_, layers, _, _) in groups}, key=_layers_order)
     for pool, e in keys:
-        a, b = groups.get(("TMKD_all", pool, e)), groups.get(("TKD_mpnet", pool, e))
-        if a and b:
-            diffs.append(f"| TMKD_all − TKD_mpnet | {pool}, {e:g} epoch(s) | {_difference(_acc(a), _acc(b))} | "
-                         f"{len(a)} | {len(b)} |")
-        for peer_row in PEER_ROWS:
-            q = groups.get((peer_row, pool, e))
-            if a and q:
-                diffs.append(f"| TMKD_all − {peer_row} | {pool}, {e:g} epoch(s) | {_difference(_acc(a), _acc(q))} | "
-                             f"{len(a)} | {len(q)} |")
-        m = groups.get(("TMKD_minilm", pool, e))
-        if m and "ensemble_minilm" in runs:
-            ens = [100 * runs["ensemble_minilm"][0]["metrics"]["test"]["accuracy"]]
-            diffs.append(f"| TMKD_minilm − ensemble_minilm | {pool}, {e:g} epoch(s) | {_difference(_acc(m), ens)} | "
-                         f"{len(m)} | 1 |")
+        for layers in variants:
+            a, b = groups.get(("TMKD_all", layers, pool, e)), groups.get(("TKD_mpnet", layers, pool, e))
+            tmkd = row_label("TMKD_all", layers)
+            if a and b:
+                diffs.append(f"| {tmkd} − {row_label('TKD_mpnet', layers)} | {pool}, {e:g} epoch(s) | "
+                             f"{_difference(_acc(a), _acc(b))} | {len(a)} | {len(b)} |")
+            for peer_row in PEER_ROWS:
+                q = groups.get((peer_row, layers, pool, e))
+                if a and q:
+                    diffs.append(f"| {tmkd} − {row_label(peer_row, layers)} | {pool}, {e:g} epoch(s) | "
+                                 f"{_difference(_acc(a), _acc(q))} | {len(a)} | {len(q)} |")
+            m = groups.get(("TMKD_minilm", layers, pool, e))
+            if m and "ensemble_minilm" in runs:
+                ens = [100 * runs["ensemble_minilm"][0]["metrics"]["test"]["accuracy"]]
+                diffs.append(f"| {row_label('TMKD_minilm', layers)} − ensemble_minilm | {pool}, {e:g} epoch(s) | "
+                             f"{_difference(_acc(m), ens)} | {len(m)} | 1 |")
+        # the student-layers lever against the settings' student, row by row
+        for row in ALL_ROWS:
+            base = groups.get((row, None, pool, e))
+            for layers in variants[1:] if base else ():
+                lever = groups.get((row, layers, pool, e))
+                if lever:
+                    diffs.append(f"| {row_label(row, layers)} − {row} | {pool}, {e:g} epoch(s) | "
+                                 f"{_difference(_acc(lever), _acc(base))} | {len(lever)} | {len(base)} |")
     for row in ALL_ROWS:
-        for e in sorted({k[1] for k in keys}):
-            old = groups.get((row, "qnli", e))
-            for (r, pool, e2), new in groups.items():
-                if r == row and e2 == e and pool.startswith("squad-n") and old:
-                    diffs.append(f"| {row}: {pool} − qnli (control, equal size) | {e:g} epoch(s) | "
-                                 f"{_difference(_acc(new), _acc(old))} | {len(new)} | {len(old)} |")
+        for layers in variants:
+            for e in sorted({k[1] for k in keys}):
+                old = groups.get((row, layers, "qnli", e))
+                for (r, lay, pool, e2), new in groups.items():
+                    if r == row and lay == layers and e2 == e and pool.startswith("squad-n") and old:
+                        diffs.append(f"| {row_label(row, layers)}: {pool} − qnli (control, equal size) | {e:g} "
+                                     f"epoch(s) | {_difference(_acc(new), _acc(old))} | {len(new)} | {len(old)} |")
     if diffs:
         lines += ["", "Differences of mean test accuracy (points) ± standard error (sqrt(s_a^2/n_a + s_b^2/n_b)):", "",
                   "| a − b | where | difference | a runs | b runs |", "|---|---|---|---|---|", *diffs]
     bar = []
-    for (row, pool, e), g in groups.items():
+    for (row, layers, pool, e), g in groups.items():
         if row.startswith("TMKD") and len(g) >= 5:
             acc = _acc(g)
             ok = statistics.mean(acc) >= BAR and statistics.stdev(acc) <= 1.0
-            bar.append(f"- {row} on {pool}, {e:g} epoch(s): {_mean_std(acc)} over {len(g)} seeds: "
+            bar.append(f"- {row_label(row, layers)} on {pool}, {e:g} epoch(s): {_mean_std(acc)} over {len(g)} seeds: "
                        f"{'meets' if ok else 'misses'} the bar ({BAR} test, std <= 1.0)"
                        + ("" if ok else f" by {BAR - statistics.mean(acc):.1f} points") + ".")
     if bar:
@@ -468,7 +539,8 @@ def build_table(out: Path) -> str:
 
 def write_plot(out: Path) -> Path | None:
     """Test accuracy against stage-1 pool pairs (log x): each seed a dot, the mean per (row, pool) joined along the
-    SQuAD pool, the old in-article pool as hollow markers; the MPNet teacher, the ensembles and the bar as lines."""
+    SQuAD pool, the old in-article pool as hollow markers; the MPNet teacher, the ensembles and the bar as lines.
+    A `--student-layers` lever row has its base row's colour, with another marker and line style."""
     from tmkd_hf.plots import MatplotlibMissing, _figure, _save
 
     groups = student_runs(out)
@@ -483,23 +555,29 @@ def write_plot(out: Path) -> Path | None:
     ax = figure.add_subplot()
     colours = {"TMKD_all": "tab:green", "TKD_mpnet": "tab:blue", "TMKD_minilm": "tab:orange", "peer_cls": "tab:grey",
                "peer_mean": "tab:purple"}
+    lever_styles = ("s--", "^:", "D-.", "v--", "P:")  # the default student's line is "o-"
+    variants = sorted({layers for (_, layers, _, _) in groups}, key=_layers_order)
+    styles = {layers: "o-" if layers is None else lever_styles[(i - 1) % len(lever_styles)]
+              for i, layers in enumerate(variants)}
     for row, colour in colours.items():
-        by_epochs: dict[float, list] = {}
-        for (r, pool, e), g in groups.items():
+        by_epochs: dict[tuple, list] = {}
+        for (r, layers, pool, e), g in groups.items():
             if r == row:
-                by_epochs.setdefault(e, []).append((pool, g))
-        for e, items in by_epochs.items():
+                by_epochs.setdefault((layers, e), []).append((pool, g))
+        for (layers, e), items in by_epochs.items():
+            style = styles[layers]
             line_x, line_y = [], []
             for pool, g in sorted(items, key=lambda it: it[1][0]["stage1_rows"]):
                 x, acc = g[0]["stage1_rows"], _acc(g)
                 hollow = pool == "qnli"
-                ax.scatter([x] * len(acc), acc, s=14, color=colour, alpha=0.5,
+                ax.scatter([x] * len(acc), acc, s=14, color=colour, alpha=0.5, marker=style[0],
                            facecolors="none" if hollow else colour, zorder=3)
                 if not hollow:
                     line_x.append(x)
                     line_y.append(statistics.mean(acc))
             if line_x:
-                ax.plot(line_x, line_y, "o-", color=colour, label=f"{row}, stage 1 {e:g} epoch(s), mean", zorder=4)
+                ax.plot(line_x, line_y, style, color=colour, zorder=4,
+                        label=f"{row_label(row, layers)}, stage 1 {e:g} epoch(s), mean")
     for ref, style, label in ((f"teacher_{mp.BIG}", "--", "MPNet-base teacher"),
                               ("ensemble_minilm", ":", "MiniLM ensemble")):
         if ref in runs:
@@ -537,6 +615,9 @@ def main(argv=None) -> int:
     parser.add_argument("--peer-learning-rate", "--peer_learning_rate", type=float,
                         help="the peer rows' learning rate (default: what --tune-peer chose)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    parser.add_argument("--student-layers", "--student_layers", dest="lever_layers", type=non_negative, nargs="+",
+                        metavar="L", help="lever: the backbone layers the student keeps (e.g. 0 1 2 3 4 5: the whole "
+                        "MiniLM-L6; default: the settings' student_layers); its runs are named and tabled apart")
     parser.add_argument("--checkpoint-steps", type=int, default=1000,
                         help="save stage 1 every N steps (resumable); 0: never")
     parser.add_argument("--label-only", action="store_true",
@@ -600,8 +681,16 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     bench = PoolScaleBench(args, out, teachers_from)
     bench.settings = settings
+    if args.lever_layers and args.lever_layers != settings["student_layers"]:  # the lever (not in the settings)
+        from transformers import AutoConfig
+
+        depth = AutoConfig.from_pretrained(bench.backbone).num_hidden_layers
+        if max(args.lever_layers) >= depth or len(set(args.lever_layers)) < len(args.lever_layers):
+            parser.error(f"--student-layers {args.lever_layers}: distinct layers of the backbone's {depth} (0-based)")
+        bench.layers = list(args.lever_layers)
     bench.log(f"output_dir {out}; teachers from {teachers_from}; pools {args.pools}; {torch.get_num_threads()} "
-              f"torch threads; load {load_average()}")
+              f"torch threads; load {load_average()}"
+              + (f"; student layers {bench.layers} (lever)" if bench.layers else ""))
     if args.label_only:  # the pools only, for the requested rows' teacher groups (other teachers may not exist yet)
         subsets = sorted({ROW_RECIPES[r][0] if r in ROW_RECIPES else "all" for r in args.rows})
         bench.teacher_dirs = bench.teachers(tuple(sorted({g for sub in subsets for g in SUBSET_GROUPS[sub]})))

@@ -127,12 +127,43 @@ def test_pools_resume_table_and_plot(tmp_path, teachers, shards, stand_ins, monk
     assert "(resumed: at least) |" in (crashed / "pool_scale.md").read_text()
     assert not (crashed / "work").exists() or not list((crashed / "work").iterdir())
 
+    # the student-layers lever: all 6 layers of the tiny backbone (the settings' student keeps 0, 1, 2), our rows and
+    # the peer, in the same output_dir (the settings do not change), named apart, the default runs untouched
+    before = {p.name: p.read_bytes() for p in (done / "runs").glob("*.json")}
+    lever = ("--pools", "squad1", "--rows", "TMKD_all", "TKD_mpnet", "peer_mean", "--seeds", "1", "--stage1-epochs",
+             "2", "--peer-learning-rate", "1e-4")
+    assert bench.main(arguments(done, teachers, shards, labels, small, *lever, "--student-layers", *"012345")) == 0
+    after = {p.name: p.read_bytes() for p in (done / "runs").glob("*.json")}
+    assert {n: b for n, b in after.items() if n in before} == before
+    assert set(after) - set(before) == {f"{row}__squad1__e2__L0-1-2-3-4-5__seed1.json"
+                                        for row in ("TMKD_all", "TKD_mpnet", "peer_mean")}
+    from transformers import BertConfig
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    layer = sum(p.numel() for p in BertLayer(BertConfig.from_pretrained(small)).parameters())
+    for row in ("TMKD_all", "TKD_mpnet", "peer_mean"):
+        six = json.loads(after[f"{row}__squad1__e2__L0-1-2-3-4-5__seed1.json"])
+        three = json.loads(after[f"{row}__squad1__e2__seed1.json"])
+        assert six["student_layers"] == [0, 1, 2, 3, 4, 5] and "student_layers" not in three
+        assert six["student_parameters"] - three["student_parameters"] == 3 * layer  # 3 more encoder layers
+    # the settings' own layers are the default runs (nothing new); a layer the backbone lacks is refused
+    assert bench.main(arguments(done, teachers, shards, labels, small, *lever, "--student-layers", "0", "1", "2")) == 0
+    assert {p.name for p in (done / "runs").glob("*.json")} == set(after)
+    with pytest.raises(SystemExit):
+        bench.main(arguments(done, teachers, shards, labels, small, *lever, "--student-layers", "0", "6"))
+
     # the table and the picture from the saved runs
     assert bench.main(["--output_dir", str(done), "--table-only"]) == 0
     table = (done / "pool_scale.md").read_text()
     for needle in ("| TMKD_all | squad2 | 40 | 2 | 6 | 1 (1) |", "| TKD_mpnet | qnli | 32 |", "MPNet-base teacher",
                    "TMKD_all − TKD_mpnet", "TMKD_all − peer_mean | squad1",
-                   "Labelling the pool", "TMKD_all: squad-n8 − qnli (control, equal size)"):
+                   "Labelling the pool", "TMKD_all: squad-n8 − qnli (control, equal size)",
+                   "| TMKD_all | squad1 | 24 | 2 | 4 | 1 (1) |",
+                   "| TMKD_all (layers 0-5) | squad1 | 24 | 2 | 4 | 1 (1) |",
+                   "| TMKD_all (layers 0-5) − TMKD_all | squad1, 2 epoch(s) |",
+                   "| TKD_mpnet (layers 0-5) − TKD_mpnet | squad1, 2 epoch(s) |",
+                   "| peer_mean (layers 0-5) − peer_mean | squad1, 2 epoch(s) |",
+                   "| TMKD_all (layers 0-5) − TKD_mpnet (layers 0-5) | squad1"):
         assert needle in table, (needle, table)
     assert (done / "pool_scale.png").stat().st_size > 10_000
 
