@@ -229,6 +229,22 @@ def build_big_exported(model, tokenizer, folder: str, threads: int):
     return models, sizes, weight_type
 
 
+def encode_batches(encode, tokenizer, raw, max_length: int, batch_size: int):
+    """The pairs tokenized by `tokenizer` (with the pipeline's `encode`), in batches each padded to its own longest
+    row; and the mean tokens per row."""
+    features = encode(tokenizer, raw, list(TEXT_COLUMNS), max_length)
+    batches = [tokenizer.pad(features[i : i + batch_size], return_tensors="pt")
+               for i in range(0, len(features), batch_size)]
+    return batches, sum(len(f["input_ids"]) for f in features) / len(features)
+
+
+def logit_parity(logits: list[torch.Tensor], reference: list[torch.Tensor]) -> tuple[float, float]:
+    """Max |logit difference| over every batch, and the share of rows whose argmax agrees."""
+    pairs = list(zip(logits, reference))
+    same = sum(int((x.argmax(-1) == r.argmax(-1)).sum()) for x, r in pairs)
+    return max(float((x - r).abs().max()) for x, r in pairs), same / sum(len(r) for r in reference)
+
+
 @torch.inference_mode()
 def warm_up_logits(model, batches: list[dict]) -> list[torch.Tensor]:
     """The warm-up pass of a big-teacher row, keeping its logits (for the exported rows' parity, so no extra pass)."""
@@ -279,10 +295,7 @@ def main(argv=None) -> int:
     backbone = args.backbone or minilm_dir()
     raw = pipeline.read_tsv(str(data_dir() / "test.tsv"), list(TEXT_COLUMNS), args.rows)
     tokenizer = AutoTokenizer.from_pretrained(backbone)
-    features = pipeline.encode(tokenizer, raw, list(TEXT_COLUMNS), args.max_length)
-    batches = [tokenizer.pad(features[i : i + args.batch_size], return_tensors="pt")
-               for i in range(0, len(features), args.batch_size)]
-    mean_tokens = sum(len(f["input_ids"]) for f in features) / len(features)
+    batches, mean_tokens = encode_batches(pipeline.encode, tokenizer, raw, args.max_length, args.batch_size)
     models, multi, merged, params, layers_of = build_models(backbone, args.student_layers, args.teachers, args.seed)
     with torch.inference_mode():
         merge_diff = max(float((multi(**b).logits - merged(**b).logits).abs().max()) for b in batches[:2])
@@ -293,10 +306,7 @@ def main(argv=None) -> int:
         with torch.inference_mode():  # every batch, outside the timed passes
             reference = [merged(**b).logits for b in batches]
             for name, model in exported.items():
-                logits = [model(b) for b in batches]
-                export_diff[name] = max(float((x - r).abs().max()) for x, r in zip(logits, reference))
-                same = sum(int((x.argmax(-1) == r.argmax(-1)).sum()) for x, r in zip(logits, reference))
-                export_agreement[name] = same / len(features)
+                export_diff[name], export_agreement[name] = logit_parity([model(b) for b in batches], reference)
     models.update(exported)
     big_exported, big_sizes, big_weight_type, big_diff, big_agreement = {}, {}, {}, {}, {}
     if args.big_teacher is not None:  # the same rows, order and batching, tokenized by the big teacher's tokenizer
@@ -307,10 +317,8 @@ def main(argv=None) -> int:
 
             big_dir, big_name = assemble_mpnet(), "all-mpnet-base-v2"  # the cache bench_mpnet.py uses
         big_model, big_tokenizer = build_big_teacher(big_dir, args.seed)
-        big_features = pipeline.encode(big_tokenizer, raw, list(TEXT_COLUMNS), args.max_length)
-        big_batches = [big_tokenizer.pad(big_features[i : i + args.batch_size], return_tensors="pt")
-                       for i in range(0, len(big_features), args.batch_size)]
-        big_mean_tokens = sum(len(f["input_ids"]) for f in big_features) / len(big_features)
+        big_batches, big_mean_tokens = encode_batches(pipeline.encode, big_tokenizer, raw, args.max_length,
+                                                      args.batch_size)
         models[BIG] = lambda batch: big_model(**batch).logits
         params[BIG] = sum(p.numel() for p in big_model.parameters())
         layers_of[BIG] = big_model.config.num_hidden_layers
@@ -335,9 +343,7 @@ def main(argv=None) -> int:
         else:
             timed_pass(models[name], batches)
     for name in big_exported:  # every batch, from the warm-up pass
-        pairs = list(zip(big_logits[name], big_logits[BIG]))
-        big_diff[name] = max(float((x - r).abs().max()) for x, r in pairs)
-        big_agreement[name] = sum(int((x.argmax(-1) == r.argmax(-1)).sum()) for x, r in pairs) / len(big_features)
+        big_diff[name], big_agreement[name] = logit_parity(big_logits[name], big_logits[BIG])
     per_batch: dict[str, list[float]] = {m: [] for m in timed}
     passes: dict[str, list[float]] = {m: [] for m in timed}
     for r in range(args.repeats):
