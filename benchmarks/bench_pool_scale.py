@@ -296,26 +296,34 @@ class PoolScaleBench(mp.MpnetBench):
         student = MultiHeadStudent(student, num_heads=num_heads, readout=s["readout"])
         seconds["stage1"] = self.train(f"{name}-seed{seed}-stage1", student, pool_set, seed=seed, alpha=1.0,
                                        learning_rate=s["stage1_learning_rate"], epochs=epochs)
+        # what stage 1 alone gives (heads merged, as shipped): does stage 2 add to it or undo it? Evaluation draws no
+        # random numbers and stage 2's Trainer seeds itself, so the final student is the one it was without this.
+        stage1_metrics = self.evaluate(student.merge_heads())
         seconds["stage2"] = self.train(f"{name}-seed{seed}-stage2", student, self.train_sets[subset], seed=seed,
                                        alpha=s["alpha"], learning_rate=s["stage2_learning_rate"],
                                        epochs=s["stage2_epochs"])
         model = student.merge_heads()
         parameters = int(sum(p.numel() for p in model.parameters()))
         t0 = time.perf_counter()
-        metrics = {sp: self.metrics(sp, self.pipeline.predict_logits(model, self.tokenizer, self.features[sp],
-                                                                      s["eval_batch_size"]))
-                   for sp in self.eval_splits}
+        metrics = self.evaluate(model)
         seconds["evaluation"] = round(time.perf_counter() - t0, 1)
         seconds["total"] = round(time.perf_counter() - start, 1)
         steps = math.ceil(len(pool_set) / s["batch_size"]) * epochs
         self.save_run(name, seed, metrics, seconds, base_row=row, pool=pool, stage1_rows=len(pool_set),
                       stage1_epochs=epochs, stage1_steps=round(steps), num_heads=num_heads,
-                      stage2_rows=len(self.train_sets[subset]), student_parameters=parameters, **self.lever(),
+                      stage2_rows=len(self.train_sets[subset]), student_parameters=parameters,
+                      stage1_metrics=stage1_metrics, **self.lever(),
                       load=load_average(),
                       **({"resumed": [n for n in self.resumed if n.startswith(f"{name}-seed{seed}-")]}
                          if self.resumed else {}))
         self.log(f"{name} seed {seed}: " + ", ".join(f"{sp} acc {m['accuracy']:.4f}" for sp, m in metrics.items())
                  + f" ({seconds['total']} s; stage 1 {seconds['stage1']} s)")
+
+    def evaluate(self, model) -> dict:
+        """Validation and test metrics of a merged student."""
+        return {sp: self.metrics(sp, self.pipeline.predict_logits(model, self.tokenizer, self.features[sp],
+                                                                  self.settings["eval_batch_size"]))
+                for sp in self.eval_splits}
 
     def peer_run(self, row: str, pool: str, epochs: float, seed: int) -> None:
         """The peer row: our student's layers as a sentence-transformers CrossEncoder, distilled by
@@ -427,6 +435,14 @@ def _mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.1f}" + (f" ± {statistics.stdev(values):.1f}" if len(values) > 1 else "")
 
 
+def _stage1_acc(runs: list[dict]) -> str:
+    """Test accuracy of the stage-1 student (before stage 2), over the runs that recorded it (n shown if not all)."""
+    acc = [100 * r["stage1_metrics"]["test"]["accuracy"] for r in runs if "test" in r.get("stage1_metrics", {})]
+    if not acc:
+        return "–"
+    return _mean_std(acc) + (f" (n={len(acc)})" if len(acc) < len(runs) else "")
+
+
 def _difference(a: list[float], b: list[float]) -> str:
     se = math.sqrt(sum(statistics.variance(x) / len(x) for x in (a, b) if len(x) > 1))
     return f"{statistics.mean(a) - statistics.mean(b):+.1f} ± {se:.1f}"
@@ -454,7 +470,7 @@ def build_table(out: Path) -> str:
              + (" A row marked '(layers …)' is the --student-layers lever: the student keeps those layers of the "
                 "backbone instead." if any(k[1] for k in groups) else ""), "",
              "| row | pool | pool pairs | stage-1 epochs | stage-1 steps | runs (seeds) | validation acc | test acc | "
-             "test MAP | test acc by seed | min per run |", "|" + "---|" * 11]
+             "test MAP | test acc by seed | test acc after stage 1 | min per run |", "|" + "---|" * 12]
     refs = [r for r in ("majority", *sorted(r for r in runs if r.startswith("teacher_")), "ensemble_minilm",
                         "ensemble", "ensemble_weighted") if r in runs]
     names = {f"teacher_{i}": f"MiniLM-L6 teacher {i}" for i in range(mp.NUM_MINILM)}
@@ -463,7 +479,7 @@ def build_table(out: Path) -> str:
         r = runs[ref][0]["metrics"]
         lines.append(f"| {names.get(ref, ref)} | – | – | – | – | 1 | {100 * r['validation']['accuracy']:.1f} | "
                      f"{100 * r['test']['accuracy']:.1f} | "
-                     + (f"{100 * r['test']['map']:.1f}" if "map" in r["test"] else "–") + " | – | – |")
+                     + (f"{100 * r['test']['map']:.1f}" if "map" in r["test"] else "–") + " | – | – | – |")
     order = sorted(groups.items(), key=lambda kv: (kv[0][0], _layers_order(kv[0][1]), _pool_order(kv[0][2]), kv[0][3]))
     for (row, layers, pool, epochs), g in order:
         seeds = sorted(r["seed"] for r in g)
@@ -471,7 +487,8 @@ def build_table(out: Path) -> str:
         lines.append(f"| {row_label(row, layers)} | {pool} | {g[0]['stage1_rows']:,} | {epochs:g} | "
                      f"{g[0]['stage1_steps']:,} | {len(g)} ({', '.join(map(str, seeds))}) | "
                      f"{_mean_std(_acc(g, 'validation'))} | {_mean_std(_acc(g))} | "
-                     f"{_mean_std(_acc(g, 'test', 'map'))} | {', '.join(f'{x:.1f}' for x in _acc(g))} | {minutes:.0f}"
+                     f"{_mean_std(_acc(g, 'test', 'map'))} | {', '.join(f'{x:.1f}' for x in _acc(g))} | "
+                     f"{_stage1_acc(g)} | {minutes:.0f}"
                      + (" (resumed: at least)" if any(r.get("resumed") for r in g) else "") + " |")
     # the comparisons the issue asks for, wherever both sides ran (each among students of the same layers)
     diffs = []

@@ -89,6 +89,22 @@ def test_pools_resume_table_and_plot(tmp_path, teachers, shards, stand_ins, monk
     tmkd = runs["TMKD_all__squad2__e2__seed1"]
     assert tmkd["num_heads"] == 4 and tmkd["stage1_steps"] == 2 * 3  # 40 rows, batch 16: 3 steps per epoch
     assert runs["TKD_mpnet__squad1__e2__seed1"]["num_heads"] == 1
+    # the stage-1 student is evaluated too (heads merged), and that leaves the final student as it was without it
+    assert set(tmkd["stage1_metrics"]) == {"validation", "test"}
+    assert 0 <= tmkd["stage1_metrics"]["test"]["accuracy"] <= 1 and "map" in tmkd["stage1_metrics"]["test"]
+    evaluate, calls = bench.PoolScaleBench.evaluate, []
+
+    def final_only(self, model):  # the run as before the stage-1 evaluation: none for the stage-1 student
+        calls.append(model)
+        return {} if len(calls) == 1 else evaluate(self, model)
+
+    monkeypatch.setattr(bench.PoolScaleBench, "evaluate", final_only)
+    plain = tmp_path / "plain"
+    assert bench.main(arguments(plain, teachers, shards, labels, small, "--pools", "squad2", "--rows", "TMKD_all",
+                                "--seeds", "1", "--stage1-epochs", "2", "--checkpoint-steps", "1")) == 0
+    monkeypatch.setattr(bench.PoolScaleBench, "evaluate", evaluate)
+    assert len(calls) == 2
+    assert json.loads((plain / "runs" / "TMKD_all__squad2__e2__seed1.json").read_text())["metrics"] == tmkd["metrics"]
     # one cache per teacher group, one folder of logits per shard, reused across pool sizes
     for group, teachers_in_group in (("minilm", 3), ("mpnet", 1)):
         folders = sorted((labels / "squad_pool" / group / "files").iterdir())
@@ -155,7 +171,11 @@ def test_pools_resume_table_and_plot(tmp_path, teachers, shards, stand_ins, monk
     # the table and the picture from the saved runs
     assert bench.main(["--output_dir", str(done), "--table-only"]) == 0
     table = (done / "pool_scale.md").read_text()
-    for needle in ("| TMKD_all | squad2 | 40 | 2 | 6 | 1 (1) |", "| TKD_mpnet | qnli | 32 |", "MPNet-base teacher",
+    stage1_test = 100 * tmkd["stage1_metrics"]["test"]["accuracy"]
+    squad2_line = next(line for line in table.splitlines() if line.startswith("| TMKD_all | squad2"))
+    assert f"| {stage1_test:.1f} | " in squad2_line
+    for needle in ("| TMKD_all | squad2 | 40 | 2 | 6 | 1 (1) |", "test acc after stage 1", "| TKD_mpnet | qnli | 32 |",
+                   "MPNet-base teacher",
                    "TMKD_all − TKD_mpnet", "TMKD_all − peer_mean | squad1",
                    "Labelling the pool", "TMKD_all: squad-n8 − qnli (control, equal size)",
                    "| TMKD_all | squad1 | 24 | 2 | 4 | 1 (1) |",
