@@ -17,12 +17,21 @@ TMKD_minilm (the 3 MiniLM teachers), and the peers `peer_cls` / `peer_mean` (`PE
 stage-1 epochs, seed). Lever `--student-layers L [L ...]`: the backbone layers the student keeps instead of the
 settings' (e.g. `0 1 2 3 4 5`, the whole MiniLM-L6, or `0 2 4`), for our students and the peers alike (a peer's
 learning rate stays the one `--tune-peer` chose for the default student). Its runs are named apart
-(`run_name(..., layers)`: `TMKD_all__squad1__e1__L0-1-2-3-4-5`), record `student_layers` (and, as every new run,
+(`run_name(..., lever)`: `TMKD_all__squad1__e1__L0-1-2-3-4-5`), record `student_layers` (and, as every new run,
 `student_parameters`) and are tabled as their own rows, e.g. `TMKD_all (layers 0-5)`, with their difference to the
 default student's row at the same pool and epochs; the teachers and the saved settings do not change, so they share
 an output_dir with the default runs:
 
     ... --pools squad1 --stage1-epochs 1 --rows TMKD_all TKD_mpnet --student-layers 0 1 2 3 4 5 --seeds 1 2 3
+
+Levers of our students' distillation loss, the same way (what closes the gap to the MPNet teacher?): `--temperature T`
+(both stages), `--soft-loss {kl,soft_ce,mse}` (both stages) and `--stage2-alpha A` (stage 2's weight of the soft
+loss, 1 - A on the labels; stage 1 is soft only). They combine with each other and with `--student-layers`; each
+value that differs from the settings' (`Lever`) adds a name part, in this order: `__L0-1-2-3-4-5`, `__T4`, `__mse`,
+`__a1`, records its value in the run (`student_layers`, `temperature`, `soft_loss`, `stage2_alpha`) and its label,
+e.g. `TKD_mpnet (T 4, mse, alpha 1)`. The peers have no such loss (MSE on a margin): these levers refuse them.
+
+    ... --pools squad1 --stage1-epochs 1 --rows TMKD_all TKD_mpnet --temperature 4 --stage2-alpha 1 --seeds 1 2 3
 
 Pools:
 
@@ -55,6 +64,7 @@ import shutil
 import statistics
 import sys
 import time
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -87,6 +97,10 @@ POOL_PATTERN = re.compile(r"^(squad(?P<shards>\d+)|qnli|squad-n(?P<rows>\d+))$")
 BAR = 83.2  # issue 33: TMKD within 2 points of the MPNet teacher's 85.2 on QNLI test, mean of 5 seeds, std <= 1.0
 DEFAULT_LABELS_DIR = Path(__file__).resolve().parent / "soft_labels"
 CONTROL_SEED = 0  # which pairs of the first shard make the `squad-nN` control
+# a lever -> the setting it stands in for, in the order of the run names' and labels' parts
+LEVER_SETTINGS = {"student_layers": "student_layers", "temperature": "temperature", "soft_loss": "soft_loss",
+                  "stage2_alpha": "alpha"}
+LOSS_LEVERS = {"temperature": "--temperature", "soft_loss": "--soft-loss", "stage2_alpha": "--stage2-alpha"}
 
 
 def shard_files(root: Path) -> list[Path]:
@@ -105,9 +119,59 @@ def check_pool(name: str, num_shards: int) -> str:
     return name
 
 
-def run_name(row: str, pool: str, epochs: float, layers: list[int] | tuple[int, ...] | None = None) -> str:
-    """A run's name; a `--student-layers` lever run (`layers`: not the settings' student layers) has its own."""
-    return f"{row}__{pool}__e{epochs:g}" + (f"__L{'-'.join(map(str, layers))}" if layers else "")
+@dataclass(frozen=True)
+class Lever:
+    """What a run changes apart from the saved settings (None: the settings' value; `Lever()`: the default run). The
+    settings are fixed per output_dir, so lever runs share it with the default runs and are named and tabled apart."""
+
+    student_layers: tuple[int, ...] | None = None
+    temperature: float | None = None
+    soft_loss: str | None = None
+    stage2_alpha: float | None = None
+
+    @classmethod
+    def of(cls, values: dict, settings: dict) -> Lever:
+        """The lever of `values` (lever -> value, None: not given): a value equal to the settings' is no lever, so
+        giving the settings' own value is the default run (and a run made before a lever existed has none)."""
+        def plain(value):
+            return tuple(value) if isinstance(value, list) else value
+
+        return cls(**{k: plain(v) for k, v in values.items()
+                      if k in LEVER_SETTINGS and v is not None and plain(v) != plain(settings[LEVER_SETTINGS[k]])})
+
+    def given(self) -> dict:
+        return {f.name: getattr(self, f.name) for f in fields(self) if getattr(self, f.name) is not None}
+
+    def __bool__(self) -> bool:
+        return bool(self.given())
+
+    def record(self) -> dict:
+        """The run JSON's lever keys (a default run: none, as before the levers)."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in self.given().items()}
+
+    def name(self) -> str:
+        """The run-name suffix, e.g. `__L0-1-2-3-4-5__T4__mse__a1` ('' for the default run)."""
+        parts = (self.student_layers and "L" + "-".join(map(str, self.student_layers)),
+                 self.temperature is not None and f"T{self.temperature:g}", self.soft_loss,
+                 self.stage2_alpha is not None and f"a{self.stage2_alpha:g}")
+        return "".join(f"__{p}" for p in parts if p)
+
+    def label(self) -> str:
+        """For people, e.g. 'layers 0-5, T 4, mse, alpha 1' ('' for the default run)."""
+        parts = (self.student_layers and f"layers {layers_label(self.student_layers)}",
+                 self.temperature is not None and f"T {self.temperature:g}", self.soft_loss,
+                 self.stage2_alpha is not None and f"alpha {self.stage2_alpha:g}")
+        return ", ".join(p for p in parts if p)
+
+    def order(self) -> tuple:
+        """Table order: the default run first, then lever by lever (layers: fewer first)."""
+        return tuple((0,) if v is None else (1, len(v), *v) if isinstance(v, tuple) else (1, v)
+                     for v in (getattr(self, f.name) for f in fields(self)))
+
+
+def run_name(row: str, pool: str, epochs: float, lever: Lever = Lever()) -> str:
+    """A run's name; a lever run (`lever`: what differs from the settings) has its own."""
+    return f"{row}__{pool}__e{epochs:g}{lever.name()}"
 
 
 def layers_label(layers: tuple[int, ...]) -> str:
@@ -120,14 +184,28 @@ def layers_label(layers: tuple[int, ...]) -> str:
     return ",".join(parts)
 
 
-def row_label(row: str, layers: tuple[int, ...] | None) -> str:
-    return row if layers is None else f"{row} (layers {layers_label(layers)})"
+def row_label(row: str, lever: Lever = Lever()) -> str:
+    return f"{row} ({lever.label()})" if lever else row
 
 
 def non_negative(text: str) -> int:
     value = int(text)
     if value < 0:
         raise argparse.ArgumentTypeError(f"layer {value}: give 0-based indices (0, 1, ...)")
+    return value
+
+
+def positive(text: str) -> float:
+    value = float(text)
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"temperature {text}: a number > 0")
+    return value
+
+
+def weight(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 1:
+        raise argparse.ArgumentTypeError(f"alpha {text}: a weight in [0, 1] (the labels get 1 - alpha)")
     return value
 
 
@@ -145,7 +223,7 @@ class PoolScaleBench(mp.MpnetBench):
         self.pools: dict[tuple[str, str], object] = {}
         self.labelling_file = self.out / "pool_labelling.json"
         self.resumed: list[str] = []  # stages resumed from a checkpoint: their seconds count only the last start
-        self.layers: list[int] | None = None  # `--student-layers` when not the settings' student layers (a lever)
+        self.lever = Lever()  # what the runs change apart from the settings (`--student-layers`, `--temperature`, ...)
 
     # ----- teachers and the QNLI splits' soft labels: those of the bench_mpnet output -----
 
@@ -246,8 +324,15 @@ class PoolScaleBench(mp.MpnetBench):
 
     # ----- one run -----
 
+    def setting(self, lever: str):
+        """This run's value of `lever`: the lever's where the run sets one, else the saved settings'."""
+        value = getattr(self.lever, lever)
+        return self.settings[LEVER_SETTINGS[lever]] if value is None else value
+
     def training_args(self, name: str, learning_rate: float, epochs: float, seed: int, alpha: float, **extra):
         args = super().training_args(name, learning_rate, epochs, seed, alpha, **extra)
+        # the temperature and soft-loss levers apply to both stages (the settings' values without a lever)
+        args.temperature, args.soft_loss = self.setting("temperature"), self.setting("soft_loss")
         if name.endswith("-stage1") and self.args.checkpoint_steps:  # long stage 1s: resumable
             from transformers.trainer_utils import SaveStrategy
 
@@ -275,10 +360,6 @@ class PoolScaleBench(mp.MpnetBench):
         shutil.rmtree(work, ignore_errors=True)
         return round(seconds, 1)
 
-    def lever(self) -> dict:
-        """A `--student-layers` lever run records its layers (a default run: nothing, as before)."""
-        return {"student_layers": list(self.layers)} if self.layers else {}
-
     def pool_run(self, row: str, pool: str, epochs: float, seed: int) -> None:
         from transformers import set_seed
 
@@ -286,21 +367,22 @@ class PoolScaleBench(mp.MpnetBench):
 
         subset, heads = ROW_RECIPES[row]
         s, seconds = self.settings, {}
-        name = run_name(row, pool, epochs, self.layers)
+        name = run_name(row, pool, epochs, self.lever)
         pool_set = self.pool_dataset(pool, subset)
         start = time.perf_counter()
         set_seed(seed)
-        student = student_from_teacher_layers(self.backbone, layers=self.layers or s["student_layers"],
+        student = student_from_teacher_layers(self.backbone, layers=list(self.setting("student_layers")),
                                               **self.model_kwargs)
         num_heads = len(pool_set[0]["teacher_logits"]) if heads == "all" else 1
         student = MultiHeadStudent(student, num_heads=num_heads, readout=s["readout"])
+        # stage 1 is soft only (alpha 1: the pool has no labels); the stage-2 alpha lever changes stage 2 alone
         seconds["stage1"] = self.train(f"{name}-seed{seed}-stage1", student, pool_set, seed=seed, alpha=1.0,
                                        learning_rate=s["stage1_learning_rate"], epochs=epochs)
         # what stage 1 alone gives (heads merged, as shipped): does stage 2 add to it or undo it? Evaluation draws no
         # random numbers and stage 2's Trainer seeds itself, so the final student is the one it was without this.
         stage1_metrics = self.evaluate(student.merge_heads())
         seconds["stage2"] = self.train(f"{name}-seed{seed}-stage2", student, self.train_sets[subset], seed=seed,
-                                       alpha=s["alpha"], learning_rate=s["stage2_learning_rate"],
+                                       alpha=self.setting("stage2_alpha"), learning_rate=s["stage2_learning_rate"],
                                        epochs=s["stage2_epochs"])
         model = student.merge_heads()
         parameters = int(sum(p.numel() for p in model.parameters()))
@@ -312,7 +394,7 @@ class PoolScaleBench(mp.MpnetBench):
         self.save_run(name, seed, metrics, seconds, base_row=row, pool=pool, stage1_rows=len(pool_set),
                       stage1_epochs=epochs, stage1_steps=round(steps), num_heads=num_heads,
                       stage2_rows=len(self.train_sets[subset]), student_parameters=parameters,
-                      stage1_metrics=stage1_metrics, **self.lever(),
+                      stage1_metrics=stage1_metrics, **self.lever.record(),
                       load=load_average(),
                       **({"resumed": [n for n in self.resumed if n.startswith(f"{name}-seed{seed}-")]}
                          if self.resumed else {}))
@@ -333,18 +415,19 @@ class PoolScaleBench(mp.MpnetBench):
         s = self.settings
         kind = PEER_ROWS[row]
         learning_rate = self.peer_learning_rate(kind)
-        config = self.peer_config(kind, epochs, seed, layers=self.layers, learning_rate=learning_rate)
+        config = self.peer_config(kind, epochs, seed, layers=self.lever.student_layers, learning_rate=learning_rate)
         pool_rows = self.pool_rows(pool, "all")
         result = peer.run_peer(self.backbone, pool=pool_rows, train=self.labelled["train"],
                                eval_sets={sp: self.raw[sp] for sp in self.eval_splits},
                                text_columns=self.text_columns, config=config, out_dir=self.out / "peer",
-                               name=f"{run_name(row, pool, epochs, self.layers)}__seed{seed}",
+                               name=f"{run_name(row, pool, epochs, self.lever)}__seed{seed}",
                                group_column=self.files["group_column"], log=self.log)
         steps = math.ceil(len(pool_rows) / s["batch_size"]) * epochs
-        self.save_run(run_name(row, pool, epochs, self.layers), seed, result["metrics"], result["seconds"],
+        self.save_run(run_name(row, pool, epochs, self.lever), seed, result["metrics"], result["seconds"],
                       base_row=row, pool=pool, stage1_rows=len(pool_rows), stage1_epochs=epochs,
                       stage1_steps=round(steps), num_heads=0, stage2_rows=len(self.labelled["train"]),
-                      peer_learning_rate=learning_rate, student_parameters=result["num_parameters"], **self.lever(),
+                      peer_learning_rate=learning_rate, student_parameters=result["num_parameters"],
+                      **self.lever.record(),
                       load=load_average())
 
     def peer_config(self, kind: str, epochs: float, seed: int, layers=None, **extra):
@@ -390,7 +473,7 @@ class PoolScaleBench(mp.MpnetBench):
             for e in epochs:
                 for seed in seeds:
                     for row in rows:
-                        path = ab.run_file(self.out, run_name(row, pool, e, self.layers), seed)
+                        path = ab.run_file(self.out, run_name(row, pool, e, self.lever), seed)
                         if path.is_file():
                             self.log(f"skip {path.stem}: done")
                             continue
@@ -404,23 +487,18 @@ class PoolScaleBench(mp.MpnetBench):
 # ----- the table and the picture, from the saved runs only -----
 
 
-def run_layers(run: dict) -> tuple[int, ...] | None:
-    """A run's `--student-layers` lever (None: the settings' student layers, every run made before the option)."""
-    layers = run.get("student_layers")
-    return None if not layers or layers == run["settings"]["student_layers"] else tuple(layers)
+def run_lever(run: dict) -> Lever:
+    """A run's lever, from the values it recorded (none: the default run, as every run made before the levers)."""
+    return Lever.of({k: run.get(k) for k in LEVER_SETTINGS}, run["settings"])
 
 
-def _layers_order(layers: tuple[int, ...] | None) -> tuple:
-    return (0,) if layers is None else (1, len(layers), *layers)
-
-
-def student_runs(out: Path) -> dict[tuple[str, tuple[int, ...] | None, str, float], list[dict]]:
-    """The student runs by (base row, student layers (None: the settings'), pool, stage-1 epochs)."""
-    groups: dict[tuple[str, tuple[int, ...] | None, str, float], list[dict]] = {}
+def student_runs(out: Path) -> dict[tuple[str, Lever, str, float], list[dict]]:
+    """The student runs by (base row, lever (`Lever()`: the settings' student), pool, stage-1 epochs)."""
+    groups: dict[tuple[str, Lever, str, float], list[dict]] = {}
     for row_runs in ab.load_runs(out).values():
         for run in row_runs:
             if "pool" in run:
-                key = (run["base_row"], run_layers(run), run["pool"], run["stage1_epochs"])
+                key = (run["base_row"], run_lever(run), run["pool"], run["stage1_epochs"])
                 groups.setdefault(key, []).append(run)
     return groups
 
@@ -468,7 +546,11 @@ def build_table(out: Path) -> str:
              "qnli = qnli/unlabeled.tsv (the evaluation articles); squad-nN = N pairs drawn from the first shard. "
              "Students: mean ± sample std over seeds."
              + (" A row marked '(layers …)' is the --student-layers lever: the student keeps those layers of the "
-                "backbone instead." if any(k[1] for k in groups) else ""), "",
+                "backbone instead." if any(k[1].student_layers for k in groups) else "")
+             + (" A row marked 'T …', 'kl', 'soft_ce', 'mse' or 'alpha …' (in its parentheses) is the --temperature, "
+                "--soft-loss or --stage2-alpha lever: both stages distil at that temperature or with that soft loss; "
+                "stage 2 weighs the soft loss alpha and the labels 1 − alpha."
+                if any(set(k[1].given()) & set(LOSS_LEVERS) for k in groups) else ""), "",
              "| row | pool | pool pairs | stage-1 epochs | stage-1 steps | runs (seeds) | validation acc | test acc | "
              "test MAP | test acc by seed | test acc after stage 1 | min per run |", "|" + "---|" * 12]
     refs = [r for r in ("majority", *sorted(r for r in runs if r.startswith("teacher_")), "ensemble_minilm",
@@ -480,62 +562,62 @@ def build_table(out: Path) -> str:
         lines.append(f"| {names.get(ref, ref)} | – | – | – | – | 1 | {100 * r['validation']['accuracy']:.1f} | "
                      f"{100 * r['test']['accuracy']:.1f} | "
                      + (f"{100 * r['test']['map']:.1f}" if "map" in r["test"] else "–") + " | – | – | – |")
-    order = sorted(groups.items(), key=lambda kv: (kv[0][0], _layers_order(kv[0][1]), _pool_order(kv[0][2]), kv[0][3]))
-    for (row, layers, pool, epochs), g in order:
+    order = sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1].order(), _pool_order(kv[0][2]), kv[0][3]))
+    for (row, lever, pool, epochs), g in order:
         seeds = sorted(r["seed"] for r in g)
         minutes = statistics.mean(r["seconds"]["total"] for r in g) / 60
-        lines.append(f"| {row_label(row, layers)} | {pool} | {g[0]['stage1_rows']:,} | {epochs:g} | "
+        lines.append(f"| {row_label(row, lever)} | {pool} | {g[0]['stage1_rows']:,} | {epochs:g} | "
                      f"{g[0]['stage1_steps']:,} | {len(g)} ({', '.join(map(str, seeds))}) | "
                      f"{_mean_std(_acc(g, 'validation'))} | {_mean_std(_acc(g))} | "
                      f"{_mean_std(_acc(g, 'test', 'map'))} | {', '.join(f'{x:.1f}' for x in _acc(g))} | "
                      f"{_stage1_acc(g)} | {minutes:.0f}"
                      + (" (resumed: at least)" if any(r.get("resumed") for r in g) else "") + " |")
-    # the comparisons the issue asks for, wherever both sides ran (each among students of the same layers)
+    # the comparisons the issue asks for, wherever both sides ran (each among students of the same lever)
     diffs = []
     keys = sorted({(p, e) for (_, _, p, e) in groups}, key=lambda k: (_pool_order(k[0]), k[1]))
-    variants = sorted({layers for (_, layers, _, _) in groups}, key=_layers_order)
+    levers = sorted({lever for (_, lever, _, _) in groups}, key=Lever.order)
     for pool, e in keys:
-        for layers in variants:
-            a, b = groups.get(("TMKD_all", layers, pool, e)), groups.get(("TKD_mpnet", layers, pool, e))
-            tmkd = row_label("TMKD_all", layers)
+        for lever in levers:
+            a, b = groups.get(("TMKD_all", lever, pool, e)), groups.get(("TKD_mpnet", lever, pool, e))
+            tmkd = row_label("TMKD_all", lever)
             if a and b:
-                diffs.append(f"| {tmkd} − {row_label('TKD_mpnet', layers)} | {pool}, {e:g} epoch(s) | "
+                diffs.append(f"| {tmkd} − {row_label('TKD_mpnet', lever)} | {pool}, {e:g} epoch(s) | "
                              f"{_difference(_acc(a), _acc(b))} | {len(a)} | {len(b)} |")
             for peer_row in PEER_ROWS:
-                q = groups.get((peer_row, layers, pool, e))
+                q = groups.get((peer_row, lever, pool, e))
                 if a and q:
-                    diffs.append(f"| {tmkd} − {row_label(peer_row, layers)} | {pool}, {e:g} epoch(s) | "
+                    diffs.append(f"| {tmkd} − {row_label(peer_row, lever)} | {pool}, {e:g} epoch(s) | "
                                  f"{_difference(_acc(a), _acc(q))} | {len(a)} | {len(q)} |")
-            m = groups.get(("TMKD_minilm", layers, pool, e))
+            m = groups.get(("TMKD_minilm", lever, pool, e))
             if m and "ensemble_minilm" in runs:
                 ens = [100 * runs["ensemble_minilm"][0]["metrics"]["test"]["accuracy"]]
-                diffs.append(f"| {row_label('TMKD_minilm', layers)} − ensemble_minilm | {pool}, {e:g} epoch(s) | "
+                diffs.append(f"| {row_label('TMKD_minilm', lever)} − ensemble_minilm | {pool}, {e:g} epoch(s) | "
                              f"{_difference(_acc(m), ens)} | {len(m)} | 1 |")
-        # the student-layers lever against the settings' student, row by row
+        # each lever against the default student (the settings'), row by row
         for row in ALL_ROWS:
-            base = groups.get((row, None, pool, e))
-            for layers in variants[1:] if base else ():
-                lever = groups.get((row, layers, pool, e))
-                if lever:
-                    diffs.append(f"| {row_label(row, layers)} − {row} | {pool}, {e:g} epoch(s) | "
-                                 f"{_difference(_acc(lever), _acc(base))} | {len(lever)} | {len(base)} |")
+            base = groups.get((row, Lever(), pool, e))
+            for lever in levers if base else ():
+                moved = groups.get((row, lever, pool, e)) if lever else None
+                if moved:
+                    diffs.append(f"| {row_label(row, lever)} − {row} | {pool}, {e:g} epoch(s) | "
+                                 f"{_difference(_acc(moved), _acc(base))} | {len(moved)} | {len(base)} |")
     for row in ALL_ROWS:
-        for layers in variants:
+        for lever in levers:
             for e in sorted({k[1] for k in keys}):
-                old = groups.get((row, layers, "qnli", e))
-                for (r, lay, pool, e2), new in groups.items():
-                    if r == row and lay == layers and e2 == e and pool.startswith("squad-n") and old:
-                        diffs.append(f"| {row_label(row, layers)}: {pool} − qnli (control, equal size) | {e:g} "
+                old = groups.get((row, lever, "qnli", e))
+                for (r, lev, pool, e2), new in groups.items():
+                    if r == row and lev == lever and e2 == e and pool.startswith("squad-n") and old:
+                        diffs.append(f"| {row_label(row, lever)}: {pool} − qnli (control, equal size) | {e:g} "
                                      f"epoch(s) | {_difference(_acc(new), _acc(old))} | {len(new)} | {len(old)} |")
     if diffs:
         lines += ["", "Differences of mean test accuracy (points) ± standard error (sqrt(s_a^2/n_a + s_b^2/n_b)):", "",
                   "| a − b | where | difference | a runs | b runs |", "|---|---|---|---|---|", *diffs]
     bar = []
-    for (row, layers, pool, e), g in groups.items():
+    for (row, lever, pool, e), g in groups.items():
         if row.startswith("TMKD") and len(g) >= 5:
             acc = _acc(g)
             ok = statistics.mean(acc) >= BAR and statistics.stdev(acc) <= 1.0
-            bar.append(f"- {row_label(row, layers)} on {pool}, {e:g} epoch(s): {_mean_std(acc)} over {len(g)} seeds: "
+            bar.append(f"- {row_label(row, lever)} on {pool}, {e:g} epoch(s): {_mean_std(acc)} over {len(g)} seeds: "
                        f"{'meets' if ok else 'misses'} the bar ({BAR} test, std <= 1.0)"
                        + ("" if ok else f" by {BAR - statistics.mean(acc):.1f} points") + ".")
     if bar:
@@ -557,7 +639,8 @@ def build_table(out: Path) -> str:
 def write_plot(out: Path) -> Path | None:
     """Test accuracy against stage-1 pool pairs (log x): each seed a dot, the mean per (row, pool) joined along the
     SQuAD pool, the old in-article pool as hollow markers; the MPNet teacher, the ensembles and the bar as lines.
-    A `--student-layers` lever row has its base row's colour, with another marker and line style."""
+    A lever row (`--student-layers`, `--temperature`, ...) has its base row's colour, with another marker and line
+    style."""
     from tmkd_hf.plots import MatplotlibMissing, _figure, _save
 
     groups = student_runs(out)
@@ -573,16 +656,15 @@ def write_plot(out: Path) -> Path | None:
     colours = {"TMKD_all": "tab:green", "TKD_mpnet": "tab:blue", "TMKD_minilm": "tab:orange", "peer_cls": "tab:grey",
                "peer_mean": "tab:purple"}
     lever_styles = ("s--", "^:", "D-.", "v--", "P:")  # the default student's line is "o-"
-    variants = sorted({layers for (_, layers, _, _) in groups}, key=_layers_order)
-    styles = {layers: "o-" if layers is None else lever_styles[(i - 1) % len(lever_styles)]
-              for i, layers in enumerate(variants)}
+    levers = sorted({lever for (_, lever, _, _) in groups}, key=Lever.order)
+    styles = {lever: lever_styles[(i - 1) % len(lever_styles)] if lever else "o-" for i, lever in enumerate(levers)}
     for row, colour in colours.items():
         by_epochs: dict[tuple, list] = {}
-        for (r, layers, pool, e), g in groups.items():
+        for (r, lever, pool, e), g in groups.items():
             if r == row:
-                by_epochs.setdefault((layers, e), []).append((pool, g))
-        for (layers, e), items in by_epochs.items():
-            style = styles[layers]
+                by_epochs.setdefault((lever, e), []).append((pool, g))
+        for (lever, e), items in by_epochs.items():
+            style = styles[lever]
             line_x, line_y = [], []
             for pool, g in sorted(items, key=lambda it: it[1][0]["stage1_rows"]):
                 x, acc = g[0]["stage1_rows"], _acc(g)
@@ -594,7 +676,7 @@ def write_plot(out: Path) -> Path | None:
                     line_y.append(statistics.mean(acc))
             if line_x:
                 ax.plot(line_x, line_y, style, color=colour, zorder=4,
-                        label=f"{row_label(row, layers)}, stage 1 {e:g} epoch(s), mean")
+                        label=f"{row_label(row, lever)}, stage 1 {e:g} epoch(s), mean")
     for ref, style, label in ((f"teacher_{mp.BIG}", "--", "MPNet-base teacher"),
                               ("ensemble_minilm", ":", "MiniLM ensemble")):
         if ref in runs:
@@ -612,6 +694,8 @@ def write_plot(out: Path) -> Path | None:
 
 
 def main(argv=None) -> int:
+    from tmkd_hf.arguments import SOFT_LOSSES
+
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--output_dir", "--output-dir", default=str(ab.REPO / "outputs" / "pool-scale"))
     parser.add_argument("--teachers-from", "--teachers_from", type=Path, default=ab.REPO / "outputs" / "mpnet-qnli",
@@ -632,9 +716,19 @@ def main(argv=None) -> int:
     parser.add_argument("--peer-learning-rate", "--peer_learning_rate", type=float,
                         help="the peer rows' learning rate (default: what --tune-peer chose)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
-    parser.add_argument("--student-layers", "--student_layers", dest="lever_layers", type=non_negative, nargs="+",
-                        metavar="L", help="lever: the backbone layers the student keeps (e.g. 0 1 2 3 4 5: the whole "
-                        "MiniLM-L6; default: the settings' student_layers); its runs are named and tabled apart")
+    parser.add_argument("--student-layers", "--student_layers", dest="lever_student_layers", type=non_negative,
+                        nargs="+", metavar="L", help="lever: the backbone layers the student keeps (e.g. 0 1 2 3 4 "
+                        "5: the whole MiniLM-L6; default: the settings' student_layers); its runs are named and tabled "
+                        "apart")
+    parser.add_argument("--temperature", dest="lever_temperature", type=positive, metavar="T",
+                        help="lever: the distillation temperature of both stages (> 0; default: the settings', 2); "
+                        "our student rows only; its runs are named and tabled apart")
+    parser.add_argument("--soft-loss", "--soft_loss", dest="lever_soft_loss", choices=SOFT_LOSSES,
+                        help="lever: the soft loss of both stages (default: the settings', kl); our student rows "
+                        "only; its runs are named and tabled apart")
+    parser.add_argument("--stage2-alpha", "--stage2_alpha", dest="lever_stage2_alpha", type=weight, metavar="A",
+                        help="lever: stage 2's weight of the soft loss, 1 - A on the labels (in [0, 1]; default: the "
+                        "settings' alpha, 0.5; stage 1 stays soft only); our student rows only; named and tabled apart")
     parser.add_argument("--checkpoint-steps", type=int, default=1000,
                         help="save stage 1 every N steps (resumable); 0: never")
     parser.add_argument("--label-only", action="store_true",
@@ -651,6 +745,11 @@ def main(argv=None) -> int:
     parser.add_argument("--no-record", action="store_true", help=f"do not append the table to {RESULTS.name}")
     args = parser.parse_args(argv)
     out = Path(args.output_dir)
+    loss_levers = [option for lever, option in LOSS_LEVERS.items() if getattr(args, f"lever_{lever}") is not None]
+    peers = [row for row in args.rows if row in PEER_ROWS]
+    if loss_levers and peers:  # refused before anything runs
+        parser.error(f"{', '.join(loss_levers)}: the peer row(s) {', '.join(peers)} have no temperature, soft loss or "
+                     "alpha (a CrossEncoder with MSE on a margin); run the peers apart, without this lever")
     if args.table_only:
         table = build_table(out)
         print(table)
@@ -698,16 +797,17 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     bench = PoolScaleBench(args, out, teachers_from)
     bench.settings = settings
-    if args.lever_layers and args.lever_layers != settings["student_layers"]:  # the lever (not in the settings)
+    # the levers: what differs from the settings (not in them, so the output_dir and its default runs are kept)
+    bench.lever = Lever.of({lever: getattr(args, f"lever_{lever}") for lever in LEVER_SETTINGS}, settings)
+    if bench.lever.student_layers:
         from transformers import AutoConfig
 
         depth = AutoConfig.from_pretrained(bench.backbone).num_hidden_layers
-        if max(args.lever_layers) >= depth or len(set(args.lever_layers)) < len(args.lever_layers):
-            parser.error(f"--student-layers {args.lever_layers}: distinct layers of the backbone's {depth} (0-based)")
-        bench.layers = list(args.lever_layers)
+        layers = args.lever_student_layers
+        if max(layers) >= depth or len(set(layers)) < len(layers):
+            parser.error(f"--student-layers {layers}: distinct layers of the backbone's {depth} (0-based)")
     bench.log(f"output_dir {out}; teachers from {teachers_from}; pools {args.pools}; {torch.get_num_threads()} "
-              f"torch threads; load {load_average()}"
-              + (f"; student layers {bench.layers} (lever)" if bench.layers else ""))
+              f"torch threads; load {load_average()}" + (f"; lever: {bench.lever.label()}" if bench.lever else ""))
     if args.label_only:  # the pools only, for the requested rows' teacher groups (other teachers may not exist yet)
         subsets = sorted({ROW_RECIPES[r][0] if r in ROW_RECIPES else "all" for r in args.rows})
         bench.teacher_dirs = bench.teachers(tuple(sorted({g for sub in subsets for g in SUBSET_GROUPS[sub]})))

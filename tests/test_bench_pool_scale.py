@@ -1,7 +1,8 @@
 """bench_pool_scale.py on tiny stand-ins: bench_mpnet's tiny teachers (made by `bench_mpnet.py --teachers-only`), a
 tiny sharded pool of real QNLI pairs as gzipped TSV shards, every pool kind (K shards, the old in-article pool, the
 equal-size control), a stage 1 killed mid-way and resumed from its checkpoint with the numbers of an uninterrupted
-run, and the table and picture from the saved runs."""
+run, the levers (student layers, temperature, soft loss, stage-2 alpha) run beside the default runs, and the table and
+picture from the saved runs."""
 
 from __future__ import annotations
 
@@ -27,6 +28,7 @@ def load_bench():
     sys.path.insert(0, str(REPO / "benchmarks"))
     spec = importlib.util.spec_from_file_location("bench_pool_scale", REPO / "benchmarks" / "bench_pool_scale.py")
     module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # as an import does (its dataclass looks its module up there)
     spec.loader.exec_module(module)
     return module
 
@@ -186,6 +188,85 @@ def test_pools_resume_table_and_plot(tmp_path, teachers, shards, stand_ins, monk
                    "| TMKD_all (layers 0-5) − TKD_mpnet (layers 0-5) | squad1"):
         assert needle in table, (needle, table)
     assert (done / "pool_scale.png").stat().st_size > 10_000
+
+
+def test_loss_levers(tmp_path, teachers, shards, stand_ins, monkeypatch, capsys):  # noqa: F811
+    """--temperature, --soft-loss and --stage2-alpha: lever runs beside the default ones (the settings do not change),
+    named, recorded, trained and tabled apart, the default runs untouched; the peers have no such loss."""
+    bench = load_bench()
+    from tmkd_hf import MultiTeacherDistillationTrainer
+
+    small = stand_ins[0]
+    out, labels = tmp_path / "out", tmp_path / "labels"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    received = {}  # each stage's distillation arguments, as the trainer got them
+    init = MultiTeacherDistillationTrainer.__init__
+
+    def recording_init(self, *args, **kwargs):
+        given = kwargs["args"]
+        received[Path(given.output_dir).name] = (given.temperature, given.soft_loss, given.alpha)
+        init(self, *args, **kwargs)
+
+    monkeypatch.setattr(MultiTeacherDistillationTrainer, "__init__", recording_init)
+    common = ("--pools", "squad1", "--rows", "TMKD_all", "TKD_mpnet", "--seeds", "1", "--stage1-epochs", "1")
+    assert bench.main(arguments(out, teachers, shards, labels, small, *common)) == 0
+    settings = json.loads((out / "settings.json").read_text())
+    t, loss, alpha = settings["temperature"], settings["soft_loss"], settings["alpha"]
+    assert (t, loss, alpha) == (2.0, "kl", 0.5)
+    before = {p.name: p.read_bytes() for p in (out / "runs").glob("*.json")}
+
+    levers = ("--temperature", "4", "--soft-loss", "mse", "--stage2-alpha", "1")
+    assert bench.main(arguments(out, teachers, shards, labels, small, *common, *levers)) == 0
+    after = {p.name: p.read_bytes() for p in (out / "runs").glob("*.json")}
+    assert {n: b for n, b in after.items() if n in before} == before
+    rows = ("TMKD_all", "TKD_mpnet")
+    assert set(after) - set(before) == {f"{row}__squad1__e1__T4__mse__a1__seed1.json" for row in rows}
+    for row in rows:
+        lever = json.loads(after[f"{row}__squad1__e1__T4__mse__a1__seed1.json"])
+        default = json.loads(after[f"{row}__squad1__e1__seed1.json"])
+        assert (lever["temperature"], lever["soft_loss"], lever["stage2_alpha"]) == (4.0, "mse", 1.0)
+        assert lever["settings"] == default["settings"] and "student_layers" not in lever
+        assert not {"temperature", "soft_loss", "stage2_alpha", "student_layers"} & set(default)
+        # stage 1 soft only at the lever's temperature and loss; stage 2 with the lever's alpha
+        assert received[f"{row}__squad1__e1-seed1-stage1"] == (t, loss, 1.0)
+        assert received[f"{row}__squad1__e1-seed1-stage2"] == (t, loss, alpha)
+        assert received[f"{row}__squad1__e1__T4__mse__a1-seed1-stage1"] == (4.0, "mse", 1.0)
+        assert received[f"{row}__squad1__e1__T4__mse__a1-seed1-stage2"] == (4.0, "mse", 1.0)
+    # the settings' own values are the default runs: nothing new runs
+    trained = len(received)
+    assert bench.main(arguments(out, teachers, shards, labels, small, *common, "--temperature", "2", "--soft-loss",
+                                "kl", "--stage2-alpha", "0.5")) == 0
+    assert len(received) == trained and {p.name for p in (out / "runs").glob("*.json")} == set(after)
+    # the name parts in their order, with the layers lever
+    every = bench.Lever(student_layers=(0, 1, 2, 3, 4, 5), temperature=4.0, soft_loss="soft_ce", stage2_alpha=0.75)
+    assert bench.run_name("TMKD_all", "squad1", 1.0, every) == "TMKD_all__squad1__e1__L0-1-2-3-4-5__T4__soft_ce__a0.75"
+    assert bench.row_label("TMKD_all", every) == "TMKD_all (layers 0-5, T 4, soft_ce, alpha 0.75)"
+
+    # the peers have no temperature, soft loss or alpha; values out of range; refused before anything runs
+    refused = tmp_path / "refused"
+    with pytest.raises(SystemExit):
+        bench.main(arguments(refused, teachers, shards, labels, small, "--rows", "TMKD_all", "peer_mean",
+                             "--temperature", "4"))
+    error = capsys.readouterr().err
+    assert "--temperature" in error and "peer_mean" in error
+    for bad in (("--temperature", "0"), ("--temperature", "-1"), ("--stage2-alpha", "1.5"), ("--soft-loss", "l1")):
+        with pytest.raises(SystemExit):
+            bench.main(arguments(refused, teachers, shards, labels, small, *bad))
+    assert not refused.exists()
+
+    assert bench.main(["--output_dir", str(out), "--table-only"]) == 0
+    table = (out / "pool_scale.md").read_text()
+    for needle in ("| TKD_mpnet | squad1 | 24 | 1 | 2 | 1 (1) |",
+                   "| TKD_mpnet (T 4, mse, alpha 1) | squad1 | 24 | 1 | 2 | 1 (1) |",
+                   "| TMKD_all (T 4, mse, alpha 1) | squad1 | 24 | 1 | 2 | 1 (1) |",
+                   "| TKD_mpnet (T 4, mse, alpha 1) − TKD_mpnet | squad1, 1 epoch(s) |",
+                   "| TMKD_all (T 4, mse, alpha 1) − TMKD_all | squad1, 1 epoch(s) |",
+                   "| TMKD_all − TKD_mpnet | squad1, 1 epoch(s) |",
+                   "| TMKD_all (T 4, mse, alpha 1) − TKD_mpnet (T 4, mse, alpha 1) | squad1, 1 epoch(s) |",
+                   "is the --temperature, --soft-loss or --stage2-alpha lever"):
+        assert needle in table, (needle, table)
+    assert "--student-layers lever" not in table
+    assert (out / "pool_scale.png").stat().st_size > 10_000
 
 
 def test_bad_pool_names_and_missing_teachers(tmp_path, shards, stand_ins):  # noqa: F811
