@@ -265,6 +265,27 @@ def test_evaluate_and_predict_return_combined_logits(tmp_path, tokenizer):
     np.testing.assert_allclose(pred.predictions[:4], expected, atol=1e-5)
 
 
+def test_length_grouped_training_still_evaluates_and_predicts_in_row_order(tmp_path, tokenizer):
+    """transformers 5 groups evaluation batches by length under group_by_length and returns predictions and labels in
+    that order; ours keep the rows' order (predictions written beside their rows, MAP / MRR per question group)."""
+    dev = tokenize(pair_dataset(40, seed=3), tokenizer)
+    trainer = MultiTeacherDistillationTrainer(
+        model=no_dropout_student(),
+        args=make_args(tmp_path, train_sampling_strategy="group_by_length", per_device_eval_batch_size=4),
+        processing_class=tokenizer,
+    )
+    lengths = [len(ids) for ids in dev["input_ids"]]
+    assert len(set(lengths)) > 4  # rows of many lengths: a grouped order would differ from the rows'
+    pred = trainer.predict(dev)
+    np.testing.assert_array_equal(pred.label_ids, np.asarray(dev["label"]))
+    student = trainer.model.eval()
+    with torch.no_grad():
+        expected = np.concatenate(
+            [student(**DataCollatorWithTeacherLogits(tokenizer)([dev[i]])).logits.numpy() for i in range(len(dev))]
+        )
+    np.testing.assert_allclose(pred.predictions, expected, atol=1e-5)
+
+
 def test_evaluate_after_predict_logs_its_own_loss_parts_only(tmp_path, tokenizer):
     """`predict` runs the loss (soft parts too, on rows with teacher logits) but never logs its parts: the
     evaluation after it logs its own only."""

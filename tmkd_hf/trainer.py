@@ -4,7 +4,8 @@ Soft labels come from the batch (`teacher_logits`, cached once by `label_with_te
 a cache, from online teachers run on each batch. The `Trainer` methods overridden are: the loss
 (`compute_loss`, `prediction_step`), keeping the `teacher_logits` column (`_set_signature_columns_if_needed`),
 exact loss normalisation under gradient accumulation (`get_batch_samples`), per-component logging (`log`, `predict`),
-the default objective of `hyperparameter_search` and what gets saved (`_save`: checkpoints keep every head, the final
+evaluation in the rows' order under length-grouped training (`_get_eval_sampler`), the default objective of
+`hyperparameter_search` and what gets saved (`_save`: checkpoints keep every head, the final
 model is merged). What gets published (`push_to_hub`, `create_model_card`, `_push_from_checkpoint`) is in
 `tmkd_hf.trainer_hub`.
 
@@ -27,11 +28,17 @@ import torch
 import transformers
 from datasets import Dataset
 from torch import nn
+from torch.utils.data import SequentialSampler
 from transformers import Trainer, TrainingArguments
 from transformers.models.auto.modeling_auto import MODEL_FOR_SEQUENCE_CLASSIFICATION_MAPPING_NAMES
 from transformers.trainer import TRAINING_ARGS_NAME
 from transformers.trainer_pt_utils import nested_detach
-from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, default_compute_objective, unwrap_peft_model
+from transformers.trainer_utils import (
+    PREFIX_CHECKPOINT_DIR,
+    default_compute_objective,
+    has_length,
+    unwrap_peft_model,
+)
 from transformers.utils import logging
 
 from .arguments import DistillationArguments, upgrade_arguments
@@ -426,6 +433,18 @@ class MultiTeacherDistillationTrainer(TrainerHubMixin, Trainer):
             self._metrics["eval"].clear()
         self._card_recorder.on_predict(self.args, self.state, self.control, metrics=output.metrics)
         return output
+
+    def _get_eval_sampler(self, eval_dataset):
+        """Evaluation and prediction in the rows' order, also with `train_sampling_strategy="group_by_length"`
+        (a training order): transformers 5 would group the evaluation batches by length as well and return the
+        predictions and labels in that order, so that per-row results (predictions written beside their rows,
+        MAP / MRR over each question's rows, agreement with the rows' cached teacher logits) would be paired with
+        other rows. Accuracy is unaffected either way; batches may be padded more."""
+        if self.args.train_sampling_strategy != "group_by_length":
+            return super()._get_eval_sampler(eval_dataset)
+        if eval_dataset is None or not has_length(eval_dataset):
+            return None
+        return SequentialSampler(eval_dataset) if self.args.world_size <= 1 else None
 
     def hyperparameter_search(self, hp_space=None, compute_objective=None, *args, **kwargs):
         """`Trainer.hyperparameter_search`. Its default objective (`eval_loss` without `compute_metrics`, else the
