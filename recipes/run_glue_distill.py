@@ -156,6 +156,14 @@ class DataTrainingArguments(TextDataArguments):
         default=None,
         metadata={"help": "Custom binary data: question id column; adds per-question MAP and MRR to the metrics."},
     )
+    positive_label: str | None = field(
+        default=None,
+        metadata={
+            "help": "With --group_column: the label of a relevant candidate, whose probability ranks a question's "
+            "candidates for MAP and MRR (e.g. entailment for QNLI). Default: the task's (WikiQA: 1), else the "
+            "second label."
+        },
+    )
     is_regression: bool | None = field(
         default=None, metadata={"help": "Custom data: a regression task (default: when the labels are floats)."}
     )
@@ -178,6 +186,10 @@ class DataTrainingArguments(TextDataArguments):
             raise ValueError("--dataset_config_name needs --dataset_name.")
         if (self.validation_mismatched_file or self.test_mismatched_file) and self.task_name != "mnli":
             raise ValueError("--validation_mismatched_file / --test_mismatched_file are for --task_name mnli only.")
+        if self.positive_label is not None and not (
+            self.group_column or (self.task_name is not None and get_task(self.task_name).is_ranking)
+        ):
+            raise ValueError("--positive_label names the relevant label of a ranking: give --group_column too.")
         for name in (
             "train_file",
             "validation_file",
@@ -313,6 +325,8 @@ def resolve_task(data_args: DataTrainingArguments, model_args: ModelArguments, s
             overrides["label_column"] = data_args.label_column
         if data_args.group_column:
             overrides["group_column"] = data_args.group_column
+        if data_args.positive_label:
+            overrides["positive_label"] = data_args.positive_label
         return dataclasses.replace(task, **overrides)
     text_columns = data_args.text_columns
     if text_columns is None and model_args.teacher_logits_dir:
@@ -328,7 +342,8 @@ def resolve_task(data_args: DataTrainingArguments, model_args: ModelArguments, s
     if is_regression is None and sample is not None and label_column in sample.column_names:
         feature = sample.features[label_column]
         is_regression = getattr(feature, "dtype", None) in ("float32", "float64")
-    return custom_task(text_columns, label_column, bool(is_regression), data_args.group_column)
+    return custom_task(text_columns, label_column, bool(is_regression), data_args.group_column,
+                       positive_label=data_args.positive_label)
 
 
 def student_config(model_args: ModelArguments):
@@ -409,6 +424,9 @@ def main(argv: list[str] | dict | None = None, return_trainer: bool = False):
             config,
             use_model_labels=not model_args.ignore_mismatched_sizes,
         )
+    if task.is_ranking and data_args.positive_label is not None and label_list is not None:
+        if data_args.positive_label.lower() not in [name.lower() for name in label_list]:
+            raise ValueError(f"--positive_label {data_args.positive_label!r} is not one of the labels {label_list}.")
     num_labels = 1 if label_list is None else len(label_list)
     if multi_head_source and config.num_labels != num_labels:
         raise ValueError(
