@@ -160,7 +160,7 @@ class DataTrainingArguments(TextDataArguments):
         default=None,
         metadata={
             "help": "With --group_column: the label of a relevant candidate, whose probability ranks a question's "
-            "candidates for MAP and MRR (e.g. entailment for QNLI). Default: the task's (WikiQA: 1), else the "
+            "candidates for MAP and MRR. Default: the task's (QNLI, RTE, WNLI: entailment; WikiQA: 1), else the "
             "second label."
         },
     )

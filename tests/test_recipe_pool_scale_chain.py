@@ -377,6 +377,9 @@ def test_positive_label_ranks_by_the_relevant_label(tmp_path, tokenizer):
     expected = ranking_metrics(torch.log_softmax(logits, -1)[:, 0].numpy(), relevant, questions)
     assert metrics["eval_map"] == pytest.approx(expected["map"], abs=1e-6)
     assert metrics["eval_mrr"] == pytest.approx(expected["mrr"], abs=1e-6)
+    # QNLI's relevant label is entailment without the flag too (the task's own positive_label, not the second label)
+    default = recipe.main([*common, "--output_dir", str(tmp_path / "default")])
+    assert (default["eval_map"], default["eval_mrr"]) == (metrics["eval_map"], metrics["eval_mrr"])
 
 
 @pytest.mark.parametrize(

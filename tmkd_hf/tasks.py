@@ -139,9 +139,11 @@ GLUE_TASKS: dict[str, TaskSpec] = {
         test_splits=("test_matched", "test_mismatched"),
         column_aliases={"premise": ("sentence1",), "hypothesis": ("sentence2",), "label": ("gold_label",)},
     ),
-    "qnli": _glue("qnli", ("question", "sentence"), ("entailment", "not_entailment")),
-    "rte": _glue("rte", ("sentence1", "sentence2"), ("entailment", "not_entailment")),
-    "wnli": _glue("wnli", ("sentence1", "sentence2"), ("not_entailment", "entailment")),
+    # entailment is the relevant class when a group_column makes these ranking tasks (QNLI: the sentences that answer
+    # the question), not the second label
+    "qnli": _glue("qnli", ("question", "sentence"), ("entailment", "not_entailment"), positive_label="entailment"),
+    "rte": _glue("rte", ("sentence1", "sentence2"), ("entailment", "not_entailment"), positive_label="entailment"),
+    "wnli": _glue("wnli", ("sentence1", "sentence2"), ("not_entailment", "entailment"), positive_label="entailment"),
 }
 
 WIKIQA = TaskSpec(
