@@ -521,9 +521,14 @@ def _stage1_acc(runs: list[dict]) -> str:
     return _mean_std(acc) + (f" (n={len(acc)})" if len(acc) < len(runs) else "")
 
 
-def _difference(a: list[float], b: list[float]) -> str:
-    se = math.sqrt(sum(statistics.variance(x) / len(x) for x in (a, b) if len(x) > 1))
-    return f"{statistics.mean(a) - statistics.mean(b):+.1f} ± {se:.1f}"
+def _difference(a: list[float], b: list[float], b_fixed: bool = False) -> str:
+    """Difference of means ± its standard error. A side of one seed has no variance estimate, so no SE is claimed
+    (`b_fixed`: b is one deterministic number, e.g. an ensemble, and adds none)."""
+    diff = statistics.mean(a) - statistics.mean(b)
+    if len(a) < 2 or (len(b) < 2 and not b_fixed):
+        return f"{diff:+.1f} (no SE: 1 seed)"
+    se = math.sqrt(statistics.variance(a) / len(a) + (0.0 if b_fixed else statistics.variance(b) / len(b)))
+    return f"{diff:+.1f} ± {se:.1f}"
 
 
 def _pool_order(pool: str) -> tuple:
@@ -592,7 +597,7 @@ def build_table(out: Path) -> str:
             if m and "ensemble_minilm" in runs:
                 ens = [100 * runs["ensemble_minilm"][0]["metrics"]["test"]["accuracy"]]
                 diffs.append(f"| {row_label('TMKD_minilm', lever)} − ensemble_minilm | {pool}, {e:g} epoch(s) | "
-                             f"{_difference(_acc(m), ens)} | {len(m)} | 1 |")
+                             f"{_difference(_acc(m), ens, b_fixed=True)} | {len(m)} | 1 |")
         # each lever against the default student (the settings'), row by row
         for row in ALL_ROWS:
             base = groups.get((row, Lever(), pool, e))

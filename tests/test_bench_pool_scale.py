@@ -293,3 +293,11 @@ def test_label_only_for_the_minilm_group_before_mpnet_exists(tmp_path, teachers,
     assert not (labels / "squad_pool" / "mpnet").exists()
     with pytest.raises(SystemExit, match="no trained teacher"):
         bench.main([*args, "--rows", "TKD_mpnet"])
+
+
+def test_difference_claims_no_standard_error_from_one_seed():
+    bench = load_bench()
+    assert bench._difference([80.0, 82.0], [79.0, 81.0]) == "+1.0 ± 1.4"  # sqrt(2/2 + 2/2)
+    assert bench._difference([80.0], [79.0, 81.0]) == "+0.0 (no SE: 1 seed)"
+    assert bench._difference([80.0, 82.0], [81.0]) == "+0.0 (no SE: 1 seed)"
+    assert bench._difference([80.0, 82.0], [80.5], b_fixed=True) == "+0.5 ± 1.0"  # an ensemble: one exact number
