@@ -33,16 +33,19 @@ def load_bench():
     return module
 
 
-@pytest.fixture(scope="module")
-def teachers(tmp_path_factory, stand_ins):  # noqa: F811
-    out = tmp_path_factory.mktemp("mpnet") / "mpnet"
-    small, big = stand_ins
+def train_bench_teachers(out: Path, small: str, big: str) -> Path:
+    """The 4 teachers as `bench_mpnet.py --teachers-only` trains them, on stand-ins, with its quick-check limits."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
     proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_mpnet.py"), "--output_dir", str(out),
                            "--backbone", small, "--mpnet_dir", big, *TINY, "--teachers-only", "--no-costs"],
                           capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return out
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory, stand_ins):  # noqa: F811
+    return train_bench_teachers(tmp_path_factory.mktemp("mpnet") / "mpnet", *stand_ins)
 
 
 @pytest.fixture(scope="module")

@@ -28,7 +28,7 @@ import pytest
 import torch
 from conftest import keyword_dataset, load_recipe, tiny_model
 from test_bench_mpnet import TINY, stand_ins  # noqa: F401  (a fixture)
-from test_bench_pool_scale import arguments, shards  # noqa: F401  (a fixture)
+from test_bench_pool_scale import arguments, shards, train_bench_teachers  # noqa: F401  (a fixture)
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "recipes" / "configs"
@@ -422,16 +422,7 @@ def mean_stand_ins(tmp_path_factory, stand_ins):  # noqa: F811
 @pytest.fixture(scope="module")
 def teachers(tmp_path_factory, mean_stand_ins):
     """The 4 teachers as bench_mpnet.py trains them (`--teachers-only`) on the stand-ins, its quick-check limits."""
-    import subprocess
-
-    out = tmp_path_factory.mktemp("mpnet") / "mpnet"
-    small, big = mean_stand_ins
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1")
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / "bench_mpnet.py"), "--output_dir", str(out),
-                           "--backbone", small, "--mpnet_dir", big, *TINY, "--teachers-only", "--no-costs"],
-                          capture_output=True, text=True, env=env, cwd=REPO, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return out
+    return train_bench_teachers(tmp_path_factory.mktemp("mpnet") / "mpnet", *mean_stand_ins)
 
 
 def saved_weights(folder: Path) -> dict:
